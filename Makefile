@@ -1,0 +1,34 @@
+# `make demo` and `make test` create .venv when missing, install everything, then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# CPU build of torch first: a looser requirement would pull several GB of CUDA packages
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	mkdir -p out
+	$(VENV)/bin/gliomatch simulate --x 0.4 --y 0.55 --z 0.5 --dw 0.3 --rho 0.05 --t-end 300 \
+		--masks --out out/tumor.nii.gz
+
+bench: $(STAMP)
+	$(VENV)/bin/gliomatch bench solver
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache

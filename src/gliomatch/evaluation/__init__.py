@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks (timing against references) and top-k preservation."""

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Atlas cache in a temporary folder: tests never touch the user's cache."""
+    import os
+
+    old = os.environ.get("GLIOMATCH_CACHE")
+    os.environ["GLIOMATCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("GLIOMATCH_CACHE", None)
+    else:
+        os.environ["GLIOMATCH_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def atlas32():
+    from gliomatch.atlas import mni152_atlas
+
+    return mni152_atlas(32)
+
+
+@pytest.fixture(scope="session")
+def atlas64():
+    from gliomatch.atlas import mni152_atlas
+
+    return mni152_atlas(64)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

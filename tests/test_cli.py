@@ -1,0 +1,57 @@
+import json
+
+import nibabel as nib
+import numpy as np
+from typer.testing import CliRunner
+
+from gliomatch.cli import app
+
+runner = CliRunner()
+
+
+def test_simulate_writes_nifti(tmp_path, atlas32):
+    out = tmp_path / "t.nii.gz"
+    r = runner.invoke(app, ["simulate", "--x", "0.4", "--y", "0.55", "--z", "0.5", "--dw", "0.3",
+                            "--rho", "0.05", "--t-end", "300", "--resolution", "32",
+                            "--out", str(out), "--masks", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    img = nib.load(out)
+    assert img.shape == (32, 32, 32)
+    assert np.allclose(img.affine, atlas32.affine)
+    u = img.get_fdata()
+    flair = nib.load(tmp_path / "t_flair.nii.gz").get_fdata()
+    assert np.array_equal(flair > 0, u >= 0.2)
+    assert summary["flair_cm3"] == np.float64((u >= 0.2).sum() * atlas32.voxel_volume_cm3)
+
+
+def test_simulate_bad_seed_is_clear(tmp_path):
+    r = runner.invoke(app, ["simulate", "--x", "0.01", "--y", "0.55", "--z", "0.5", "--dw", "0.3",
+                            "--rho", "0.05", "--t-end", "300", "--resolution", "32",
+                            "--out", str(tmp_path / "t.nii.gz")])
+    assert r.exit_code == 1
+    assert "not brain tissue" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_simulate_bad_out_folder(tmp_path):
+    r = runner.invoke(app, ["simulate", "--x", "0.4", "--y", "0.55", "--z", "0.5", "--dw", "0.3",
+                            "--rho", "0.05", "--t-end", "30", "--resolution", "32",
+                            "--out", str(tmp_path / "missing" / "t.nii.gz")])
+    assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def test_atlas_info():
+    r = runner.invoke(app, ["atlas", "info", "--resolution", "32", "--json"])
+    assert r.exit_code == 0
+    info = json.loads(r.output)
+    assert info["shape"] == [32, 32, 32] and info["spacing_mm"] == 6.0
+
+
+def test_bench_solver_json():
+    r = runner.invoke(app, ["bench", "solver", "--resolution", "32", "--t-end", "100", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output.strip().splitlines()[-1])
+    for key in ("fast_s", "reference_s", "speedup", "max_abs_diff", "steps", "resolution"):
+        assert key in res
+    assert res["max_abs_diff"] <= 1e-4

@@ -1,0 +1,150 @@
+import math
+
+import numpy as np
+import pytest
+
+from gliomatch.errors import GliomatchError
+from gliomatch.solver import Domain, TumorParams, simulate
+
+
+def _box(shape, spacing=1.0, wm=1.0):
+    return Domain.from_maps(np.full(shape, wm), np.zeros(shape), spacing)
+
+
+@pytest.mark.parametrize("res_fixture", ["atlas32", "atlas64"])
+def test_fast_equals_reference_on_atlas(request, res_fixture):
+    atlas = request.getfixturevalue(res_fixture)
+    d = Domain.from_atlas(atlas)
+    kw = dict(x=0.4, y=0.55, z=0.5, dw=0.8, rho=0.04, times=[60, 200, 400])
+    fast = simulate(d, **kw)
+    ref = simulate(d, **kw, method="reference")
+    assert fast.times == ref.times == [60.0, 200.0, 400.0]
+    for a, b in zip(fast.densities, ref.densities, strict=True):
+        assert np.abs(a - b).max() <= 1e-4
+    assert fast.densities[-1].max() > 0.9  # it really grew
+
+
+def test_fast_equals_reference_on_box():
+    d = _box((24, 20, 28), spacing=1.5)
+    kw = dict(x=0.3, y=0.6, z=0.5, dw=0.5, rho=0.1, times=[30, 80])
+    fast = simulate(d, **kw)
+    ref = simulate(d, **kw, method="reference")
+    for a, b in zip(fast.densities, ref.densities, strict=True):
+        assert np.abs(a - b).max() <= 1e-4
+
+
+def test_pure_diffusion_conserves_mass(atlas32):
+    d = Domain.from_atlas(atlas32)
+    sim = simulate(d, 0.45, 0.5, 0.5, 1.5, 0.0, [0.0, 200.0, 800.0])
+    masses = [float(u.astype(np.float64).sum()) for u in sim.densities]
+    assert masses[0] > 0
+    for m in masses[1:]:
+        assert m == pytest.approx(masses[0], rel=1e-5)
+    # nothing enters CSF or leaves the brain
+    for u in sim.densities:
+        assert np.all(u[~atlas32.tissue] == 0)
+    # and it did spread
+    assert (sim.densities[-1] > 1e-3).sum() > 5 * (sim.densities[0] > 1e-3).sum()
+
+
+def test_reaction_follows_logistic():
+    d = _box((8, 8, 8))
+    u0 = np.full((8, 8, 8), 0.05)
+    rho, times = 0.08, [10.0, 25.0, 60.0]
+    sim = simulate(d, 0.5, 0.5, 0.5, 0.3, rho, times, u0=u0)
+    for t, u in zip(times, sim.densities, strict=True):
+        exact = 0.05 * math.exp(rho * t) / (1 + 0.05 * (math.exp(rho * t) - 1))
+        assert np.allclose(u, exact, rtol=1e-5, atol=1e-6)
+
+
+def test_fisher_kpp_front_speed():
+    """A planar front travels at 2 sqrt(D rho) (up to the slow Bramson correction)."""
+    dw, rho, h = 1.0, 0.1, 1.0
+    n = 320
+    d = _box((n, 3, 3), spacing=h)
+    u0 = np.zeros((n, 3, 3))
+    u0[:5] = 1.0
+    times = [150.0, 350.0]
+    sim = simulate(d, 0.0, 0.5, 0.5, dw, rho, times, u0=u0)
+
+    def front(u):  # x position where the profile crosses 0.5, linearly interpolated
+        p = u[:, 1, 1]
+        i = int(np.nonzero(p < 0.5)[0][0])
+        return (i - 1) + (p[i - 1] - 0.5) / (p[i - 1] - p[i])
+
+    speed = (front(sim.densities[1]) - front(sim.densities[0])) * h / (times[1] - times[0])
+    expected = 2 * math.sqrt(dw * rho)
+    assert speed == pytest.approx(expected, rel=0.05)
+    assert speed < expected * 1.001  # pulled fronts approach their speed from below
+
+
+def test_mirror_symmetry():
+    d = _box((21, 17, 19))
+    sim = simulate(d, 0.5, 0.5, 0.5, 0.6, 0.1, [25.0])
+    u = sim.densities[0]
+    for ax in range(3):
+        assert np.abs(u - np.flip(u, axis=ax)).max() < 1e-6
+    assert u.max() > 0.1 and u.min() < 0.5 * u.max()  # grew, not yet uniform
+
+
+def test_snapshot_equals_separate_run(atlas32):
+    d = Domain.from_atlas(atlas32)
+    multi = simulate(d, 0.6, 0.45, 0.55, 0.5, 0.05, [37.3, 120.0, 251.7])
+    single = simulate(d, 0.6, 0.45, 0.55, 0.5, 0.05, [120.0])
+    assert np.array_equal(multi.densities[1], single.densities[0])
+    single = simulate(d, 0.6, 0.45, 0.55, 0.5, 0.05, 251.7)
+    assert np.array_equal(multi.densities[2], single.densities[0])
+
+
+def test_early_stop(atlas32):
+    d = Domain.from_atlas(atlas32)
+    times = [100.0, 300.0, 600.0, 1200.0]
+    full = simulate(d, 0.4, 0.55, 0.5, 1.0, 0.1, times)
+    vols = [(u >= 0.2).sum() * atlas32.voxel_volume_cm3 for u in full.densities]
+    limit = (vols[0] + vols[1]) / 2  # exceeded between the 1st and 2nd snapshot
+    stopped = simulate(d, 0.4, 0.55, 0.5, 1.0, 0.1, times, stop_volume_cm3=limit)
+    assert stopped.stopped_early
+    assert stopped.times == [100.0]
+    assert np.array_equal(stopped.densities[0], full.densities[0])
+
+
+def test_seed_outside_tissue(atlas32):
+    with pytest.raises(GliomatchError, match="not brain tissue"):
+        simulate(atlas32, 0.01, 0.5, 0.5, 0.3, 0.05, [10])
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(dw=-0.1), "D_w"),
+        (dict(rho=-1.0), "rho"),
+        (dict(times=[-5.0]), "times"),
+        (dict(dw=float("nan")), "D_w"),
+        (dict(times=[float("nan")]), "finite"),
+        (dict(x=1.2), "outside"),
+        (dict(y=float("nan")), "seed y"),
+        (dict(times=[]), "no snapshot"),
+        (dict(method="magic"), "method"),
+    ],
+)
+def test_bad_inputs(atlas32, kw, message):
+    args = dict(x=0.4, y=0.55, z=0.5, dw=0.3, rho=0.05, times=[10.0])
+    args.update(kw)
+    with pytest.raises(GliomatchError, match=message):
+        simulate(atlas32, **args)
+
+
+def test_tumor_params_validate():
+    TumorParams(0.4, 0.5, 0.5, 0.3, 0.05, 300)
+    with pytest.raises(GliomatchError):
+        TumorParams(0.4, 0.5, 0.5, 0.3, 0.05, -1)
+
+
+def test_domain_faces_block_csf():
+    wm = np.ones((6, 6, 6))
+    wm[3] = 0.0  # a plane of CSF splits the box in two
+    d = Domain.from_maps(wm, np.zeros_like(wm), 1.0)
+    u0 = np.zeros((6, 6, 6))
+    u0[1] = 1.0
+    sim = simulate(d, 0.2, 0.5, 0.5, 1.0, 0.0, [50.0], u0=u0)
+    assert np.all(sim.densities[0][3:] == 0)
