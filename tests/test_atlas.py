@@ -15,8 +15,14 @@ def test_mni152_grid(atlas32, atlas64):
             assert m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1
         # the whole brain is inside the grid: no tissue on the outer faces
         t = a.tissue
-        assert not (t[0].any() or t[-1].any() or t[:, 0].any() or t[:, -1].any()
-                    or t[:, :, 0].any() or t[:, :, -1].any())
+        assert not (
+            t[0].any()
+            or t[-1].any()
+            or t[:, 0].any()
+            or t[:, -1].any()
+            or t[:, :, 0].any()
+            or t[:, :, -1].any()
+        )
         info = a.info()
         # MNI152 2009: about 0.7 l of white and 1.0 l of grey matter
         assert 550 < info["wm_cm3"] < 800 and 850 < info["gm_cm3"] < 1150
@@ -48,8 +54,10 @@ def _write_user_atlas(folder, atlas: Atlas, **override):
     folder.mkdir(exist_ok=True)
     for name in ("t1", "wm", "gm", "csf"):
         data = override.get(name, getattr(atlas, name))
-        nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.float32), atlas.affine),
-                 str(folder / f"{name}.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(np.asarray(data, dtype=np.float32), atlas.affine),
+            str(folder / f"{name}.nii.gz"),
+        )
     return folder
 
 

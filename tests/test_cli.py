@@ -11,9 +11,30 @@ runner = CliRunner()
 
 def test_simulate_writes_nifti(tmp_path, atlas32):
     out = tmp_path / "t.nii.gz"
-    r = runner.invoke(app, ["simulate", "--x", "0.4", "--y", "0.55", "--z", "0.5", "--dw", "0.3",
-                            "--rho", "0.05", "--t-end", "300", "--resolution", "32",
-                            "--out", str(out), "--masks", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--x",
+            "0.4",
+            "--y",
+            "0.55",
+            "--z",
+            "0.5",
+            "--dw",
+            "0.3",
+            "--rho",
+            "0.05",
+            "--t-end",
+            "300",
+            "--resolution",
+            "32",
+            "--out",
+            str(out),
+            "--masks",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     img = nib.load(out)
@@ -26,18 +47,56 @@ def test_simulate_writes_nifti(tmp_path, atlas32):
 
 
 def test_simulate_bad_seed_is_clear(tmp_path):
-    r = runner.invoke(app, ["simulate", "--x", "0.01", "--y", "0.55", "--z", "0.5", "--dw", "0.3",
-                            "--rho", "0.05", "--t-end", "300", "--resolution", "32",
-                            "--out", str(tmp_path / "t.nii.gz")])
+    r = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--x",
+            "0.01",
+            "--y",
+            "0.55",
+            "--z",
+            "0.5",
+            "--dw",
+            "0.3",
+            "--rho",
+            "0.05",
+            "--t-end",
+            "300",
+            "--resolution",
+            "32",
+            "--out",
+            str(tmp_path / "t.nii.gz"),
+        ],
+    )
     assert r.exit_code == 1
     assert "not brain tissue" in r.output
     assert "Traceback" not in r.output
 
 
 def test_simulate_bad_out_folder(tmp_path):
-    r = runner.invoke(app, ["simulate", "--x", "0.4", "--y", "0.55", "--z", "0.5", "--dw", "0.3",
-                            "--rho", "0.05", "--t-end", "30", "--resolution", "32",
-                            "--out", str(tmp_path / "missing" / "t.nii.gz")])
+    r = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--x",
+            "0.4",
+            "--y",
+            "0.55",
+            "--z",
+            "0.5",
+            "--dw",
+            "0.3",
+            "--rho",
+            "0.05",
+            "--t-end",
+            "30",
+            "--resolution",
+            "32",
+            "--out",
+            str(tmp_path / "missing" / "t.nii.gz"),
+        ],
+    )
     assert r.exit_code == 1 and "does not exist" in r.output
 
 
@@ -55,3 +114,68 @@ def test_bench_solver_json():
     for key in ("fast_s", "reference_s", "speedup", "max_abs_diff", "steps", "resolution"):
         assert key in res
     assert res["max_abs_diff"] <= 1e-4
+
+
+def test_db_commands(tmp_path):
+    db = tmp_path / "db"
+    r = runner.invoke(
+        app,
+        [
+            "db",
+            "build",
+            "--out",
+            str(db),
+            "--n",
+            "6",
+            "--resolution",
+            "32",
+            "--workers",
+            "1",
+            "--shard-size",
+            "2",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["tumors"] == 6
+    r = runner.invoke(app, ["db", "info", str(db), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["tumors"] == 6
+    r = runner.invoke(app, ["db", "info", str(db)])
+    assert r.exit_code == 0 and "6 tumors" in r.output
+    r = runner.invoke(app, ["db", "verify", str(db)])
+    assert r.exit_code == 0 and "ok" in r.output
+    out = tmp_path / "t.nii.gz"
+    r = runner.invoke(app, ["db", "show", str(db), "2", "--out", str(out), "--masks"])
+    assert r.exit_code == 0, r.output
+    assert nib.load(out).shape == (32, 32, 32)
+    r = runner.invoke(app, ["db", "show", str(db), "99", "--out", str(out)])
+    assert r.exit_code == 1 and "out of range" in r.output
+    r = runner.invoke(app, ["db", "info", str(tmp_path / "nothing")])
+    assert r.exit_code == 1 and "no such folder" in r.output
+    r = runner.invoke(app, ["db", "build", "--out", str(db), "--n", "0", "--resolution", "32"])
+    assert r.exit_code == 1 and "positive" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "db",
+            "build",
+            "--out",
+            str(tmp_path / "e"),
+            "--n",
+            "3",
+            "--resolution",
+            "32",
+            "--dw",
+            "1.0,0.5",
+        ],
+    )
+    assert r.exit_code == 1 and "empty" in r.output
+
+
+def test_bench_build_json():
+    r = runner.invoke(
+        app, ["bench", "build", "--n", "5", "--resolution", "32", "--workers", "1", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert res["n"] == 5 and res["tumors_per_min"] > 0 and 0 <= res["rejection_rate"] < 1

@@ -207,8 +207,13 @@ def _resample(data: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, 
         data = ndimage.gaussian_filter(data, sigma=sigma, mode="constant")
     mapping = np.linalg.inv(src_affine) @ dst_affine
     out = ndimage.affine_transform(
-        data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=shape, order=1,
-        mode="constant", cval=0.0,
+        data,
+        mapping[:3, :3],
+        offset=mapping[:3, 3],
+        output_shape=shape,
+        order=1,
+        mode="constant",
+        cval=0.0,
     )
     return out.astype(np.float32)
 

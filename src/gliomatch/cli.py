@@ -19,9 +19,12 @@ app = typer.Typer(
     add_completion=False,
 )
 atlas_app = typer.Typer(help="The tissue atlas.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks: fast paths against their references.",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: fast paths against their references.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Tumor databases: build, inspect, verify, export.", no_args_is_help=True)
 app.add_typer(atlas_app, name="atlas")
+app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
 
 
@@ -146,14 +149,18 @@ def atlas_info(
         return
     typer.echo(f"source:      {info['source']}")
     typer.echo(f"grid:        {' x '.join(map(str, info['shape']))} voxels")
-    typer.echo(f"spacing:     {info['spacing_mm']:.3f} mm (field of view "
-               f"{info['field_of_view_mm']:.0f} mm)")
+    typer.echo(
+        f"spacing:     {info['spacing_mm']:.3f} mm (field of view "
+        f"{info['field_of_view_mm']:.0f} mm)"
+    )
     typer.echo(f"origin:      {[round(c, 2) for c in [r[3] for r in info['affine'][:3]]]} mm")
     typer.echo(f"white matter {info['wm_cm3']:8.1f} cm^3")
     typer.echo(f"grey matter  {info['gm_cm3']:8.1f} cm^3")
     typer.echo(f"CSF          {info['csf_cm3']:8.1f} cm^3")
-    typer.echo(f"tissue       {info['tissue_cm3']:8.1f} cm^3 ({info['tissue_voxels']} voxels, "
-               "WM + GM >= 0.5)")
+    typer.echo(
+        f"tissue       {info['tissue_cm3']:8.1f} cm^3 ({info['tissue_voxels']} voxels, "
+        "WM + GM >= 0.5)"
+    )
 
 
 @bench_app.command("solver")
@@ -170,18 +177,227 @@ def bench_solver_cmd(
     from gliomatch.evaluation.bench import bench_solver
 
     r = bench_solver(resolution=resolution, dw=dw, rho=rho, t_end=t_end, atlas=atlas)
-    typer.echo(f"problem: {r['resolution']}^3 ({r['spacing_mm']:.2f} mm), D_w {dw} mm^2/d, "
-               f"rho {rho} /d, T {t_end} d: {r['steps']} steps of {r['dt_days']:.3f} d")
-    typer.echo(f"fast (numba):       {r['fast_s']:8.3f} s  (first call {r['warmup_s']:.2f} s "
-               "incl. compile/cache load)")
+    typer.echo(
+        f"problem: {r['resolution']}^3 ({r['spacing_mm']:.2f} mm), D_w {dw} mm^2/d, "
+        f"rho {rho} /d, T {t_end} d: {r['steps']} steps of {r['dt_days']:.3f} d"
+    )
+    typer.echo(
+        f"fast (numba):       {r['fast_s']:8.3f} s  (first call {r['warmup_s']:.2f} s "
+        "incl. compile/cache load)"
+    )
     typer.echo(f"reference (numpy):  {r['reference_s']:8.3f} s")
     typer.echo(f"speed-up:           {r['speedup']:8.1f} x")
     typer.echo(f"max |diff|:         {r['max_abs_diff']:.2e}")
-    typer.echo(f"kernel: {r['kernel_ns_per_cell']:.2f} ns per tissue cell, "
-               f"{r['kernel_gb_per_s']:.1f} GB/s of compulsory traffic (20 B/cell) vs "
-               f"{r['copy_gb_per_s']:.1f} GB/s memory copy on this machine")
+    typer.echo(
+        f"kernel: {r['kernel_ns_per_cell']:.2f} ns per tissue cell, "
+        f"{r['kernel_gb_per_s']:.1f} GB/s of compulsory traffic (20 B/cell) vs "
+        f"{r['copy_gb_per_s']:.1f} GB/s memory copy on this machine"
+    )
     if json_out:
         typer.echo(json.dumps(r))
+
+
+@bench_app.command("build")
+@handle_errors
+def bench_build_cmd(
+    n: Annotated[int, typer.Option(help="Tumors to keep.")] = 500,
+    resolution: ResolutionOpt = 128,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: all cores).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Keep the database here (default: temp).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Last line is a JSON object.")] = False,
+):
+    """Build a database and report tumors/min, simulations/min, rejection rate, bytes/tumor."""
+    from gliomatch.evaluation.bench import bench_build
+
+    r = bench_build(n=n, resolution=resolution, workers=workers, out=out, progress=not json_out)
+    typer.echo(
+        f"{r['n']} tumors at {resolution}^3 in {r['wall_s']:.1f} s: "
+        f"{r['tumors_per_min']:.1f} tumors/min, {r['simulations_per_min']:.1f} "
+        f"simulations/min, rejection rate {100 * r['rejection_rate']:.1f} %, "
+        f"{r['bytes_per_tumor'] / 1e3:.1f} kB per tumor"
+    )
+    if json_out:
+        typer.echo(json.dumps(r))
+
+
+def _range(text: str, name: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise GliomatchError(f"--{name} must be LOW,HIGH (two numbers), got {text!r}") from None
+    return lo, hi
+
+
+@db_app.command("build")
+@handle_errors
+def db_build(
+    out: Annotated[Path, typer.Option(help="Database folder (created; resumed if it exists).")],
+    n: Annotated[int, typer.Option(help="Number of kept tumors.")],
+    resolution: ResolutionOpt = 128,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same database.")] = 0,
+    workers: Annotated[
+        int | None, typer.Option(help="Local worker processes (default: all cores; 1 = no Dask).")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address tcp://HOST:PORT.")
+    ] = None,
+    atlas: AtlasOpt = None,
+    dw: Annotated[str, typer.Option(help="D_w range LOW,HIGH (mm^2/day).")] = "0.02,1.5",
+    rho: Annotated[str, typer.Option(help="rho range LOW,HIGH (1/day).")] = "0.002,0.2",
+    t_end: Annotated[str, typer.Option(help="T_end range LOW,HIGH (days).")] = "50,1500",
+    log_uniform: Annotated[bool, typer.Option(help="Draw D_w, rho, T log-uniformly.")] = False,
+    seed_box: Annotated[
+        str, typer.Option(help="'tissue' (uniform over WM+GM voxels) or 'paper' (fraction box).")
+    ] = "tissue",
+    snapshots: Annotated[int, typer.Option(help="T_end snapshots per trajectory.")] = 8,
+    flair_min: Annotated[float, typer.Option(help="Min whole-tumor volume (cm^3).")] = 5.0,
+    flair_max: Annotated[float, typer.Option(help="Max whole-tumor volume (cm^3).")] = 300.0,
+    t1gd_min: Annotated[float, typer.Option(help="Min tumor-core volume (cm^3).")] = 0.5,
+    shard_size: Annotated[int, typer.Option(help="Trajectories per shard.")] = 8,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the manifest counts as JSON.")
+    ] = False,
+):
+    """Simulate a database of tumors (resumable: run the same command again after a kill)."""
+    from gliomatch.database import BuildConfig, SamplingConfig, SizeFilter, build_database
+
+    cfg = BuildConfig(
+        resolution=resolution,
+        atlas=None if atlas is None else str(atlas),
+        seed=seed,
+        sampling=SamplingConfig(
+            dw=_range(dw, "dw"),
+            rho=_range(rho, "rho"),
+            t_end=_range(t_end, "t-end"),
+            log_uniform=log_uniform,
+            seed_box=seed_box,
+            snapshots=snapshots,
+        ),
+        size_filter=SizeFilter(
+            flair_min_cm3=flair_min, flair_max_cm3=flair_max, t1gd_min_cm3=t1gd_min
+        ),
+        shard_size=shard_size,
+    )
+    db = build_database(out, n, cfg, workers=workers, scheduler=scheduler, progress=not json_out)
+    m = db.manifest
+    if json_out:
+        typer.echo(
+            json.dumps(
+                {
+                    **m["counts"],
+                    "disk_bytes": m["disk_bytes"],
+                    "seconds": m["build_seconds_this_run"],
+                }
+            )
+        )
+        return
+    c = m["counts"]
+    typer.echo(
+        f"{c['tumors']} tumors from {c['trajectories']} trajectories "
+        f"({c['rejected_snapshots']} snapshots rejected by size) in {out}; "
+        f"{m['disk_bytes'] / 1e6:.1f} MB, {m['build_seconds_this_run']:.1f} s"
+    )
+
+
+def _db_info(db) -> dict:
+    p = db.params
+    m = db.manifest
+    cols = {"dw": "mm^2/d", "rho": "1/d", "t_end": "d", "flair_cm3": "cm^3", "t1gd_cm3": "cm^3"}
+    return {
+        "path": str(db.path),
+        "tumors": len(db),
+        "resolution": db.resolution,
+        "atlas": m["atlas"]["source"],
+        "counts": m["counts"],
+        "disk_bytes": m["disk_bytes"],
+        "bytes_per_tumor": m["disk_bytes"] / max(len(db), 1),
+        "ranges": {c: [float(p[c].min()), float(p[c].max())] for c in cols},
+        "units": cols,
+        "seed": m["sampling"]["seed"],
+        "size_filter": m["size_filter"],
+    }
+
+
+@db_app.command("info")
+@handle_errors
+def db_info(
+    db_path: Annotated[Path, typer.Argument(help="Database folder.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Counts, parameter ranges, disk size and parameter histograms."""
+    import numpy as np
+
+    from gliomatch.database import Database
+
+    db = Database.open(db_path)
+    info = _db_info(db)
+    if json_out:
+        typer.echo(json.dumps(info))
+        return
+    typer.echo(
+        f"{info['path']}: {info['tumors']} tumors at {info['resolution']}^3 "
+        f"({info['atlas']}), seed {info['seed']}"
+    )
+    c = info["counts"]
+    typer.echo(
+        f"{c['trajectories']} trajectories, {c['rejected_snapshots']} snapshots rejected; "
+        f"{info['disk_bytes'] / 1e6:.1f} MB on disk "
+        f"({info['bytes_per_tumor'] / 1e3:.1f} kB per tumor)"
+    )
+    bars = " ▁▂▃▄▅▆▇█"
+    for col, unit in info["units"].items():
+        lo, hi = info["ranges"][col]
+        hist, _ = np.histogram(db.params[col], bins=20, range=(lo, hi if hi > lo else lo + 1))
+        spark = "".join(bars[int(round(8 * h / max(hist.max(), 1)))] for h in hist)
+        typer.echo(f"{col:>10} [{lo:9.4g}, {hi:9.4g}] {unit:7} {spark}")
+
+
+@db_app.command("verify")
+@handle_errors
+def db_verify(db_path: Annotated[Path, typer.Argument(help="Database folder.")]):
+    """Check checksums, table/array consistency and that every mask is recoverable."""
+    from rich.progress import Progress
+
+    from gliomatch.database import Database, verify
+
+    db = Database.open(db_path)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("verifying", total=len(db))
+        res = verify(db, progress=lambda i, n: bar.update(task, completed=i))
+    typer.echo(f"ok: {res['tumors']} tumors in {res['shards']} shards verified")
+
+
+@db_app.command("show")
+@handle_errors
+def db_show(
+    db_path: Annotated[Path, typer.Argument(help="Database folder.")],
+    tumor_id: Annotated[int, typer.Argument(help="Tumor id.")],
+    out: Annotated[Path, typer.Option(help="Output density NIfTI (atlas space).")],
+    masks: Annotated[bool, typer.Option(help="Also write <out>_flair and <out>_t1gd.")] = False,
+):
+    """Export one tumor's density (and masks) as NIfTI with the atlas affine."""
+    import nibabel as nib
+
+    from gliomatch.database import Database
+
+    out = _out_path(out)
+    db = Database.open(db_path)
+    u = db.density(tumor_id)
+    nib.save(nib.Nifti1Image(u, db.affine), str(out))
+    if masks:
+        flair, t1gd = db.masks(tumor_id)
+        for name, m in (("flair", flair), ("t1gd", t1gd)):
+            nib.save(nib.Nifti1Image(m.astype("uint8"), db.affine), str(_sibling(out, name)))
+    row = db.params.iloc[tumor_id]
+    typer.echo(
+        f"tumor {tumor_id}: D_w {row.dw:.4g} mm^2/d, rho {row.rho:.4g} /d, "
+        f"T {row.t_end:.1f} d, seed ({row.x_mm:.1f}, {row.y_mm:.1f}, {row.z_mm:.1f}) mm; "
+        f"FLAIR {row.flair_cm3:.2f} cm^3, T1Gd {row.t1gd_cm3:.2f} cm^3 -> {out}"
+    )
 
 
 def main():  # pragma: no cover - console entry point

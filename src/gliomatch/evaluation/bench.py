@@ -9,11 +9,12 @@ import numpy as np
 from gliomatch.atlas import load_atlas
 from gliomatch.solver import Domain, simulate
 
-__all__ = ["bench_solver"]
+__all__ = ["bench_build", "bench_solver"]
 
 
-def bench_solver(*, resolution=128, dw=0.3, rho=0.05, t_end=300.0, x=0.4, y=0.55, z=0.5,
-                 atlas=None, repeats=3) -> dict:
+def bench_solver(
+    *, resolution=128, dw=0.3, rho=0.05, t_end=300.0, x=0.4, y=0.55, z=0.5, atlas=None, repeats=3
+) -> dict:
     """Time the numba solver against the NumPy reference on one problem.
 
     The fast solver is compiled (or loaded from numba's cache) by a short warm-up run first and
@@ -89,3 +90,46 @@ def _kernel_throughput(domain: Domain, repeats: int = 10) -> dict:
         "kernel_gb_per_s": cells * 20 / per_step / 1e9,
         "copy_gb_per_s": 2 * big.nbytes / best / 1e9,
     }
+
+
+def bench_build(*, n=500, resolution=128, seed=0, workers=None, out=None, progress=True) -> dict:
+    """Build an ``n``-tumor database and report throughput, rejection rate and disk use.
+
+    Without ``out`` the database goes to a temporary folder that is deleted afterwards.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from gliomatch.database import BuildConfig, build_database
+
+    tmp = None
+    if out is None:
+        tmp = tempfile.mkdtemp(prefix="gliomatch-bench-")
+        out = Path(tmp) / "db"
+    try:
+        t0 = time.perf_counter()
+        db = build_database(
+            out,
+            n,
+            BuildConfig(resolution=resolution, seed=seed),
+            workers=workers,
+            progress=progress,
+        )
+        wall = time.perf_counter() - t0
+        c = db.manifest["counts"]
+        snapshots = c["trajectories"] * db.manifest["sampling"]["snapshots"]
+        return {
+            "n": len(db),
+            "resolution": resolution,
+            "workers": workers,
+            "wall_s": wall,
+            "tumors_per_min": len(db) / wall * 60,
+            "simulations_per_min": c["trajectories"] / wall * 60,
+            "rejection_rate": c["rejected_snapshots"] / max(snapshots, 1),
+            "disk_bytes": db.manifest["disk_bytes"],
+            "bytes_per_tumor": db.manifest["disk_bytes"] / len(db),
+        }
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

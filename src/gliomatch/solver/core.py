@@ -104,8 +104,9 @@ def _check_params(x, y, z, dw, rho, times):
     return np.unique(times)
 
 
-def time_step(domain: Domain, dw: float, rho: float, *, cfl: float = 0.9,
-              reaction_cfl: float = 0.25) -> float:
+def time_step(
+    domain: Domain, dw: float, rho: float, *, cfl: float = 0.9, reaction_cfl: float = 0.25
+) -> float:
     """The solver's step (days): diffusion stability limit and reaction accuracy limit."""
     dmax = dw * domain.max_face
     dt = math.inf
@@ -163,9 +164,10 @@ class _FastStepper:
 
     def _run(self, out, s, growth):
         d = self.d
-        step_box(self.u, out, d.fx, d.fy, d.fz, d.span, s, growth, self.lo, self.hi,
-                 self.thr, self.rows)
-        return int(self.rows[self.lo[0]:self.hi[0]].sum())
+        step_box(
+            self.u, out, d.fx, d.fy, d.fz, d.span, s, growth, self.lo, self.hi, self.thr, self.rows
+        )
+        return int(self.rows[self.lo[0] : self.hi[0]].sum())
 
     def step(self, s, growth) -> int:
         count = self._run(self.buf, s, growth)

@@ -87,8 +87,8 @@ def _lap_z_closed(xy, fzc, uc, k, close_lo, close_hi):
     """The 7-point flux sum at row position ``k`` with the low and/or high z face closed."""
     up, um, ujp, ujm, fxp, fxc, fyp, fyc = xy
     c = uc[k + 1]
-    lap = fxp[k] * (up[k] - c) + fxc[k] * (um[k] - c) + fyp[k] * (ujp[k] - c) + fyc[k] * (
-        ujm[k] - c
+    lap = (
+        fxp[k] * (up[k] - c) + fxc[k] * (um[k] - c) + fyp[k] * (ujp[k] - c) + fyc[k] * (ujm[k] - c)
     )
     if not close_lo:
         lap += fzc[k] * (uc[k] - c)

@@ -1,0 +1,525 @@
+"""Building a tumor database: shards of trajectories, simulated locally or on a Dask cluster.
+
+Work is split into shards of ``shard_size`` trajectories. A shard is simulated by one task
+(:func:`run_shard`), which writes it atomically; the build is therefore resumable: killed at any
+moment and started again with the same command, it skips finished shards, removes half-written
+temporary ones and ends with the same database as an uninterrupted build (every trajectory's
+random numbers depend only on the seed and its id). The database holds the first ``n`` kept
+tumors in (shard, trajectory, snapshot) order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gliomatch import __version__
+from gliomatch.database.sampling import SamplingConfig, SizeFilter, sample_trajectory
+from gliomatch.database.storage import (
+    FLAIR_LEVEL,
+    FORMAT,
+    FORMAT_VERSION,
+    SCALE,
+    T1GD_LEVEL,
+    encode,
+    hash_tree,
+    write_json_atomic,
+    write_parquet_atomic,
+    write_shard,
+)
+from gliomatch.errors import GliomatchError
+
+__all__ = ["BuildConfig", "build_database", "run_shard"]
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that determines a database's content (stored as ``config.json``)."""
+
+    resolution: int = 128
+    atlas: str | None = None  # None = MNI152; else a user atlas folder
+    seed: int = 0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    size_filter: SizeFilter = field(default_factory=SizeFilter)
+    shard_size: int = 8  # trajectories per shard
+    ratio: float = 10.0
+
+    def __post_init__(self):
+        if not isinstance(self.seed, int | np.integer) or self.seed < 0:
+            raise GliomatchError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not 1 <= self.shard_size <= 10_000:
+            raise GliomatchError(f"shard size must be 1..10000 trajectories, got {self.shard_size}")
+
+    def to_dict(self) -> dict:
+        return {
+            "resolution": int(self.resolution),
+            "atlas": None if self.atlas is None else str(Path(self.atlas).resolve()),
+            "seed": int(self.seed),
+            "sampling": self.sampling.to_dict(),
+            "size_filter": self.size_filter.to_dict(),
+            "shard_size": int(self.shard_size),
+            "ratio": float(self.ratio),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BuildConfig:
+        return cls(
+            resolution=d["resolution"],
+            atlas=d["atlas"],
+            seed=d["seed"],
+            sampling=SamplingConfig.from_dict(d["sampling"]),
+            size_filter=SizeFilter(**d["size_filter"]),
+            shard_size=d["shard_size"],
+            ratio=d["ratio"],
+        )
+
+
+@lru_cache(maxsize=4)
+def _space(atlas_spec: str | None, resolution: int, ratio: float):
+    from gliomatch.atlas import load_atlas
+    from gliomatch.solver import Domain
+
+    atlas = load_atlas(atlas_spec, resolution)
+    return atlas, Domain.from_atlas(atlas, ratio=ratio), np.argwhere(atlas.tissue)
+
+
+def _tumor_row(u: np.ndarray, atlas, voxel_cm3: float) -> dict:
+    flair = u >= np.float32(FLAIR_LEVEL)
+    idx = np.argwhere(flair)
+    w = u.astype(np.float64)
+    total = w.sum()
+    grids = np.indices(u.shape, dtype=np.float64)
+    com_vox = np.array([(g * w).sum() / total for g in grids])
+    com = atlas.voxel_to_world(com_vox)
+    lo, hi = idx.min(0), idx.max(0)
+    return {
+        "flair_cm3": float(flair.sum() * voxel_cm3),
+        "t1gd_cm3": float((u >= np.float32(T1GD_LEVEL)).sum() * voxel_cm3),
+        "com_x_mm": com[0],
+        "com_y_mm": com[1],
+        "com_z_mm": com[2],
+        "bbox_i0": int(lo[0]),
+        "bbox_j0": int(lo[1]),
+        "bbox_k0": int(lo[2]),
+        "bbox_i1": int(hi[0]) + 1,
+        "bbox_j1": int(hi[1]) + 1,
+        "bbox_k1": int(hi[2]) + 1,
+    }
+
+
+def run_shard(config: dict, shard: int, db_path: str, numba_threads: int | None = None) -> dict:
+    """Simulate shard ``shard`` and write it to ``db_path/shards``; return its counts.
+
+    A shard that exists already is not recomputed.
+    """
+    from gliomatch.solver import simulate
+
+    cfg = BuildConfig.from_dict(config)
+    shard_dir = Path(db_path) / "shards" / f"s{shard:05d}"
+    if shard_dir.exists():
+        return json.loads((shard_dir / "shard.json").read_text())
+    if numba_threads:
+        import numba
+
+        numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))
+    t0 = time.perf_counter()
+    atlas, domain, tissue_idx = _space(cfg.atlas, cfg.resolution, cfg.ratio)
+    vox = atlas.voxel_volume_cm3
+    filt = cfg.size_filter
+    codes, rows = [], []
+    simulated = rejected = 0
+    for traj_id in range(shard * cfg.shard_size, (shard + 1) * cfg.shard_size):
+        tr = sample_trajectory(atlas, cfg.sampling, cfg.seed, traj_id, tissue_idx)
+        sim = simulate(
+            domain,
+            tr.x,
+            tr.y,
+            tr.z,
+            tr.dw,
+            tr.rho,
+            tr.times,
+            stop_volume_cm3=filt.flair_max_cm3,
+            stop_threshold=FLAIR_LEVEL,
+        )
+        simulated += 1
+        rejected += len(tr.times) - len(sim.times)  # snapshots past the early stop: too big
+        for snap, (t, u) in enumerate(zip(sim.times, sim.densities, strict=True)):
+            flair_cm3 = float((u >= np.float32(FLAIR_LEVEL)).sum() * vox)
+            t1gd_cm3 = float((u >= np.float32(T1GD_LEVEL)).sum() * vox)
+            if not filt.keep(flair_cm3, t1gd_cm3):
+                rejected += 1
+                continue
+            seed_mm = sim.seed_mm
+            rows.append(
+                {
+                    "local": len(codes),
+                    "traj_id": traj_id,
+                    "snapshot": snap,
+                    "x": tr.x,
+                    "y": tr.y,
+                    "z": tr.z,
+                    "x_mm": seed_mm[0],
+                    "y_mm": seed_mm[1],
+                    "z_mm": seed_mm[2],
+                    "dw": tr.dw,
+                    "rho": tr.rho,
+                    "t_end": t,
+                    **_tumor_row(u, atlas, vox),
+                }
+            )
+            codes.append(encode(u))
+    table = pd.DataFrame(rows, columns=_COLUMNS[2:])
+    stats = {
+        "shard": shard,
+        "trajectories": cfg.shard_size,
+        "snapshots": simulated * cfg.sampling.snapshots,
+        "kept": len(codes),
+        "rejected": rejected,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+    write_shard(shard_dir, codes, table, stats, atlas.shape)
+    return stats
+
+
+_COLUMNS = [
+    "id",
+    "shard",
+    "local",
+    "traj_id",
+    "snapshot",
+    "x",
+    "y",
+    "z",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "dw",
+    "rho",
+    "t_end",
+    "flair_cm3",
+    "t1gd_cm3",
+    "com_x_mm",
+    "com_y_mm",
+    "com_z_mm",
+    "bbox_i0",
+    "bbox_j0",
+    "bbox_k0",
+    "bbox_i1",
+    "bbox_j1",
+    "bbox_k1",
+]
+
+
+# ------------------------------------------------------------------------------ orchestration
+
+
+def _prepare_folder(path: Path, cfg: BuildConfig) -> None:
+    cfg_path = path / "config.json"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "shards").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise GliomatchError(f"database folder {path}: cannot create it ({exc.strerror})") from exc
+    if not os.access(path, os.W_OK):
+        raise GliomatchError(f"database folder {path}: not writable")
+    if cfg_path.is_file():
+        try:
+            old = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise GliomatchError(f"database {cfg_path}: not valid JSON") from exc
+        if old != cfg.to_dict():
+            diff = sorted(k for k in cfg.to_dict() if old.get(k) != cfg.to_dict()[k])
+            raise GliomatchError(
+                f"database {path} was built with other settings ({', '.join(diff)} differ); "
+                "use another folder or the same settings to resume"
+            )
+    else:
+        foreign = [p.name for p in path.iterdir() if p.name not in ("shards",)]
+        if foreign or any((path / "shards").iterdir()):
+            raise GliomatchError(
+                f"folder {path} is not empty and is not a gliomatch database "
+                f"(found {', '.join(sorted(foreign)[:3]) or 'shards/'}); use an empty folder"
+            )
+        write_json_atomic(cfg_path, cfg.to_dict())
+    for stale in (path / "shards").glob(".tmp-*"):  # half-written shards of a killed build
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _done_shards(path: Path) -> dict[int, dict]:
+    done = {}
+    for d in (path / "shards").glob("s[0-9]*"):
+        try:
+            done[int(d.name[1:])] = json.loads((d / "shard.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise GliomatchError(
+                f"database shard {d}: unreadable shard.json ({exc}); delete the shard folder "
+                "and resume the build to recompute it"
+            ) from exc
+    return done
+
+
+def _prefix(done: dict[int, dict], n: int) -> int | None:
+    """Number of leading shards whose kept tumors reach ``n`` (None if not yet)."""
+    kept, s = 0, 0
+    while s in done:
+        kept += done[s]["kept"]
+        s += 1
+        if kept >= n:
+            return s
+    return None
+
+
+def _finalize(path: Path, cfg: BuildConfig, done: dict[int, dict], n: int, t_build: float):
+    from gliomatch.database.storage import Database
+
+    m = _prefix(done, n)
+    tables = []
+    for s in range(m):
+        t = pd.read_parquet(path / "shards" / f"s{s:05d}" / "tumors.parquet")
+        t.insert(0, "shard", s)
+        tables.append(t)
+    table = pd.concat(tables, ignore_index=True).iloc[:n].copy()
+    table.insert(0, "id", np.arange(len(table), dtype=np.int64))
+    table = table[_COLUMNS]
+    atlas, _, _ = _space(cfg.atlas, cfg.resolution, cfg.ratio)
+    shards = [
+        {
+            "shard": s,
+            "name": f"s{s:05d}",
+            "used": int((table["shard"] == s).sum()),
+            "sha256": hash_tree(path / "shards" / f"s{s:05d}"),
+        }
+        for s in range(m)
+    ]
+    disk = sum(p.stat().st_size for p in (path / "shards").rglob("*") if p.is_file())
+    simulated = sum(done[s]["trajectories"] for s in range(m))
+    rejected = sum(done[s]["rejected"] for s in range(m))
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "software": {"gliomatch": __version__},
+        "atlas": {
+            "source": atlas.source,
+            "resolution": atlas.resolution,
+            "shape": list(atlas.shape),
+            "spacing_mm": atlas.spacing,
+            "affine": atlas.affine.tolist(),
+            "checksum": atlas.checksum,
+        },
+        "thresholds": {"flair": FLAIR_LEVEL, "t1gd": T1GD_LEVEL},
+        "encoding": {
+            "dtype": "uint8",
+            "scale": SCALE,
+            "flair_code": 50,
+            "t1gd_code": 150,
+            "decode": "u = (q + 0.5) / 250 for q > 0, else 0",
+        },
+        "model": {
+            "equation": "du/dt = div(D grad u) + rho u (1 - u)",
+            "dw_gm_ratio": cfg.ratio,
+            "units": {"dw": "mm^2/day", "rho": "1/day", "t_end": "day"},
+        },
+        "sampling": {**cfg.sampling.to_dict(), "seed": cfg.seed, "shard_size": cfg.shard_size},
+        "size_filter": cfg.size_filter.to_dict(),
+        "counts": {
+            "tumors": int(len(table)),
+            "trajectories": int(simulated),
+            "rejected_snapshots": int(rejected),
+            "shards": m,
+        },
+        "disk_bytes": int(disk),
+        "build_seconds_this_run": round(t_build, 2),
+        "shards": shards,
+    }
+    write_parquet_atomic(path / "tumors.parquet", table)
+    write_json_atomic(path / "manifest.json", manifest)
+    return Database.open(path)
+
+
+def build_database(
+    path,
+    n: int,
+    config: BuildConfig | None = None,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+):
+    """Build (or resume) a database of ``n`` kept tumors in ``path``; returns the Database.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Local worker processes (default: all cores). ``1`` runs in this process (no Dask).
+    scheduler : str, optional
+        Address of a Dask scheduler (``tcp://HOST:PORT``); workers must see ``path``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
+        raise GliomatchError(f"n (number of tumors) must be a positive integer, got {n!r}")
+    cfg = config or BuildConfig()
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise GliomatchError(f"database folder {path}: exists and is not a folder")
+    t0 = time.perf_counter()
+    _space(cfg.atlas, cfg.resolution, cfg.ratio)  # validates the atlas before any work
+    _prepare_folder(path, cfg)
+    done = _done_shards(path)
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise GliomatchError(f"workers must be >= 1, got {workers}")
+    with _Progress(n, enabled=progress) as bar:
+        bar.update(done)
+        if _prefix(done, n) is None:
+            if workers == 1 and scheduler is None:
+                _run_serial(path, cfg, n, done, bar)
+            else:
+                _run_dask(path, cfg, n, done, bar, workers, scheduler)
+    return _finalize(path, cfg, done, n, time.perf_counter() - t0)
+
+
+def _next_shards(done: dict[int, dict], n: int, in_flight: set[int], limit: int) -> list[int]:
+    """Shard ids to start now: missing ones in order, as many as are likely still needed."""
+    kept = sum(d["kept"] for d in done.values())
+    per_shard = kept / len(done) if done and kept else None
+    expected = kept + (per_shard or 0) * len(in_flight)
+    out, s = [], 0
+    while len(in_flight) + len(out) < limit:
+        if per_shard is not None and expected >= n * 1.02 and _all_below_done(done, s):
+            break
+        if s not in done and s not in in_flight:
+            out.append(s)
+            expected += per_shard or 0
+        s += 1
+    return out
+
+
+def _all_below_done(done, s):
+    return all(k in done for k in range(s))
+
+
+def _run_serial(path, cfg, n, done, bar):
+    s = 0
+    while _prefix(done, n) is None:
+        if s not in done:
+            done[s] = run_shard(cfg.to_dict(), s, str(path))
+            bar.update(done)
+        s += 1
+
+
+def _run_dask(path, cfg, n, done, bar, workers, scheduler):
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise GliomatchError(f"cannot reach Dask scheduler {scheduler} ({exc})") from exc
+    else:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,
+        )
+        client = Client(cluster)
+    try:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
+        limit = 2 * n_workers
+        cfgd, spath = cfg.to_dict(), str(path.resolve())
+        futures = {}
+
+        def submit():
+            for s in _next_shards(done, n, set(futures.values()), limit):
+                futures[
+                    client.submit(
+                        run_shard,
+                        cfgd,
+                        s,
+                        spath,
+                        1,
+                        pure=False,
+                        key=f"shard-{s}-{os.getpid()}-{time.time_ns()}",
+                    )
+                ] = s
+
+        submit()
+        ac = as_completed(list(futures))
+        while futures:
+            fut = next(ac)
+            s = futures.pop(fut)
+            done[s] = fut.result()
+            bar.update(done)
+            if _prefix(done, n) is not None:
+                break
+            before = set(futures)
+            submit()
+            for f in set(futures) - before:
+                ac.add(f)
+        for f in futures:
+            f.cancel()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+class _Progress:
+    """Progress bar: kept/target tumors, rejected, simulations, rate and ETA."""
+
+    def __init__(self, n: int, enabled: bool):
+        self.n, self.enabled = n, enabled
+        self.t0 = time.perf_counter()
+        self.start_kept = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.p = Progress(
+                TextColumn("building"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+            )
+            self.p.__enter__()
+            self.task = self.p.add_task("db", total=self.n, info="")
+        return self
+
+    def update(self, done):
+        if not self.enabled:
+            return
+        kept = sum(d["kept"] for d in done.values())
+        rej = sum(d["rejected"] for d in done.values())
+        sims = sum(d["trajectories"] for d in done.values())
+        if self.start_kept is None:
+            self.start_kept = kept
+        rate = (kept - self.start_kept) / max(time.perf_counter() - self.t0, 1e-9) * 60
+        self.p.update(
+            self.task,
+            completed=min(kept, self.n),
+            info=f"kept, {rej} rejected, {sims} simulations, {rate:.0f} tumors/min",
+        )
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.p.__exit__(*exc)

@@ -1,0 +1,297 @@
+"""On-disk layout of a tumor database and the :class:`Database` reader.
+
+A database is a directory::
+
+    DB/
+      manifest.json        format, atlas, thresholds, sampling, size filter, counts, checksums
+      config.json          the build settings (a resumed build must match them)
+      tumors.parquet       one row per tumor (id, theta, volumes, centre of mass, bounding box)
+      shards/sNNNNN/       one completed shard, written atomically (temporary name, then rename)
+        densities.zarr     uint8 densities, one tumor per chunk, zstd-compressed
+        tumors.parquet     that shard's rows (local index)
+        shard.json         counts (simulated, kept, rejected)
+      index/               derived search indexes (rebuildable from the above)
+
+Densities are stored as uint8 codes ``q`` with ``u ~ (q + 0.5) / 250`` and the thresholds kept
+*exactly*: ``q >= 50`` iff ``u >= 0.2`` (FLAIR) and ``q >= 150`` iff ``u >= 0.6`` (T1Gd).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gliomatch.errors import GliomatchError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Database",
+    "decode",
+    "encode",
+    "masks_from_codes",
+]
+
+FORMAT = "gliomatch-tumor-db"
+FORMAT_VERSION = 1
+SCALE = 250
+FLAIR_LEVEL, T1GD_LEVEL = 0.2, 0.6
+FLAIR_CODE, T1GD_CODE = 50, 150
+
+
+def encode(u: np.ndarray) -> np.ndarray:
+    """uint8 codes of a density in [0, 1] that keep the 0.2 and 0.6 thresholds exact."""
+    u = np.asarray(u, dtype=np.float32)
+    q = np.clip(np.floor(u.astype(np.float64) * SCALE), 0, SCALE).astype(np.int16)
+    flair = u >= np.float32(FLAIR_LEVEL)
+    t1gd = u >= np.float32(T1GD_LEVEL)
+    q = np.where(flair, np.maximum(q, FLAIR_CODE), np.minimum(q, FLAIR_CODE - 1))
+    q = np.where(t1gd, np.maximum(q, T1GD_CODE), np.minimum(q, T1GD_CODE - 1))
+    return q.astype(np.uint8)
+
+
+def decode(q: np.ndarray) -> np.ndarray:
+    """Approximate density (float32) from codes; exact on the 0.2 / 0.6 thresholds."""
+    q = np.asarray(q)
+    u = (q.astype(np.float32) + np.float32(0.5)) / np.float32(SCALE)
+    u = np.where(q == 0, np.float32(0), u)
+    return np.minimum(u, np.float32(1)).astype(np.float32)
+
+
+def masks_from_codes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FLAIR, T1Gd) boolean masks (u >= 0.2, u >= 0.6) from codes."""
+    return q >= FLAIR_CODE, q >= T1GD_CODE
+
+
+def hash_tree(path: Path) -> str:
+    """SHA-256 over the relative names and bytes of every file below ``path`` (sorted)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    for p in files:
+        h.update(str(p.relative_to(path)).encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(path: Path, df: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_shard(
+    shard_dir: Path,
+    codes: list[np.ndarray],
+    rows: pd.DataFrame,
+    stats: dict,
+    shape: tuple[int, int, int],
+) -> str:
+    """Write one shard atomically: build it under a temporary name, then rename.
+
+    Returns the shard checksum. A shard that already exists is left untouched.
+    """
+    import zarr
+
+    shard_dir = Path(shard_dir)
+    if shard_dir.exists():
+        return hash_tree(shard_dir)
+    tmp = shard_dir.with_name(f".tmp-{shard_dir.name}-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    arr = zarr.open_array(
+        store=str(tmp / "densities.zarr"),
+        mode="w",
+        shape=(len(codes), *shape),
+        chunks=(1, *shape),
+        dtype="uint8",
+        fill_value=0,
+    )
+    for i, q in enumerate(codes):
+        arr[i] = q
+    rows.to_parquet(tmp / "tumors.parquet", index=False)
+    (tmp / "shard.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+    checksum = hash_tree(tmp)
+    try:
+        os.rename(tmp, shard_dir)
+    except OSError:
+        # another worker finished the same shard first (same seed -> same content)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not shard_dir.exists():
+            raise
+    return checksum
+
+
+class Database:
+    """Read access to a tumor database folder (lazy: densities are read per tumor or batch).
+
+    Examples
+    --------
+    >>> db = Database.open("DB")                      # doctest: +SKIP
+    >>> len(db), db.params.columns[:4].tolist()       # doctest: +SKIP
+    >>> flair, t1gd = db.masks(0)                     # doctest: +SKIP
+    """
+
+    def __init__(self, path: Path, manifest: dict, table: pd.DataFrame):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._table = table
+        self._arrays: dict[int, object] = {}
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path) -> Database:
+        """Open a database folder; a foreign, old-format or incomplete folder is a clear error."""
+        path = Path(path)
+        mpath = path / "manifest.json"
+        if not path.is_dir():
+            raise GliomatchError(f"database {path}: no such folder")
+        if not mpath.is_file():
+            hint = " (an unfinished build? run the same `gliomatch db build` again to resume)"
+            if not (path / "config.json").is_file():
+                hint = " (not a gliomatch database)"
+            raise GliomatchError(f"database {path}: missing manifest.json{hint}")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise GliomatchError(f"database {mpath}: not valid JSON ({exc})") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise GliomatchError(f"database {mpath}: not a gliomatch tumor database manifest")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise GliomatchError(
+                f"database {mpath}: format version {manifest.get('format_version')} is not "
+                f"supported (this gliomatch reads version {FORMAT_VERSION}); rebuild it"
+            )
+        tpath = path / "tumors.parquet"
+        try:
+            table = pd.read_parquet(tpath)
+        except FileNotFoundError as exc:
+            raise GliomatchError(f"database {tpath}: missing") from exc
+        except Exception as exc:
+            raise GliomatchError(f"database {tpath}: unreadable parquet ({exc})") from exc
+        if len(table) != manifest["counts"]["tumors"]:
+            raise GliomatchError(
+                f"database {tpath}: {len(table)} rows but the manifest says "
+                f"{manifest['counts']['tumors']}"
+            )
+        return cls(path, manifest, table)
+
+    # ------------------------------------------------------------------ metadata
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @property
+    def params(self) -> pd.DataFrame:
+        """One row per tumor: id, theta (fractions and mm), volumes, centre of mass, bbox."""
+        return self._table
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.manifest["atlas"]["shape"])
+
+    @property
+    def affine(self) -> np.ndarray:
+        return np.asarray(self.manifest["atlas"]["affine"], dtype=np.float64)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.manifest["atlas"]["resolution"])
+
+    @property
+    def index_dir(self) -> Path:
+        """Folder of derived search indexes (created on demand)."""
+        p = self.path / "index"
+        p.mkdir(exist_ok=True)
+        return p
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Identifies this database's content (used to tie indexes and models to it)."""
+        m = self.manifest
+        h = hashlib.sha256(
+            json.dumps(
+                [m["atlas"]["checksum"], m["shards"], m["counts"]["tumors"]], sort_keys=True
+            ).encode()
+        )
+        return h.hexdigest()[:16]
+
+    def atlas(self):
+        """The atlas the database was simulated in."""
+        from gliomatch.atlas import load_atlas
+
+        a = self.manifest["atlas"]
+        spec = None if a["source"] == "mni152-2009" else a["source"].removeprefix("user:")
+        atlas = load_atlas(spec, a["resolution"])
+        if atlas.checksum != a["checksum"]:
+            raise GliomatchError(
+                f"database {self.path}: its atlas ({a['source']}, {a['resolution']}^3) differs "
+                "from the one available here (checksum mismatch)"
+            )
+        return atlas
+
+    # ------------------------------------------------------------------ densities
+    def _array(self, shard: int):
+        import zarr
+
+        arr = self._arrays.get(shard)
+        if arr is None:
+            p = self.path / "shards" / f"s{shard:05d}" / "densities.zarr"
+            try:
+                arr = zarr.open_array(store=str(p), mode="r")
+            except Exception as exc:
+                raise GliomatchError(f"database shard {p}: unreadable ({exc})") from exc
+            self._arrays[shard] = arr
+        return arr
+
+    def _check_id(self, i) -> int:
+        if isinstance(i, bool | np.bool_) or not isinstance(i, int | np.integer):
+            raise GliomatchError(f"tumor id must be an integer, got {i!r}")
+        if not 0 <= int(i) < len(self):
+            raise GliomatchError(f"tumor id {i} out of range (database has {len(self)} tumors)")
+        return int(i)
+
+    def codes(self, i: int) -> np.ndarray:
+        """uint8 codes of tumor ``i`` (see :func:`decode`)."""
+        i = self._check_id(i)
+        row = self._table.iloc[i]
+        arr = self._array(int(row["shard"]))
+        try:
+            return np.asarray(arr[int(row["local"])])
+        except Exception as exc:
+            raise GliomatchError(
+                f"database shard s{int(row['shard']):05d}: cannot read tumor {i} ({exc}); "
+                "run `gliomatch db verify`"
+            ) from exc
+
+    def density(self, i: int) -> np.ndarray:
+        """Approximate cell density (float32) of tumor ``i`` on the atlas grid."""
+        return decode(self.codes(i))
+
+    def masks(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(FLAIR, T1Gd) = (u >= 0.2, u >= 0.6) of tumor ``i``, exact."""
+        return masks_from_codes(self.codes(i))
+
+    def iter_batches(
+        self, batch_size: int = 64, ids=None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(ids, codes)`` with codes of shape (b, R, R, R), reading shard by shard."""
+        ids = np.arange(len(self)) if ids is None else np.asarray(ids, dtype=np.int64)
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            yield chunk, np.stack([self.codes(int(i)) for i in chunk])

@@ -1,0 +1,52 @@
+"""``gliomatch db verify``: checksums, table/array consistency, recoverable masks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gliomatch.database.storage import Database, hash_tree, masks_from_codes
+from gliomatch.errors import GliomatchError
+
+__all__ = ["verify"]
+
+
+def verify(db: Database, *, progress=None) -> dict:
+    """Check a database thoroughly; raise :class:`GliomatchError` naming the first bad file.
+
+    * every shard's files match the manifest's SHA-256;
+    * the table's (shard, local) pairs exist in the shard arrays, with the right grid;
+    * each tumor's stored masks reproduce the table's FLAIR/T1Gd volumes exactly.
+    """
+    shards_dir = db.path / "shards"
+    for entry in db.manifest["shards"]:
+        p = shards_dir / entry["name"]
+        if not p.is_dir():
+            raise GliomatchError(f"database shard {p}: missing")
+        if hash_tree(p) != entry["sha256"]:
+            raise GliomatchError(f"database shard {p}: checksum mismatch (corrupted or modified)")
+    table = db.params
+    vox = db.manifest["atlas"]["spacing_mm"] ** 3 / 1000.0
+    if not np.array_equal(table["id"].to_numpy(), np.arange(len(table))):
+        raise GliomatchError(f"database {db.path / 'tumors.parquet'}: ids are not 0..n-1")
+    for s, group in table.groupby("shard"):
+        arr = db._array(int(s))
+        if tuple(arr.shape[1:]) != db.shape:
+            raise GliomatchError(
+                f"database shard s{int(s):05d}: grid {arr.shape[1:]} != {db.shape}"
+            )
+        if group["local"].max() >= arr.shape[0]:
+            raise GliomatchError(f"database shard s{int(s):05d}: fewer tumors than the table lists")
+    for i in range(len(db)):
+        flair, t1gd = masks_from_codes(db.codes(i))
+        row = table.iloc[i]
+        if not (
+            np.isclose(flair.sum() * vox, row["flair_cm3"], rtol=1e-9, atol=1e-9)
+            and np.isclose(t1gd.sum() * vox, row["t1gd_cm3"], rtol=1e-9, atol=1e-9)
+        ):
+            raise GliomatchError(
+                f"database shard s{int(row['shard']):05d}: tumor {i}'s stored masks do not "
+                "match its volumes in tumors.parquet"
+            )
+        if progress is not None:
+            progress(i + 1, len(db))
+    return {"tumors": len(db), "shards": len(db.manifest["shards"]), "ok": True}
