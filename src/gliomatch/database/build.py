@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -91,27 +92,42 @@ def _space(atlas_spec: str | None, resolution: int, ratio: float):
     return atlas, Domain.from_atlas(atlas, ratio=ratio), np.argwhere(atlas.tissue)
 
 
+@numba.njit(cache=True)
+def _stats(u, flair_level, t1gd_level):
+    """One pass: FLAIR/T1Gd voxel counts, density-weighted centre (voxels), FLAIR bbox."""
+    nf = nt = 0
+    w = wi = wj = wk = 0.0
+    lo = np.array([1 << 30, 1 << 30, 1 << 30])
+    hi = np.array([-1, -1, -1])
+    for i in range(u.shape[0]):
+        for j in range(u.shape[1]):
+            for k in range(u.shape[2]):
+                v = u[i, j, k]
+                if v <= 0:
+                    continue
+                w += v
+                wi += v * i
+                wj += v * j
+                wk += v * k
+                if v >= flair_level:
+                    nf += 1
+                    lo[0], lo[1], lo[2] = min(lo[0], i), min(lo[1], j), min(lo[2], k)
+                    hi[0], hi[1], hi[2] = max(hi[0], i), max(hi[1], j), max(hi[2], k)
+                    if v >= t1gd_level:
+                        nt += 1
+    w = max(w, 1e-30)
+    return nf, nt, np.array([wi / w, wj / w, wk / w]), lo, hi + 1
+
+
 def _tumor_row(u: np.ndarray, atlas, voxel_cm3: float) -> dict:
-    flair = u >= np.float32(FLAIR_LEVEL)
-    idx = np.argwhere(flair)
-    w = u.astype(np.float64)
-    total = w.sum()
-    grids = np.indices(u.shape, dtype=np.float64)
-    com_vox = np.array([(g * w).sum() / total for g in grids])
+    nf, nt, com_vox, lo, hi = _stats(u, np.float32(FLAIR_LEVEL), np.float32(T1GD_LEVEL))
     com = atlas.voxel_to_world(com_vox)
-    lo, hi = idx.min(0), idx.max(0)
     return {
-        "flair_cm3": float(flair.sum() * voxel_cm3),
-        "t1gd_cm3": float((u >= np.float32(T1GD_LEVEL)).sum() * voxel_cm3),
-        "com_x_mm": com[0],
-        "com_y_mm": com[1],
-        "com_z_mm": com[2],
-        "bbox_i0": int(lo[0]),
-        "bbox_j0": int(lo[1]),
-        "bbox_k0": int(lo[2]),
-        "bbox_i1": int(hi[0]) + 1,
-        "bbox_j1": int(hi[1]) + 1,
-        "bbox_k1": int(hi[2]) + 1,
+        "flair_cm3": float(nf * voxel_cm3),
+        "t1gd_cm3": float(nt * voxel_cm3),
+        "com_x_mm": com[0], "com_y_mm": com[1], "com_z_mm": com[2],
+        "bbox_i0": int(lo[0]), "bbox_j0": int(lo[1]), "bbox_k0": int(lo[2]),
+        "bbox_i1": int(hi[0]), "bbox_j1": int(hi[1]), "bbox_k1": int(hi[2]),
     }
 
 
@@ -152,9 +168,8 @@ def run_shard(config: dict, shard: int, db_path: str, numba_threads: int | None 
         simulated += 1
         rejected += len(tr.times) - len(sim.times)  # snapshots past the early stop: too big
         for snap, (t, u) in enumerate(zip(sim.times, sim.densities, strict=True)):
-            flair_cm3 = float((u >= np.float32(FLAIR_LEVEL)).sum() * vox)
-            t1gd_cm3 = float((u >= np.float32(T1GD_LEVEL)).sum() * vox)
-            if not filt.keep(flair_cm3, t1gd_cm3):
+            row = _tumor_row(u, atlas, vox)
+            if not filt.keep(row["flair_cm3"], row["t1gd_cm3"]):
                 rejected += 1
                 continue
             seed_mm = sim.seed_mm
@@ -172,7 +187,7 @@ def run_shard(config: dict, shard: int, db_path: str, numba_threads: int | None 
                     "dw": tr.dw,
                     "rho": tr.rho,
                     "t_end": t,
-                    **_tumor_row(u, atlas, vox),
+                    **row,
                 }
             )
             codes.append(encode(u))

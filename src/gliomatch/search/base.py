@@ -1,0 +1,235 @@
+"""One search interface for every strategy: ``build(db)``, then ``search(query, k)``.
+
+A strategy is constructed from a :class:`~gliomatch.database.Database`, builds its index under
+the database's ``index/`` folder (or loads it lazily) and answers
+``search(query, k) -> (scores, ids)`` with scores descending and ties broken by the smaller id.
+
+Score (the papers' query): ``w_t1gd * Dice_T1Gd + w_flair * Dice_FLAIR`` with the database
+tumor thresholded at u = 0.6 (T1Gd, tumor core) and u = 0.2 (FLAIR, whole tumor).
+
+Dice convention: ``Dice(A, B) = 2 |A & B| / (|A| + |B|)``, and ``Dice = 1`` when both masks are
+empty (they agree perfectly). An empty query T1Gd mask is allowed: every database tumor has a
+non-empty core, so its T1Gd Dice is then 0 and only FLAIR ranks the matches.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gliomatch.errors import GliomatchError
+
+__all__ = [
+    "Query",
+    "Strategy",
+    "available_strategies",
+    "dice",
+    "get_strategy",
+    "register_strategy",
+    "top_k",
+]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice coefficient of two boolean masks (1.0 when both are empty).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> dice(np.array([1, 1, 0], bool), np.array([1, 0, 0], bool))
+    0.6666666666666666
+    """
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise GliomatchError(f"masks of different shapes {a.shape} and {b.shape}")
+    return dice_from_counts(np.count_nonzero(a & b), np.count_nonzero(a), np.count_nonzero(b))
+
+
+def dice_from_counts(inter, na, nb):
+    """Dice from intersection and sizes; the one formula every strategy uses (same rounding)."""
+    na, nb = int(na), int(nb)
+    if na + nb == 0:
+        return 1.0
+    return 2.0 * int(inter) / (na + nb)
+
+
+def _as_mask(arr, name: str, shape) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise GliomatchError(f"{name} mask must be 3-D, got shape {arr.shape}")
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise GliomatchError(
+            f"{name} mask has shape {arr.shape} but the database grid is {tuple(shape)}; "
+            "warp/resample the mask into atlas space first"
+        )
+    if arr.dtype == bool:
+        return arr
+    if arr.dtype.kind not in "biuf":
+        raise GliomatchError(f"{name} mask has non-numeric type {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise GliomatchError(f"{name} mask contains NaN or infinite values")
+    values = np.unique(arr)
+    if not np.all(np.isin(values, (0, 1))):
+        shown = ", ".join(f"{v:g}" for v in values[:6])
+        raise GliomatchError(
+            f"{name} mask is not binary (values {shown}{'...' if len(values) > 6 else ''}); "
+            "pass a 0/1 mask (for a BraTS label map use `gliomatch infer --seg`)"
+        )
+    return arr.astype(bool)
+
+
+@dataclass(frozen=True)
+class Query:
+    """The two patient masks in atlas space: FLAIR (whole tumor) and T1Gd (tumor core)."""
+
+    flair: np.ndarray
+    t1gd: np.ndarray
+
+    @classmethod
+    def from_masks(cls, flair, t1gd, shape=None) -> Query:
+        """Validated query: 3-D, binary, on ``shape`` (the database grid), FLAIR non-empty."""
+        f = _as_mask(flair, "FLAIR", shape)
+        t = _as_mask(t1gd, "T1Gd", shape if shape is not None else f.shape)
+        if t.shape != f.shape:
+            raise GliomatchError(f"FLAIR {f.shape} and T1Gd {t.shape} masks differ in shape")
+        if not f.any():
+            raise GliomatchError("FLAIR (whole tumor) mask is empty: nothing to match")
+        return cls(f, t)
+
+    @classmethod
+    def from_codes(cls, codes: np.ndarray) -> Query:
+        """The query made of a database tumor's own masks."""
+        from gliomatch.database.storage import masks_from_codes
+
+        f, t = masks_from_codes(codes)
+        return cls(f, t)
+
+
+def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (score descending, id ascending on ties)."""
+    order = np.lexsort((ids, -scores))[:k]
+    return scores[order], ids[order]
+
+
+class Strategy(abc.ABC):
+    """Base class: subclasses set ``name`` and implement ``_build``, ``_load``, ``_search``."""
+
+    name: str = ""
+    #: True when the strategy's index must be built before searching.
+    needs_index: bool = True
+
+    def __init__(self, db, *, w_t1gd: float = 1.0, w_flair: float = 1.0, progress: bool = True):
+        for nm, w in (("w_t1gd", w_t1gd), ("w_flair", w_flair)):
+            if not np.isfinite(w) or w < 0:
+                raise GliomatchError(f"{nm} must be a finite weight >= 0, got {w}")
+        if w_t1gd == 0 and w_flair == 0:
+            raise GliomatchError("at least one of w_t1gd, w_flair must be > 0")
+        self.db = db
+        self.w_t1gd = float(w_t1gd)
+        self.w_flair = float(w_flair)
+        self.progress = progress
+        self._loaded = False
+
+    # ---------------------------------------------------------------- index files
+    @property
+    def index_path(self) -> Path:
+        return self.db.index_dir / self.name
+
+    def _meta(self) -> dict:
+        return {"strategy": self.name, "db": self.db.fingerprint, "n": len(self.db)}
+
+    def is_built(self) -> bool:
+        meta = self.index_path / "meta.json"
+        if not meta.is_file():
+            return False
+        try:
+            saved = json.loads(meta.read_text())
+        except json.JSONDecodeError:
+            return False
+        return all(saved.get(k) == v for k, v in self._meta().items())
+
+    def build(self) -> Strategy:
+        """Build the index from the database and save it (atomically) under ``index/``."""
+        import os
+        import shutil
+
+        if self.needs_index:
+            tmp = self.index_path.with_name(f".tmp-{self.name}-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self._build(tmp)
+            (tmp / "meta.json").write_text(json.dumps(self._meta()))
+            shutil.rmtree(self.index_path, ignore_errors=True)
+            os.replace(tmp, self.index_path)
+        self._loaded = False
+        return self
+
+    def ensure_ready(self) -> Strategy:
+        if self._loaded:
+            return self
+        if self.needs_index:
+            if not self.is_built():
+                self.build()
+            self._load(self.index_path)
+        self._loaded = True
+        return self
+
+    # ---------------------------------------------------------------- search
+    def score(self, dice_t1gd, dice_flair):
+        return self.w_t1gd * dice_t1gd + self.w_flair * dice_flair
+
+    def search(self, query: Query, k: int = 15) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` tumors for ``query``: ``(scores, ids)``, best first."""
+        if not isinstance(query, Query):
+            raise GliomatchError("search needs a Query (use Query.from_masks(flair, t1gd))")
+        if tuple(query.flair.shape) != tuple(self.db.shape):
+            raise GliomatchError(
+                f"query grid {query.flair.shape} differs from the database grid {self.db.shape}"
+            )
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise GliomatchError(f"k must be a positive integer, got {k!r}")
+        self.ensure_ready()
+        k = min(int(k), len(self.db))
+        scores, ids = self._search(query, k)
+        return np.asarray(scores, dtype=np.float64), np.asarray(ids, dtype=np.int64)
+
+    def _build(self, folder: Path) -> None:  # pragma: no cover - strategies with no index
+        pass
+
+    def _load(self, folder: Path) -> None:  # pragma: no cover
+        pass
+
+    @abc.abstractmethod
+    def _search(self, query: Query, k: int): ...
+
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(name: str, cls: type[Strategy] | None = None, **defaults):
+    """Register a strategy class under ``name`` (usable as a decorator)."""
+
+    def deco(c):
+        _REGISTRY[name] = (c, defaults)
+        return c
+
+    return deco(cls) if cls is not None else deco
+
+
+def available_strategies() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_strategy(name: str, db, **options) -> Strategy:
+    """Instantiate strategy ``name`` for ``db`` (its index is built/loaded on first search)."""
+    if name not in _REGISTRY:
+        raise GliomatchError(
+            f"unknown strategy {name!r}; available: {', '.join(available_strategies())}"
+        )
+    cls, defaults = _REGISTRY[name]
+    return cls(db, **{**defaults, **options})
