@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from gliomatch.errors import GliomatchError
@@ -222,6 +223,133 @@ def bench_build_cmd(
     )
     if json_out:
         typer.echo(json.dumps(r))
+
+
+StrategyOpt = Annotated[str, typer.Option(help="Search strategy: loop, exact, ds64, ds32, ...")]
+
+
+def _load_mask(path: Path, name: str):
+    import nibabel as nib
+
+    if not path.is_file():
+        raise GliomatchError(f"{name} mask {path}: file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except Exception as exc:
+        raise GliomatchError(f"{name} mask {path}: cannot read as NIfTI ({exc})") from exc
+    return data, img.affine
+
+
+@app.command()
+@handle_errors
+def search(
+    db_path: Annotated[Path, typer.Argument(help="Database folder.")],
+    flair: Annotated[Path, typer.Option(help="FLAIR (whole tumor) mask in atlas space, NIfTI.")],
+    t1gd: Annotated[Path, typer.Option(help="T1Gd (tumor core) mask in atlas space, NIfTI.")],
+    k: Annotated[int, typer.Option(help="Number of matches.")] = 15,
+    strategy: StrategyOpt = "exact",
+    w_t1gd: Annotated[float, typer.Option(help="Weight of Dice_T1Gd in the score.")] = 1.0,
+    w_flair: Annotated[float, typer.Option(help="Weight of Dice_FLAIR in the score.")] = 1.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Find the database tumors that best match two atlas-space masks (Dice_T1Gd + Dice_FLAIR)."""
+    import time
+
+    from gliomatch.database import Database
+    from gliomatch.search import Query, get_strategy
+    from gliomatch.search.engine import dice_scores
+
+    db = Database.open(db_path)
+    f, f_aff = _load_mask(flair, "FLAIR")
+    t, t_aff = _load_mask(t1gd, "T1Gd")
+    for name, aff, path in (("FLAIR", f_aff, flair), ("T1Gd", t_aff, t1gd)):
+        if not np.allclose(aff, db.affine, atol=1e-3):
+            raise GliomatchError(
+                f"{name} mask {path}: its affine differs from the database atlas grid; "
+                "the masks must be in atlas space (use `gliomatch infer` for patient scans)"
+            )
+    q = Query.from_masks(f, t, db.shape)
+    strat = get_strategy(strategy, db, w_t1gd=w_t1gd, w_flair=w_flair, progress=not json_out)
+    strat.ensure_ready()
+    t0 = time.perf_counter()
+    scores, ids = strat.search(q, k)
+    elapsed = time.perf_counter() - t0
+    # report both Dice terms at full resolution for every match
+    rows = []
+    p = db.params
+    qf, qt = int(q.flair.sum()), int((q.t1gd & q.flair).sum())
+    for s, i in zip(scores, ids, strict=True):
+        mf, mt = db.masks(int(i))
+        _, dt, df = dice_scores(
+            np.count_nonzero(mf & q.flair),
+            np.count_nonzero(mt & q.t1gd),
+            mf.sum(),
+            mt.sum(),
+            qf,
+            qt,
+            w_t1gd,
+            w_flair,
+        )
+        r = p.iloc[int(i)]
+        rows.append(
+            {
+                "id": int(i),
+                "score": float(s),
+                "dice_t1gd": float(dt),
+                "dice_flair": float(df),
+                "x_mm": float(r.x_mm),
+                "y_mm": float(r.y_mm),
+                "z_mm": float(r.z_mm),
+                "dw": float(r.dw),
+                "rho": float(r.rho),
+                "t_end": float(r.t_end),
+            }
+        )
+    if json_out:
+        typer.echo(json.dumps({"strategy": strategy, "seconds": elapsed, "matches": rows}))
+        return
+    typer.echo(
+        f"{strategy}: top {len(rows)} of {len(db)} in {elapsed * 1000:.1f} ms "
+        "(score = strategy's; Dice at full resolution)"
+    )
+    typer.echo(
+        f"{'rank':>4} {'id':>7} {'score':>7} {'T1Gd':>6} {'FLAIR':>6} "
+        f"{'seed x,y,z (mm)':>22} {'D_w':>7} {'rho':>7} {'T (d)':>7}"
+    )
+    for n, r in enumerate(rows, 1):
+        seed = f"{r['x_mm']:.0f},{r['y_mm']:.0f},{r['z_mm']:.0f}"
+        typer.echo(
+            f"{n:>4} {r['id']:>7} {r['score']:7.4f} {r['dice_t1gd']:6.3f} "
+            f"{r['dice_flair']:6.3f} {seed:>22} {r['dw']:7.3f} {r['rho']:7.4f} "
+            f"{r['t_end']:7.0f}"
+        )
+
+
+@db_app.command("index")
+@handle_errors
+def db_index(
+    db_path: Annotated[Path, typer.Argument(help="Database folder.")],
+    strategy: StrategyOpt = "exact",
+):
+    """Build a strategy's search index explicitly (search builds it on first use otherwise)."""
+    import time
+
+    from gliomatch.database import Database
+    from gliomatch.search import get_strategy
+
+    db = Database.open(db_path)
+    strat = get_strategy(strategy, db)
+    if not strat.needs_index:
+        typer.echo(f"{strategy} needs no index")
+        return
+    t0 = time.perf_counter()
+    strat.build()
+    size = sum(p.stat().st_size for p in strat.index_path.rglob("*") if p.is_file())
+    typer.echo(
+        f"{strategy} index: {size / 1e6:.1f} MB in {strat.index_path} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
 
 
 def _range(text: str, name: str) -> tuple[float, float]:

@@ -125,9 +125,15 @@ def _tumor_row(u: np.ndarray, atlas, voxel_cm3: float) -> dict:
     return {
         "flair_cm3": float(nf * voxel_cm3),
         "t1gd_cm3": float(nt * voxel_cm3),
-        "com_x_mm": com[0], "com_y_mm": com[1], "com_z_mm": com[2],
-        "bbox_i0": int(lo[0]), "bbox_j0": int(lo[1]), "bbox_k0": int(lo[2]),
-        "bbox_i1": int(hi[0]), "bbox_j1": int(hi[1]), "bbox_k1": int(hi[2]),
+        "com_x_mm": com[0],
+        "com_y_mm": com[1],
+        "com_z_mm": com[2],
+        "bbox_i0": int(lo[0]),
+        "bbox_j0": int(lo[1]),
+        "bbox_k0": int(lo[2]),
+        "bbox_i1": int(hi[0]),
+        "bbox_j1": int(hi[1]),
+        "bbox_k1": int(hi[2]),
     }
 
 

@@ -79,7 +79,9 @@ def _popand(a, b, ia, ib):
         x = a[ia, w] & b[ib, w]
         # popcount (SWAR): numba has no portable popcount intrinsic for uint64
         x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-        x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+        x = (x & np.uint64(0x3333333333333333)) + (
+            (x >> np.uint64(2)) & np.uint64(0x3333333333333333)
+        )
         x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
         s += (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
     return s

@@ -1,0 +1,22 @@
+"""Search strategies behind one interface: ``get_strategy(name, db).search(query, k)``."""
+
+from gliomatch.search import strategies as _strategies  # noqa: F401  (registers strategies)
+from gliomatch.search.base import (
+    Query,
+    Strategy,
+    available_strategies,
+    dice,
+    get_strategy,
+    register_strategy,
+    top_k,
+)
+
+__all__ = [
+    "Query",
+    "Strategy",
+    "available_strategies",
+    "dice",
+    "get_strategy",
+    "register_strategy",
+    "top_k",
+]

@@ -1,0 +1,186 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from gliomatch.database import BuildConfig, build_database
+from gliomatch.errors import GliomatchError
+from gliomatch.search import Query, dice, get_strategy
+from gliomatch.search.strategies import downsample
+
+CFG = BuildConfig(resolution=32, seed=3, shard_size=4)
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    return build_database(tmp_path_factory.mktemp("sdb") / "db", 60, CFG, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def db64(tmp_path_factory):
+    cfg = BuildConfig(resolution=64, seed=4, shard_size=4)
+    return build_database(
+        tmp_path_factory.mktemp("sdb64") / "db", 24, cfg, workers=1, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def strategies(db):
+    return {
+        "loop": get_strategy("loop", db, workers=1, progress=False),
+        "exact": get_strategy("exact", db, progress=False),
+    }
+
+
+def _blob(rng, shape, centre=None, radius=None):
+    centre = rng.uniform(4, shape[0] - 4, 3) if centre is None else np.asarray(centre)
+    radius = rng.uniform(2, 8) if radius is None else radius
+    g = np.indices(shape).astype(float)
+    noise = ndimage.gaussian_filter(rng.normal(size=shape), 1.5) * 6
+    d = np.sqrt(sum((g[i] - centre[i]) ** 2 for i in range(3))) + noise
+    flair = d < radius
+    t1gd = d < radius * rng.uniform(0.2, 0.8)
+    if not flair.any():
+        flair[tuple(np.clip(centre.astype(int), 0, shape[0] - 1))] = True
+    return flair, t1gd
+
+
+def _assert_same(a, b):
+    (sa, ia), (sb, ib) = a, b
+    assert np.array_equal(ia, ib), (ia, ib)
+    assert np.allclose(sa, sb, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_exact_equals_loop_random_blobs(strategies, seed):
+    rng = np.random.default_rng(seed)
+    q = Query.from_masks(*_blob(rng, (32, 32, 32)))
+    k = int(rng.integers(1, 20))
+    _assert_same(strategies["loop"].search(q, k), strategies["exact"].search(q, k))
+
+
+@pytest.mark.parametrize("i", [0, 17, 59])
+def test_query_equal_to_entry_ranks_first(db, strategies, i):
+    q = Query.from_codes(db.codes(i))
+    for s in strategies.values():
+        scores, ids = s.search(q, 5)
+        assert ids[0] == i and scores[0] == 2.0
+
+
+def test_query_at_grid_border(strategies):
+    rng = np.random.default_rng(5)
+    for centre in ([0, 0, 0], [31, 31, 31], [0, 16, 31]):
+        q = Query.from_masks(*_blob(rng, (32, 32, 32), centre=centre, radius=6))
+        _assert_same(strategies["loop"].search(q, 10), strategies["exact"].search(q, 10))
+
+
+def test_empty_t1gd_allowed(strategies):
+    rng = np.random.default_rng(6)
+    flair, _ = _blob(rng, (32, 32, 32), centre=[14, 16, 14], radius=7)
+    q = Query.from_masks(flair, np.zeros_like(flair))
+    a = strategies["loop"].search(q, 8)
+    _assert_same(a, strategies["exact"].search(q, 8))
+    assert np.all(a[0] <= 1.0)  # Dice_T1Gd is 0 against every (non-empty) tumor core
+
+
+def test_k_larger_than_db(db, strategies):
+    rng = np.random.default_rng(7)
+    q = Query.from_masks(*_blob(rng, (32, 32, 32)))
+    a = strategies["loop"].search(q, 1000)
+    b = strategies["exact"].search(q, 1000)
+    assert len(a[1]) == len(db)
+    _assert_same(a, b)
+    assert sorted(b[1]) == list(range(len(db)))
+
+
+def test_weights(db):
+    rng = np.random.default_rng(8)
+    q = Query.from_masks(*_blob(rng, (32, 32, 32), centre=[15, 16, 14], radius=8))
+    loop = get_strategy("loop", db, workers=1, w_flair=2.0, w_t1gd=0.5)
+    ex = get_strategy("exact", db, w_flair=2.0, w_t1gd=0.5)
+    _assert_same(loop.search(q, 10), ex.search(q, 10))
+
+
+def test_scores_are_dice(db, strategies):
+    rng = np.random.default_rng(9)
+    q = Query.from_masks(*_blob(rng, (32, 32, 32), centre=[15, 16, 14], radius=8))
+    scores, ids = strategies["exact"].search(q, 3)
+    for s, i in zip(scores, ids, strict=True):
+        f, t = db.masks(int(i))
+        assert s == pytest.approx(dice(f, q.flair) + dice(t, q.t1gd), abs=1e-12)
+
+
+def test_loop_parallel_equals_serial(db):
+    rng = np.random.default_rng(10)
+    q = Query.from_masks(*_blob(rng, (32, 32, 32), centre=[15, 16, 14], radius=8))
+    _assert_same(
+        get_strategy("loop", db, workers=1).search(q, 7),
+        get_strategy("loop", db, workers=2).search(q, 7),
+    )
+
+
+@pytest.mark.parametrize("name, size", [("ds32", 32), ("ds64", 64)])
+def test_downsampled_agree_with_numpy(db64, name, size):
+    rng = np.random.default_rng(11)
+    strat = get_strategy(name, db64, progress=False)
+    for _ in range(3):
+        q = Query.from_masks(*_blob(rng, (64, 64, 64), centre=[28, 34, 30], radius=14))
+        scores, ids = strat.search(q, 5)
+        qf, qt = downsample(q.flair, size), downsample(q.t1gd, size)
+        ref = []
+        for i in range(len(db64)):
+            f, t = db64.masks(i)
+            ref.append(dice(downsample(t, size), qt) + dice(downsample(f, size), qf))
+        ref = np.asarray(ref)
+        order = np.lexsort((np.arange(len(ref)), -ref))[:5]
+        assert np.array_equal(ids, order)
+        assert np.allclose(scores, ref[order], atol=1e-12)
+
+
+def test_downsample_is_order0_zoom():
+    m = np.zeros((64, 64, 64), bool)
+    m[10:30, 5:9, 40:41] = True
+    d = downsample(m, 32)
+    assert d.shape == (32, 32, 32)
+    assert np.array_equal(d, ndimage.zoom(m.astype(np.uint8), 0.5, order=0) > 0)
+
+
+def test_index_is_rebuilt_for_another_db(db, tmp_path):
+    other = build_database(
+        tmp_path / "o", 10, BuildConfig(resolution=32, seed=99), workers=1, progress=False
+    )
+    s = get_strategy("exact", other, progress=False)
+    assert not s.is_built()
+    s.ensure_ready()
+    assert s.is_built()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Query.from_masks(np.zeros((32, 32, 32)), np.zeros((32, 32, 32))), "empty"),
+        (
+            lambda: Query.from_masks(np.ones((16, 16, 16)), np.ones((16, 16, 16)), (32,) * 3),
+            "database grid",
+        ),
+        (lambda: Query.from_masks(np.full((32, 32, 32), 2), np.ones((32, 32, 32))), "binary"),
+        (lambda: Query.from_masks(np.full((32, 32, 32), 0.5), np.ones((32, 32, 32))), "binary"),
+        (lambda: Query.from_masks(np.full((32, 32, 32), np.nan), np.ones((32, 32, 32))), "NaN"),
+        (lambda: Query.from_masks(np.ones((32, 32)), np.ones((32, 32))), "3-D"),
+    ],
+)
+def test_bad_queries(make, message):
+    with pytest.raises(GliomatchError, match=message):
+        make()
+
+
+def test_bad_search_arguments(db, strategies):
+    q = Query.from_codes(db.codes(0))
+    with pytest.raises(GliomatchError, match="k must"):
+        strategies["exact"].search(q, 0)
+    with pytest.raises(GliomatchError, match="unknown strategy"):
+        get_strategy("nope", db)
+    with pytest.raises(GliomatchError, match="weight"):
+        get_strategy("exact", db, w_flair=-1)
+    small = Query.from_masks(np.ones((16, 16, 16)), np.ones((16, 16, 16)))
+    with pytest.raises(GliomatchError, match="grid"):
+        strategies["exact"].search(small, 3)
