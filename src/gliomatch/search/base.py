@@ -198,11 +198,11 @@ class Strategy(abc.ABC):
         scores, ids = self._search(query, k)
         return np.asarray(scores, dtype=np.float64), np.asarray(ids, dtype=np.int64)
 
-    def _build(self, folder: Path) -> None:  # pragma: no cover - strategies with no index
-        pass
+    def _build(self, folder: Path) -> None:  # noqa: B027 - strategies without an index
+        """Write the index files into ``folder`` (only when ``needs_index``)."""
 
-    def _load(self, folder: Path) -> None:  # pragma: no cover
-        pass
+    def _load(self, folder: Path) -> None:  # noqa: B027
+        """Load the index files from ``folder`` (only when ``needs_index``)."""
 
     @abc.abstractmethod
     def _search(self, query: Query, k: int): ...
