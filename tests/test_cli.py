@@ -179,3 +179,107 @@ def test_bench_build_json():
     assert r.exit_code == 0, r.output
     res = json.loads(r.output.strip().splitlines()[-1])
     assert res["n"] == 5 and res["tumors_per_min"] > 0 and 0 <= res["rejection_rate"] < 1
+
+
+def test_search_and_bench_search(tmp_path):
+    db = tmp_path / "db"
+    r = runner.invoke(
+        app,
+        [
+            "db",
+            "build",
+            "--out",
+            str(db),
+            "--n",
+            "12",
+            "--resolution",
+            "32",
+            "--workers",
+            "1",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["db", "index", str(db), "--strategy", "exact"])
+    assert r.exit_code == 0 and "exact index" in r.output
+    out = tmp_path / "q.nii.gz"
+    assert (
+        runner.invoke(app, ["db", "show", str(db), "3", "--out", str(out), "--masks"]).exit_code
+        == 0
+    )
+    args = [
+        "search",
+        str(db),
+        "--flair",
+        str(tmp_path / "q_flair.nii.gz"),
+        "--t1gd",
+        str(tmp_path / "q_t1gd.nii.gz"),
+        "--k",
+        "4",
+    ]
+    r = runner.invoke(app, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert res["matches"][0]["id"] == 3 and res["matches"][0]["score"] == 2.0
+    assert len(res["matches"]) == 4
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and "rank" in r.output
+    # a mask on another grid is refused with a clear message
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.uint8), np.eye(4)), str(tmp_path / "s.nii.gz"))
+    r = runner.invoke(
+        app,
+        [
+            "search",
+            str(db),
+            "--flair",
+            str(tmp_path / "s.nii.gz"),
+            "--t1gd",
+            str(tmp_path / "s.nii.gz"),
+        ],
+    )
+    assert r.exit_code == 1 and "affine" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "search",
+            str(db),
+            "--flair",
+            str(tmp_path / "missing.nii.gz"),
+            "--t1gd",
+            str(tmp_path / "s.nii.gz"),
+        ],
+    )
+    assert r.exit_code == 1 and "not found" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "search",
+            "--db",
+            str(db),
+            "--queries",
+            "3",
+            "--scale",
+            "30",
+            "--strategies",
+            "loop,exact,ds32",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.output.strip().splitlines()]
+    by = {row["strategy"]: row for row in rows}
+    assert by["exact"]["top1"] == 1.0 and by["loop"]["exact_equals_loop"] is True
+    for row in rows:
+        for key in (
+            "strategy",
+            "n_db",
+            "queries",
+            "median_s",
+            "speedup_vs_loop",
+            "top1",
+            "top5",
+            "top15",
+        ):
+            assert key in row
+    assert by["exact"]["scaled_to"] == 30

@@ -352,6 +352,71 @@ def db_index(
     )
 
 
+@bench_app.command("search")
+@handle_errors
+def bench_search_cmd(
+    db_path: Annotated[Path, typer.Option("--db", help="Database folder.")],
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = (
+        "loop,exact,ds64,ds32"
+    ),
+    queries: Annotated[int, typer.Option(help="Held-out query tumors.")] = 20,
+    k: Annotated[int, typer.Option(help="k of the top-k.")] = 15,
+    scale: Annotated[
+        int | None, typer.Option(help="Also time indexes padded to this many entries.")
+    ] = None,
+    loop_max: Annotated[
+        int, typer.Option(help="Time loop on at most this many tumors (scaled linearly).")
+    ] = 2000,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per strategy.")] = False,
+):
+    """Latency and top-1/5/15 preservation of search strategies on held-out tumors."""
+    from gliomatch.database import Database
+    from gliomatch.evaluation.bench import bench_search
+
+    db = Database.open(db_path)
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if queries < 1:
+        raise GliomatchError(f"--queries must be >= 1, got {queries}")
+    rows = bench_search(
+        db,
+        names,
+        queries=queries,
+        k=k,
+        scale=scale,
+        loop_max=loop_max,
+        progress=not json_out,
+        log=(lambda m: None) if json_out else typer.echo,
+    )
+    if json_out:
+        for r in rows:
+            typer.echo(json.dumps(r))
+        return
+    typer.echo(f"{len(db)} tumors at {db.resolution}^3, {rows[0]['queries']} held-out queries")
+    typer.echo(
+        f"{'strategy':>10} {'median':>10} {'p95':>10} {'speed-up':>9} {'top1':>6} "
+        f"{'top5':>6} {'top15':>6} {'index':>9}"
+    )
+    for r in rows:
+        sp = f"{r['speedup_vs_loop']:.0f}x" if r["speedup_vs_loop"] else "-"
+        typer.echo(
+            f"{r['strategy']:>10} {r['median_s'] * 1e3:8.2f}ms {r['p95_s'] * 1e3:8.2f}ms "
+            f"{sp:>9} {100 * r['top1']:5.1f}% {100 * r['top5']:5.1f}% "
+            f"{100 * r['top15']:5.1f}% {r['index_bytes'] / 1e6:7.1f}MB"
+        )
+        if "scaled_to" in r:
+            typer.echo(
+                f"{'':>10} at {r['scaled_to']} entries: median "
+                f"{r['scaled_median_s'] * 1e3:.2f} ms, p95 {r['scaled_p95_s'] * 1e3:.2f} ms, "
+                f"index {r['scaled_index_bytes'] / 1e6:.0f} MB"
+            )
+        if r["note"]:
+            typer.echo(f"{'':>10} note: {r['note']}")
+        if "exact_equals_loop" in r:
+            typer.echo(
+                f"{'':>10} exact top-{k} identical to loop on every query: {r['exact_equals_loop']}"
+            )
+
+
 def _range(text: str, name: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))

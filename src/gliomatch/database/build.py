@@ -38,7 +38,7 @@ from gliomatch.database.storage import (
 )
 from gliomatch.errors import GliomatchError
 
-__all__ = ["BuildConfig", "build_database", "run_shard"]
+__all__ = ["BuildConfig", "build_database", "held_out_tumors", "run_shard", "trajectory_tumors"]
 
 
 @dataclass(frozen=True)
@@ -137,13 +137,61 @@ def _tumor_row(u: np.ndarray, atlas, voxel_cm3: float) -> dict:
     }
 
 
+def trajectory_tumors(cfg: BuildConfig, traj_id: int, seed: int | None = None):
+    """Simulate trajectory ``traj_id`` and return ``(kept, rejected)``.
+
+    ``kept`` is a list of ``(row, codes)``: the table row (without shard/local) and the uint8
+    density codes of each snapshot that passes the size filter. ``seed`` overrides the
+    configuration's seed (held-out queries use another one).
+    """
+    from gliomatch.solver import simulate
+
+    atlas, domain, tissue_idx = _space(cfg.atlas, cfg.resolution, cfg.ratio)
+    vox = atlas.voxel_volume_cm3
+    filt = cfg.size_filter
+    seed = cfg.seed if seed is None else seed
+    tr = sample_trajectory(atlas, cfg.sampling, seed, traj_id, tissue_idx)
+    sim = simulate(
+        domain,
+        tr.x,
+        tr.y,
+        tr.z,
+        tr.dw,
+        tr.rho,
+        tr.times,
+        stop_volume_cm3=filt.flair_max_cm3,
+        stop_threshold=FLAIR_LEVEL,
+    )
+    rejected = len(tr.times) - len(sim.times)  # snapshots past the early stop: too big
+    kept = []
+    for snap, (t, u) in enumerate(zip(sim.times, sim.densities, strict=True)):
+        stats = _tumor_row(u, atlas, vox)
+        if not filt.keep(stats["flair_cm3"], stats["t1gd_cm3"]):
+            rejected += 1
+            continue
+        row = {
+            "traj_id": traj_id,
+            "snapshot": snap,
+            "x": tr.x,
+            "y": tr.y,
+            "z": tr.z,
+            "x_mm": sim.seed_mm[0],
+            "y_mm": sim.seed_mm[1],
+            "z_mm": sim.seed_mm[2],
+            "dw": tr.dw,
+            "rho": tr.rho,
+            "t_end": t,
+            **stats,
+        }
+        kept.append((row, encode(u)))
+    return kept, rejected
+
+
 def run_shard(config: dict, shard: int, db_path: str, numba_threads: int | None = None) -> dict:
     """Simulate shard ``shard`` and write it to ``db_path/shards``; return its counts.
 
     A shard that exists already is not recomputed.
     """
-    from gliomatch.solver import simulate
-
     cfg = BuildConfig.from_dict(config)
     shard_dir = Path(db_path) / "shards" / f"s{shard:05d}"
     if shard_dir.exists():
@@ -153,61 +201,48 @@ def run_shard(config: dict, shard: int, db_path: str, numba_threads: int | None 
 
         numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))
     t0 = time.perf_counter()
-    atlas, domain, tissue_idx = _space(cfg.atlas, cfg.resolution, cfg.ratio)
-    vox = atlas.voxel_volume_cm3
-    filt = cfg.size_filter
     codes, rows = [], []
-    simulated = rejected = 0
+    rejected = 0
     for traj_id in range(shard * cfg.shard_size, (shard + 1) * cfg.shard_size):
-        tr = sample_trajectory(atlas, cfg.sampling, cfg.seed, traj_id, tissue_idx)
-        sim = simulate(
-            domain,
-            tr.x,
-            tr.y,
-            tr.z,
-            tr.dw,
-            tr.rho,
-            tr.times,
-            stop_volume_cm3=filt.flair_max_cm3,
-            stop_threshold=FLAIR_LEVEL,
-        )
-        simulated += 1
-        rejected += len(tr.times) - len(sim.times)  # snapshots past the early stop: too big
-        for snap, (t, u) in enumerate(zip(sim.times, sim.densities, strict=True)):
-            row = _tumor_row(u, atlas, vox)
-            if not filt.keep(row["flair_cm3"], row["t1gd_cm3"]):
-                rejected += 1
-                continue
-            seed_mm = sim.seed_mm
-            rows.append(
-                {
-                    "local": len(codes),
-                    "traj_id": traj_id,
-                    "snapshot": snap,
-                    "x": tr.x,
-                    "y": tr.y,
-                    "z": tr.z,
-                    "x_mm": seed_mm[0],
-                    "y_mm": seed_mm[1],
-                    "z_mm": seed_mm[2],
-                    "dw": tr.dw,
-                    "rho": tr.rho,
-                    "t_end": t,
-                    **row,
-                }
-            )
-            codes.append(encode(u))
+        kept, rej = trajectory_tumors(cfg, traj_id)
+        rejected += rej
+        for row, q in kept:
+            rows.append({"local": len(codes), **row})
+            codes.append(q)
     table = pd.DataFrame(rows, columns=_COLUMNS[2:])
     stats = {
         "shard": shard,
         "trajectories": cfg.shard_size,
-        "snapshots": simulated * cfg.sampling.snapshots,
+        "snapshots": cfg.shard_size * cfg.sampling.snapshots,
         "kept": len(codes),
         "rejected": rejected,
         "elapsed_s": time.perf_counter() - t0,
     }
+    atlas = _space(cfg.atlas, cfg.resolution, cfg.ratio)[0]
     write_shard(shard_dir, codes, table, stats, atlas.shape)
     return stats
+
+
+def held_out_tumors(db, n: int, *, seed_offset: int = 1_000_003, one_per_trajectory=True):
+    """``n`` size-filtered tumors simulated like ``db``'s but with another seed (not in it).
+
+    Returns a list of ``(row, codes)``. Deterministic in the database's seed and ``seed_offset``.
+    With ``one_per_trajectory`` each query comes from its own trajectory (independent queries).
+    """
+    cfg = BuildConfig.from_dict(json.loads((Path(db.path) / "config.json").read_text()))
+    seed = cfg.seed + seed_offset
+    out, traj = [], 0
+    while len(out) < n:
+        kept, _ = trajectory_tumors(cfg, traj, seed=seed)
+        if kept:
+            if one_per_trajectory:
+                pick = np.random.default_rng([seed, traj, 1]).integers(len(kept))
+                kept = [kept[pick]]
+            out.extend(kept[: n - len(out)])
+        traj += 1
+        if traj > 1000 * n + 1000:
+            raise GliomatchError("could not simulate enough tumors passing the size filter")
+    return out
 
 
 _COLUMNS = [

@@ -133,3 +133,149 @@ def bench_build(*, n=500, resolution=128, seed=0, workers=None, out=None, progre
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _variants(db, n_total: int, size: int):
+    """Masks of ``n_total`` entries: the database's own, then mirrored (left-right) and shifted
+    copies of them, for latency measurements at a scale the database does not have.
+
+    Each database tumor is read once and all its copies are made from it.
+    """
+    from gliomatch.database.storage import masks_from_codes
+    from gliomatch.search.strategies import downsample
+
+    n = len(db)
+    per_base = -(-n_total // n)
+    shifts = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (-1, 0, 0), (0, -1, 0), (0, 0, -1)]
+    made = 0
+    for base in range(n):
+        f0, t0 = masks_from_codes(db.codes(base))
+        f0, t0 = downsample(f0, size), downsample(t0, size)
+        for variant in range(per_base):
+            if made == n_total:
+                return
+            f, t = (f0[::-1], t0[::-1]) if variant % 2 == 1 else (f0, t0)
+            shift = shifts[(variant // 2) % len(shifts)]
+            if variant // 2 >= len(shifts):  # more copies than shifts: shift further
+                shift = tuple(s * (1 + variant // (2 * len(shifts))) for s in shift)
+            if any(shift):
+                f, t = np.roll(f, shift, axis=(0, 1, 2)), np.roll(t, shift, axis=(0, 1, 2))
+            made += 1
+            yield np.ascontiguousarray(f), np.ascontiguousarray(t)
+
+
+def bench_search(
+    db,
+    strategies=("loop", "exact", "ds64", "ds32"),
+    *,
+    queries=20,
+    k=15,
+    scale=None,
+    loop_max=2000,
+    seed=0,
+    progress=True,
+    log=print,
+) -> list[dict]:
+    """Latency and top-1/5/15 preservation of each strategy on held-out query tumors.
+
+    Ground truth is the exact ranking (``exact``, which the tests prove equal to ``loop``;
+    checked again here whenever ``loop`` runs on the whole database). With more than
+    ``loop_max`` tumors, ``loop`` is timed on a random subset and scaled linearly.
+    ``scale`` pads the block indexes with mirrored/shifted copies up to ``scale`` entries for
+    the latency measurement only; preservation is always measured on the real entries.
+    """
+    from gliomatch.database.build import held_out_tumors
+    from gliomatch.search import Query, get_strategy
+    from gliomatch.search.engine import BlockIndex
+
+    t0 = time.perf_counter()
+    qs = [Query.from_codes(c) for _, c in held_out_tumors(db, queries)]
+    log(f"simulated {len(qs)} held-out query tumors in {time.perf_counter() - t0:.1f} s")
+    n = len(db)
+    exact = get_strategy("exact", db, progress=progress)
+    exact.ensure_ready()
+    truth = [exact.search(q, k)[1] for q in qs]
+    results = []
+    loop_median = None
+    for name in strategies:
+        rng = np.random.default_rng(seed)
+        opts = {}
+        note = ""
+        if name == "loop" and n > loop_max:
+            opts["ids"] = np.sort(rng.choice(n, loop_max, replace=False))
+            note = f"loop timed on {loop_max} random tumors and scaled x{n / loop_max:.1f}"
+        strat = get_strategy(name, db, progress=progress, **opts)
+        tb = time.perf_counter()
+        built_before = (not strat.needs_index) or strat.is_built()
+        strat.ensure_ready()
+        build_s = time.perf_counter() - tb
+        strat.search(qs[0], k)  # warm-up: numba compilation or cache load is not latency
+        lat, hits = [], {1: 0, 5: 0, 15: 0}
+        equal_to_loop = None
+        for q, gt in zip(qs, truth, strict=True):
+            ts = time.perf_counter()
+            scores, ids = strat.search(q, k)
+            lat.append(time.perf_counter() - ts)
+            if name == "loop" and "ids" not in opts:
+                equal_to_loop = bool(np.array_equal(ids, gt)) and (equal_to_loop is not False)
+            best = ids[0] if name != "loop" or "ids" not in opts else gt[0]
+            for kk in hits:
+                hits[kk] += int(best in gt[:kk])
+        lat = np.asarray(lat)
+        if "ids" in opts:
+            lat = lat * n / loop_max
+        index_bytes = 0
+        if strat.needs_index:
+            index_bytes = sum(p.stat().st_size for p in strat.index_path.rglob("*") if p.is_file())
+        row = {
+            "strategy": name,
+            "n_db": n,
+            "queries": len(qs),
+            "median_s": float(np.median(lat)),
+            "p95_s": float(np.percentile(lat, 95)),
+            "top1": hits[1] / len(qs),
+            "top5": hits[5] / len(qs),
+            "top15": hits[15] / len(qs),
+            "index_bytes": int(index_bytes),
+            "index_build_s": None if built_before else build_s,
+            "note": note,
+        }
+        if equal_to_loop is not None:
+            row["exact_equals_loop"] = equal_to_loop
+        if scale and strat.needs_index and scale > n:
+            size = strat.grid_size
+            tb = time.perf_counter()
+            big = BlockIndex.from_masks(_variants(db, int(scale), size), (size,) * 3)
+            from gliomatch.search.strategies import downsample
+
+            slat = []
+            big.search(downsample(qs[0].flair, size), downsample(qs[0].t1gd, size), k,
+                       strat.w_t1gd, strat.w_flair)  # warm-up
+            for q in qs:
+                f, t = downsample(q.flair, size), downsample(q.t1gd, size)
+                ts = time.perf_counter()
+                big.search(f, t, k, strat.w_t1gd, strat.w_flair)
+                slat.append(time.perf_counter() - ts)
+            row.update(
+                {
+                    "scaled_to": int(scale),
+                    "scaled_median_s": float(np.median(slat)),
+                    "scaled_p95_s": float(np.percentile(slat, 95)),
+                    "scaled_index_bytes": big.nbytes,
+                    "scaled_index_build_s": time.perf_counter() - tb - sum(slat),
+                    "note": (note + "; " if note else "") + f"latency also at {scale} entries "
+                    "(mirrored/shifted copies of the database, for timing only)",
+                }
+            )
+        if name == "loop":
+            loop_median = row["median_s"]
+        results.append(row)
+    if loop_median is None and "loop" not in strategies:
+        loop_median = None
+    for row in results:
+        row["speedup_vs_loop"] = (loop_median / row["median_s"]) if loop_median else None
+        if loop_median and "scaled_median_s" in row:
+            row["scaled_speedup_vs_loop"] = (
+                loop_median * row["scaled_to"] / n / row["scaled_median_s"]
+            )
+    return results
