@@ -37,6 +37,7 @@ from gliomatch.database.storage import (
     write_shard,
 )
 from gliomatch.errors import GliomatchError
+from gliomatch.solver.core import SCHEME
 
 __all__ = ["BuildConfig", "build_database", "held_out_tumors", "run_shard", "trajectory_tumors"]
 
@@ -68,6 +69,7 @@ class BuildConfig:
             "size_filter": self.size_filter.to_dict(),
             "shard_size": int(self.shard_size),
             "ratio": float(self.ratio),
+            "solver": SCHEME,
         }
 
     @classmethod
@@ -80,7 +82,7 @@ class BuildConfig:
             size_filter=SizeFilter(**d["size_filter"]),
             shard_size=d["shard_size"],
             ratio=d["ratio"],
-        )
+        )  # "solver" is checked when a build resumes: another scheme gives other tumors
 
 
 @lru_cache(maxsize=4)
@@ -379,6 +381,7 @@ def _finalize(path: Path, cfg: BuildConfig, done: dict[int, dict], n: int, t_bui
             "decode": "u = (q + 0.5) / 250 for q > 0, else 0",
         },
         "model": {
+            "scheme": SCHEME,
             "equation": "du/dt = div(D grad u) + rho u (1 - u)",
             "dw_gm_ratio": cfg.ratio,
             "units": {"dw": "mm^2/day", "rho": "1/day", "t_end": "day"},

@@ -249,8 +249,13 @@ def bench_search(
             from gliomatch.search.strategies import downsample
 
             slat = []
-            big.search(downsample(qs[0].flair, size), downsample(qs[0].t1gd, size), k,
-                       strat.w_t1gd, strat.w_flair)  # warm-up
+            big.search(
+                downsample(qs[0].flair, size),
+                downsample(qs[0].t1gd, size),
+                k,
+                strat.w_t1gd,
+                strat.w_flair,
+            )  # warm-up
             for q in qs:
                 f, t = downsample(q.flair, size), downsample(q.t1gd, size)
                 ts = time.perf_counter()

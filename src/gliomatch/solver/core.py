@@ -36,6 +36,8 @@ from gliomatch.solver.reference import step_reference
 
 __all__ = ["Simulation", "TumorParams", "simulate", "time_step"]
 
+#: Identifies the discretisation; databases record it, and a resumed build must match it.
+SCHEME = "fk-fv7-explicit-exactlogistic-v1"
 #: Cells with u > ACTIVE_EPS bound the active region of the fast solver.
 ACTIVE_EPS = 1e-8
 DEFAULT_SEED_SIGMA_MM = 1.5
