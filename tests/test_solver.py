@@ -11,11 +11,15 @@ def _box(shape, spacing=1.0, wm=1.0):
     return Domain.from_maps(np.full(shape, wm), np.zeros(shape), spacing)
 
 
+STEPPINGS = ["rkl1", "euler"]
+
+
+@pytest.mark.parametrize("stepping", STEPPINGS)
 @pytest.mark.parametrize("res_fixture", ["atlas32", "atlas64"])
-def test_fast_equals_reference_on_atlas(request, res_fixture):
+def test_fast_equals_reference_on_atlas(request, res_fixture, stepping):
     atlas = request.getfixturevalue(res_fixture)
     d = Domain.from_atlas(atlas)
-    kw = dict(x=0.4, y=0.55, z=0.5, dw=0.8, rho=0.04, times=[60, 200, 400])
+    kw = dict(x=0.4, y=0.55, z=0.5, dw=0.8, rho=0.04, times=[60, 200, 400], stepping=stepping)
     fast = simulate(d, **kw)
     ref = simulate(d, **kw, method="reference")
     assert fast.times == ref.times == [60.0, 200.0, 400.0]
@@ -24,18 +28,20 @@ def test_fast_equals_reference_on_atlas(request, res_fixture):
     assert fast.densities[-1].max() > 0.9  # it really grew
 
 
-def test_fast_equals_reference_on_box():
+@pytest.mark.parametrize("stepping", STEPPINGS)
+def test_fast_equals_reference_on_box(stepping):
     d = _box((24, 20, 28), spacing=1.5)
-    kw = dict(x=0.3, y=0.6, z=0.5, dw=0.5, rho=0.1, times=[30, 80])
+    kw = dict(x=0.3, y=0.6, z=0.5, dw=0.5, rho=0.1, times=[30, 80], stepping=stepping)
     fast = simulate(d, **kw)
     ref = simulate(d, **kw, method="reference")
     for a, b in zip(fast.densities, ref.densities, strict=True):
         assert np.abs(a - b).max() <= 1e-4
 
 
-def test_pure_diffusion_conserves_mass(atlas32):
+@pytest.mark.parametrize("stepping", STEPPINGS)
+def test_pure_diffusion_conserves_mass(atlas32, stepping):
     d = Domain.from_atlas(atlas32)
-    sim = simulate(d, 0.45, 0.5, 0.5, 1.5, 0.0, [0.0, 200.0, 800.0])
+    sim = simulate(d, 0.45, 0.5, 0.5, 1.5, 0.0, [0.0, 200.0, 800.0], stepping=stepping)
     masses = [float(u.astype(np.float64).sum()) for u in sim.densities]
     assert masses[0] > 0
     for m in masses[1:]:
@@ -57,7 +63,8 @@ def test_reaction_follows_logistic():
         assert np.allclose(u, exact, rtol=1e-5, atol=1e-6)
 
 
-def test_fisher_kpp_front_speed():
+@pytest.mark.parametrize("stepping", STEPPINGS)
+def test_fisher_kpp_front_speed(stepping):
     """A planar front travels at 2 sqrt(D rho) (up to the slow Bramson correction)."""
     dw, rho, h = 1.0, 0.1, 1.0
     n = 320
@@ -65,7 +72,7 @@ def test_fisher_kpp_front_speed():
     u0 = np.zeros((n, 3, 3))
     u0[:5] = 1.0
     times = [150.0, 350.0]
-    sim = simulate(d, 0.0, 0.5, 0.5, dw, rho, times, u0=u0)
+    sim = simulate(d, 0.0, 0.5, 0.5, dw, rho, times, u0=u0, stepping=stepping)
 
     def front(u):  # x position where the profile crosses 0.5, linearly interpolated
         p = u[:, 1, 1]
@@ -76,6 +83,31 @@ def test_fisher_kpp_front_speed():
     expected = 2 * math.sqrt(dw * rho)
     assert speed == pytest.approx(expected, rel=0.05)
     assert speed < expected * 1.001  # pulled fronts approach their speed from below
+
+
+def test_rkl1_stages_are_minimal_and_stable():
+    from gliomatch.solver.core import rkl1_stages
+
+    for ratio in [0.3, 1.0, 1.01, 2.9, 3.0, 3.1, 10, 55, 55.5, 300]:
+        s = rkl1_stages(ratio)
+        assert s * (s + 1) / 2 >= ratio
+        assert s == 1 or (s - 1) * s / 2 < ratio
+
+
+def test_rkl1_matches_fine_euler(atlas64):
+    """Both schemes approximate the same PDE: thresholded shapes agree closely."""
+    from gliomatch.search import dice
+
+    d = Domain.from_atlas(atlas64)
+    fine = simulate(
+        d, 0.4, 0.55, 0.5, 1.5, 0.02, [500.0], stepping="euler", cfl=0.3, reaction_cfl=0.02
+    ).densities[0]
+    rkl = simulate(d, 0.4, 0.55, 0.5, 1.5, 0.02, [500.0])
+    assert rkl.info["stages"] > 1  # really super-time-stepping
+    u = rkl.densities[0]
+    assert (u >= 0.6).sum() > 50  # a real tumor, not two empty masks
+    assert dice(fine >= 0.2, u >= 0.2) > 0.98 and dice(fine >= 0.6, u >= 0.6) > 0.98
+    assert np.abs(fine - u).max() < 0.05
 
 
 def test_mirror_symmetry():
@@ -125,6 +157,7 @@ def test_seed_outside_tissue(atlas32):
         (dict(y=float("nan")), "seed y"),
         (dict(times=[]), "no snapshot"),
         (dict(method="magic"), "method"),
+        (dict(stepping="rk4"), "stepping"),
     ],
 )
 def test_bad_inputs(atlas32, kw, message):

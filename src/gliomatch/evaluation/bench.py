@@ -63,7 +63,7 @@ def _kernel_throughput(domain: Domain, repeats: int = 10) -> dict:
     Each updated cell reads u, three face coefficients and writes u (5 x 4 bytes) at least
     once; neighbours in u come from cache.
     """
-    from gliomatch.solver.kernels import empty_rows, step_box
+    from gliomatch.solver.kernels import empty_rows, stage_box
 
     rng = np.random.default_rng(0)
     u = (rng.random(domain.tissue.shape, dtype=np.float32) * domain.tissue).astype(np.float32)
@@ -71,11 +71,11 @@ def _kernel_throughput(domain: Domain, repeats: int = 10) -> dict:
     lo = np.ones(3, dtype=np.int64)
     hi = np.asarray(u.shape, dtype=np.int64) - 1
     rows = empty_rows(u.shape[0])
-    args = (domain.fx, domain.fy, domain.fz, domain.span, 0.1, 1.01, lo, hi, 0.2, rows)
-    step_box(u, out, *args)
+    args = (domain.fx, domain.fy, domain.fz, domain.span, 1.0, 0.0, 0.1, 1.01, lo, hi, 0.2, rows)
+    stage_box(u, u, out, *args)
     t0 = time.perf_counter()
     for _ in range(repeats):
-        step_box(u, out, *args)
+        stage_box(u, u, out, *args)
     per_step = (time.perf_counter() - t0) / repeats
     cells = int(np.clip(domain.span[..., 1] - domain.span[..., 0], 0, None).sum())
     big = np.ones(64 * 1024 * 1024, dtype=np.float32)

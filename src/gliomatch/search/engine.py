@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -73,22 +74,24 @@ class BlockIndex:
             f, t = pair
             return encode_blocks(f, t), int(f.sum()), int((t & f).sum()), _bbox(f)
 
+        def encoded():
+            # bounded chunks: Executor.map would pull the whole iterable into memory at once
+            it = iter(masks)
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                while chunk := list(islice(it, 64)):
+                    yield from pool.map(one, chunk)
+
         blk, cf, ct, part, bf, bt = [], [], [], [], [], []
         nf, nt, bbox, ptr = [], [], [], [0]
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for count, (enc, a, b, box) in enumerate(pool.map(one, masks), start=1):
-                blk.append(enc[0])
-                cf.append(enc[1])
-                ct.append(enc[2])
-                part.append(enc[3])
-                bf.append(enc[4])
-                bt.append(enc[5])
-                nf.append(a)
-                nt.append(b)
-                bbox.append(box)
-                ptr.append(ptr[-1] + len(enc[0]))
-                if progress is not None:
-                    progress(count)
+        for count, (enc, a, b, box) in enumerate(encoded(), start=1):
+            for store, value in zip((blk, cf, ct, part, bf, bt), enc, strict=True):
+                store.append(value)
+            nf.append(a)
+            nt.append(b)
+            bbox.append(box)
+            ptr.append(ptr[-1] + len(enc[0]))
+            if progress is not None:
+                progress(count)
         partial = np.concatenate(part) if part else np.zeros(0, bool)
         bptr = np.full(len(partial), -1, dtype=np.int64)
         bptr[partial] = np.arange(int(partial.sum()))

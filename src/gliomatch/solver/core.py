@@ -5,10 +5,16 @@ is given as fractions of the grid extent per axis (0 = first voxel centre, 1 = l
 
 Time stepping (shared by the fast and the reference path, so they agree to round-off):
 
-* the main trajectory takes equal steps ``dt = min(cfl * h^2 / (6 D_max), reaction_cfl / rho)``
-  (the explicit diffusion stability limit and a bound on the splitting error of the reaction);
-* each step is a 7-point finite-volume diffusion update followed by the *exact* logistic solution
-  over ``dt`` (Lie splitting), so the reaction never overshoots 1;
+* diffusion is the 7-point finite-volume operator ``L`` with harmonic face diffusivities; its
+  forward-Euler stability limit is ``dt_E = h^2 / (6 D_max)`` (times ``cfl``);
+* ``stepping="rkl1"`` (default) advances the diffusion over a step ``dt`` with the explicit
+  first-order Runge–Kutta–Legendre super-time-stepping scheme (RKL1, Meyer, Balsara & Aslam
+  2014): ``s`` stages of ``L`` are stable for ``dt <= dt_E (s^2 + s) / 2``, so a long step costs
+  about ``sqrt(2 dt / dt_E)`` evaluations instead of ``dt / dt_E``. The step is limited by the
+  reaction, ``dt <= reaction_cfl / rho``. Every stage conserves mass. ``stepping="euler"`` is the
+  plain forward-Euler scheme (one stage, ``dt <= dt_E``);
+* each step ends with the *exact* solution of the logistic reaction over ``dt`` (Lie
+  splitting), so the reaction never overshoots 1;
 * a snapshot at time ``t`` is one extra, shorter step from the last grid time ``n dt <= t`` taken
   on a copy, so the trajectory is the same whichever snapshots are asked for: the snapshot at
   ``t`` equals a separate run to ``t``.
@@ -18,6 +24,9 @@ References
 .. [1] Fisher, R. A. (1937). The wave of advance of advantageous genes. Ann. Eugen. 7, 355-369.
 .. [2] Swanson, K. R. et al. (2000). A quantitative model for differential motility of gliomas
    in grey and white matter. Cell Prolif. 33, 317-329.
+.. [3] Meyer, C. D., Balsara, D. S. & Aslam, T. D. (2014). A stabilized Runge–Kutta–Legendre
+   method for explicit super-time-stepping of parabolic and mixed equations. J. Comput. Phys.
+   257, 594-626.
 """
 
 from __future__ import annotations
@@ -31,13 +40,16 @@ import numpy as np
 from gliomatch.atlas import Atlas
 from gliomatch.errors import GliomatchError
 from gliomatch.solver.domain import Domain
-from gliomatch.solver.kernels import empty_rows, grow_box, step_box
-from gliomatch.solver.reference import step_reference
+from gliomatch.solver.kernels import empty_rows, grow_box, stage_box
+from gliomatch.solver.reference import stage_reference
 
-__all__ = ["Simulation", "TumorParams", "simulate", "time_step"]
+__all__ = ["SCHEME", "Simulation", "TumorParams", "rkl1_stages", "simulate", "time_step"]
 
-#: Identifies the discretisation; databases record it, and a resumed build must match it.
-SCHEME = "fk-fv7-explicit-exactlogistic-v1"
+STEPPINGS = ("rkl1", "euler")
+#: Identifies the default discretisation; databases record it, and a resumed build must match.
+SCHEME = "fk-fv7-rkl1-exactlogistic-v1"
+#: Most RKL1 stages per step (limits the step when the reaction does not).
+MAX_STAGES = 24
 #: Cells with u > ACTIVE_EPS bound the active region of the fast solver.
 ACTIVE_EPS = 1e-8
 DEFAULT_SEED_SIGMA_MM = 1.5
@@ -106,19 +118,56 @@ def _check_params(x, y, z, dw, rho, times):
     return np.unique(times)
 
 
+def rkl1_stages(ratio: float) -> int:
+    """Fewest RKL1 stages ``s`` with ``(s^2 + s) / 2 >= ratio`` (``ratio = dt / dt_E``)."""
+    if ratio <= 1.0:
+        return 1
+    return int(math.ceil((-1.0 + math.sqrt(1.0 + 8.0 * ratio)) / 2.0 - 1e-12))
+
+
+def _stage_coefficients(stages: int, c_total: float) -> list[tuple[float, float, float]]:
+    """RKL1 stages as ``(a, b, c)`` of ``Y_j = a Y_{j-1} + b Y_{j-2} + c L(Y_{j-1})``.
+
+    ``c_total = D_w dt / h^2``; one stage is forward Euler.
+    """
+    if stages == 1:
+        return [(1.0, 0.0, c_total)]
+    w1 = 2.0 / (stages * stages + stages)
+    out = [(1.0, 0.0, w1 * c_total)]
+    for j in range(2, stages + 1):
+        mu = (2.0 * j - 1.0) / j
+        out.append((mu, (1.0 - j) / j, mu * w1 * c_total))
+    return out
+
+
 def time_step(
-    domain: Domain, dw: float, rho: float, *, cfl: float = 0.9, reaction_cfl: float = 0.25
-) -> float:
-    """The solver's step (days): diffusion stability limit and reaction accuracy limit."""
+    domain: Domain,
+    dw: float,
+    rho: float,
+    *,
+    cfl: float = 0.9,
+    reaction_cfl: float = 0.1,
+    stepping: str = "rkl1",
+) -> tuple[float, int]:
+    """The solver's step (days) and its number of stages.
+
+    ``dt_E = cfl h^2 / (6 D_max)`` is the forward-Euler diffusion limit; the reaction limits
+    every step to ``reaction_cfl / rho``. Euler takes ``min`` of the two; RKL1 takes the reaction
+    limit (at most ``MAX_STAGES`` stages' worth of ``dt_E``) with as few stages as are stable.
+    """
+    if stepping not in STEPPINGS:
+        raise GliomatchError(f"unknown stepping {stepping!r}; use one of {', '.join(STEPPINGS)}")
     dmax = dw * domain.max_face
-    dt = math.inf
-    if dmax > 0:
-        dt = cfl * domain.spacing**2 / (6.0 * dmax)
-    if rho > 0:
-        dt = min(dt, reaction_cfl / rho)
+    dt_e = cfl * domain.spacing**2 / (6.0 * dmax) if dmax > 0 else math.inf
+    dt_r = reaction_cfl / rho if rho > 0 else math.inf
+    if stepping == "euler":
+        dt, stages = min(dt_e, dt_r), 1
+    else:
+        dt = min(dt_r, dt_e * (MAX_STAGES * MAX_STAGES + MAX_STAGES) / 2.0)
+        stages = rkl1_stages(dt / dt_e) if math.isfinite(dt_e) else 1
     if not math.isfinite(dt):
-        dt = 1.0  # nothing evolves; any step is exact
-    return float(dt)
+        dt, stages = 1.0, 1  # nothing evolves; any step is exact
+    return float(dt), int(stages)
 
 
 def _seed_field(domain: Domain, frac, sigma_mm: float, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -149,61 +198,94 @@ def _seed_field(domain: Domain, frac, sigma_mm: float, dtype) -> tuple[np.ndarra
 
 
 class _FastStepper:
-    """Numba stepping restricted to the growing box where u > ACTIVE_EPS."""
+    """Numba stages restricted to the growing box where |u| > ACTIVE_EPS.
+
+    Three buffers rotate through the stages. The box never shrinks, so cells outside it were
+    never updated and hold the same (sub-ACTIVE_EPS) value in every buffer.
+    """
 
     def __init__(self, domain: Domain, u0: np.ndarray, thr: float):
         self.d = domain
-        self.u = u0.copy()
-        self.buf = u0.copy()
+        self.bufs = [u0.copy(), u0.copy(), u0.copy()]
         self.thr = thr
         n = np.asarray(u0.shape)
         self.lim_lo = np.ones(3, dtype=np.int64)
         self.lim_hi = n.astype(np.int64) - 1
-        idx = np.argwhere(u0 > ACTIVE_EPS)
+        idx = np.argwhere(np.abs(u0) > ACTIVE_EPS)
         self.lo = np.maximum(idx.min(0) - 1, self.lim_lo).astype(np.int64)
         self.hi = np.minimum(idx.max(0) + 2, self.lim_hi).astype(np.int64)
         self.rows = empty_rows(u0.shape[0])
+        self.evaluations = 0
 
-    def _run(self, out, s, growth):
+    @property
+    def u(self):
+        return self.bufs[0]
+
+    def _run(self, bufs, lo, hi, coeffs, growth) -> tuple[int, int]:
+        """Apply the stages to ``bufs[0]``; returns (count, index of the result buffer)."""
         d = self.d
-        step_box(
-            self.u, out, d.fx, d.fy, d.fz, d.span, s, growth, self.lo, self.hi, self.thr, self.rows
-        )
-        return int(self.rows[self.lo[0] : self.hi[0]].sum())
+        prev2 = prev1 = 0
+        for j, (a, b, c) in enumerate(coeffs):
+            out = ({0, 1, 2} - {prev1, prev2}).pop() if prev1 != prev2 else 1
+            g = growth if j == len(coeffs) - 1 else 1.0
+            stage_box(
+                bufs[prev1],
+                bufs[prev2],
+                bufs[out],
+                d.fx,
+                d.fy,
+                d.fz,
+                d.span,
+                a,
+                b,
+                c,
+                g,
+                lo,
+                hi,
+                self.thr,
+                self.rows,
+            )
+            grow_box(bufs[out], lo, hi, self.lim_lo, self.lim_hi, ACTIVE_EPS)
+            prev2, prev1 = prev1, out
+            self.evaluations += 1
+        return int(self.rows[lo[0] : hi[0]].sum()), prev1
 
-    def step(self, s, growth) -> int:
-        count = self._run(self.buf, s, growth)
-        self.u, self.buf = self.buf, self.u
-        self._grow()
+    def step(self, coeffs, growth) -> int:
+        count, res = self._run(self.bufs, self.lo, self.hi, coeffs, growth)
+        self.bufs = [self.bufs[res]] + [b for i, b in enumerate(self.bufs) if i != res]
         return count
 
-    def _grow(self):
-        # The box never shrinks, so cells outside it were never updated and hold the same
-        # (sub-ACTIVE_EPS) value in both buffers.
-        grow_box(self.u, self.lo, self.hi, self.lim_lo, self.lim_hi, ACTIVE_EPS)
-
-    def peek(self, s, growth) -> tuple[np.ndarray, int]:
-        out = self.u.copy()
-        count = self._run(out, s, growth)
-        return out, count
+    def peek(self, coeffs, growth) -> tuple[np.ndarray, int]:
+        bufs = [b.copy() for b in self.bufs]
+        count, res = self._run(bufs, self.lo.copy(), self.hi.copy(), coeffs, growth)
+        return bufs[res], count
 
     def current(self) -> tuple[np.ndarray, int]:
         return self.u, int(np.count_nonzero(self.u >= self.thr))
 
 
 class _ReferenceStepper:
-    """Whole-grid NumPy stepping (:func:`step_reference`)."""
+    """Whole-grid NumPy stages (:func:`stage_reference`)."""
 
     def __init__(self, domain: Domain, u0: np.ndarray, thr: float):
         self.d, self.u, self.thr = domain, u0.copy(), thr
+        self.evaluations = 0
 
-    def step(self, s, growth) -> int:
-        self.u = step_reference(self.u, self.d.fx, self.d.fy, self.d.fz, s, growth)
-        return int(np.count_nonzero(self.u >= self.thr))
+    def _run(self, coeffs, growth):
+        d = self.d
+        prev2 = prev1 = self.u
+        for j, (a, b, c) in enumerate(coeffs):
+            g = growth if j == len(coeffs) - 1 else 1.0
+            prev2, prev1 = prev1, stage_reference(prev1, prev2, d.fx, d.fy, d.fz, a, b, c, g)
+            self.evaluations += 1
+        return prev1, int(np.count_nonzero(prev1 >= self.thr))
 
-    def peek(self, s, growth):
-        out = step_reference(self.u, self.d.fx, self.d.fy, self.d.fz, s, growth)
-        return out, int(np.count_nonzero(out >= self.thr))
+    def step(self, coeffs, growth) -> int:
+        self.u, count = self._run(coeffs, growth)
+        return count
+
+    def peek(self, coeffs, growth):
+        return self._run(coeffs, growth)
 
     def current(self):
         return self.u, int(np.count_nonzero(self.u >= self.thr))
@@ -224,7 +306,8 @@ def simulate(
     stop_volume_cm3: float | None = None,
     stop_threshold: float = 0.2,
     cfl: float = 0.9,
-    reaction_cfl: float = 0.25,
+    reaction_cfl: float = 0.1,
+    stepping: str = "rkl1",
     u0: np.ndarray | None = None,
 ) -> Simulation:
     """Simulate tumor growth from a seed and return the density at each of ``times``.
@@ -250,6 +333,10 @@ def simulate(
     stop_volume_cm3 : float, optional
         Stop early once the volume with ``u >= stop_threshold`` exceeds this; later snapshots
         are then not returned.
+    cfl, reaction_cfl : float
+        Fraction of the diffusion stability limit; bound on ``rho dt``.
+    stepping : {"rkl1", "euler"}
+        RKL1 super-time-stepping (default) or forward Euler (see the module notes).
     u0 : ndarray, optional
         Initial density on the unpadded grid instead of a seed (x, y, z are then only reported).
 
@@ -281,7 +368,8 @@ def simulate(
     if not np.any(u > ACTIVE_EPS):
         raise GliomatchError("initial density is zero everywhere in tissue")
 
-    dt = time_step(domain, dw, rho, cfl=cfl, reaction_cfl=reaction_cfl)
+    dt, stages = time_step(domain, dw, rho, cfl=cfl, reaction_cfl=reaction_cfl, stepping=stepping)
+    dt_e = time_step(domain, dw, 0.0, cfl=cfl, stepping="euler")[0]
     h2 = domain.spacing**2
     stop_voxels = math.inf
     if stop_volume_cm3 is not None:
@@ -289,17 +377,17 @@ def simulate(
     stepper_cls = _FastStepper if method == "fast" else _ReferenceStepper
     stepper = stepper_cls(domain, u, stop_threshold)
 
-    def coeffs(h):
-        return dw * h / h2, math.exp(rho * h)
+    def coeffs(h, s):
+        return _stage_coefficients(s, dw * h / h2), math.exp(rho * h)
 
-    s_full, g_full = coeffs(dt)
+    full = coeffs(dt, stages)
     out_t, out_u = [], []
     n = 0
     stopped = False
     for t_target in targets:
         n_target = int(math.floor(t_target / dt + 1e-9))
         while n < n_target:
-            count = stepper.step(s_full, g_full)
+            count = stepper.step(*full)
             n += 1
             if count > stop_voxels:
                 stopped = True
@@ -308,7 +396,8 @@ def simulate(
             break
         rem = t_target - n * dt
         if rem > 1e-9 * max(dt, 1.0):
-            snap, count = stepper.peek(*coeffs(rem))
+            s_rem = 1 if stepping == "euler" else rkl1_stages(rem / dt_e)
+            snap, count = stepper.peek(*coeffs(rem, s_rem))
         else:
             snap, count = stepper.current()
         out_t.append(float(t_target))
@@ -327,5 +416,12 @@ def simulate(
         seed_voxel=p,
         seed_mm=seed_mm,
         elapsed_s=time.perf_counter() - t_start,
-        info={"method": method, "ratio": domain.ratio, "spacing_mm": domain.spacing},
+        info={
+            "method": method,
+            "stepping": stepping,
+            "stages": stages,
+            "evaluations": stepper.evaluations,
+            "ratio": domain.ratio,
+            "spacing_mm": domain.spacing,
+        },
     )

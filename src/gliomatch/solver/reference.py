@@ -1,7 +1,7 @@
 """Plain NumPy reference of the solver's discretisation (obviously correct, slow).
 
-Used by the tests to check the numba kernel and by ``gliomatch bench solver`` as the baseline.
-It updates the whole padded grid every step, like a roll-based solver would.
+Used by the tests to check the numba kernels and by ``gliomatch bench solver`` as the baseline.
+It updates the whole padded grid every stage, like a roll-based solver would.
 """
 
 from __future__ import annotations
@@ -10,26 +10,28 @@ import numpy as np
 
 from gliomatch.solver.kernels import FLUSH_BELOW
 
-__all__ = ["step_reference"]
+__all__ = ["stage_reference"]
 
 
-def step_reference(u, fx, fy, fz, s, growth):
-    """One step on the whole padded grid; returns the new field (same dtype as ``u``).
+def stage_reference(y1, y2, fx, fy, fz, a, b, c, growth):
+    """One stage ``finish(a y1 + b y2 + c lap(y1))`` on the whole padded grid (new array).
 
-    The padding ring (non-tissue, zero face coefficients) stays zero.
+    ``finish`` is the exact logistic growth by ``growth = exp(rho dt)`` followed by flushing
+    ``|v| <= FLUSH_BELOW`` to zero. The padding ring (non-tissue, zero faces) stays zero.
     """
-    c = u[1:-1, 1:-1, 1:-1]
+    t = y1.dtype.type
+    c0 = y1[1:-1, 1:-1, 1:-1]
     lap = (
-        fx[2:, 1:-1, 1:-1] * (u[2:, 1:-1, 1:-1] - c)
-        + fx[1:-1, 1:-1, 1:-1] * (u[:-2, 1:-1, 1:-1] - c)
-        + fy[1:-1, 2:, 1:-1] * (u[1:-1, 2:, 1:-1] - c)
-        + fy[1:-1, 1:-1, 1:-1] * (u[1:-1, :-2, 1:-1] - c)
-        + fz[1:-1, 1:-1, 2:] * (u[1:-1, 1:-1, 2:] - c)
-        + fz[1:-1, 1:-1, 1:-1] * (u[1:-1, 1:-1, :-2] - c)
+        fx[2:, 1:-1, 1:-1] * (y1[2:, 1:-1, 1:-1] - c0)
+        + fx[1:-1, 1:-1, 1:-1] * (y1[:-2, 1:-1, 1:-1] - c0)
+        + fy[1:-1, 2:, 1:-1] * (y1[1:-1, 2:, 1:-1] - c0)
+        + fy[1:-1, 1:-1, 1:-1] * (y1[1:-1, :-2, 1:-1] - c0)
+        + fz[1:-1, 1:-1, 2:] * (y1[1:-1, 1:-1, 2:] - c0)
+        + fz[1:-1, 1:-1, 1:-1] * (y1[1:-1, 1:-1, :-2] - c0)
     )
-    v = c + u.dtype.type(s) * lap
-    v = v * u.dtype.type(growth) / (1 + v * u.dtype.type(growth - 1.0))
-    v[v <= FLUSH_BELOW] = 0
-    out = np.zeros_like(u)
+    v = t(a) * c0 + t(b) * y2[1:-1, 1:-1, 1:-1] + t(c) * lap
+    v = v * t(growth) / (1 + v * t(growth - 1.0))
+    v[np.abs(v) <= FLUSH_BELOW] = 0
+    out = np.zeros_like(y1)
     out[1:-1, 1:-1, 1:-1] = v
     return out
