@@ -181,3 +181,24 @@ def test_domain_faces_block_csf():
     u0[1] = 1.0
     sim = simulate(d, 0.2, 0.5, 0.5, 1.0, 0.0, [50.0], u0=u0)
     assert np.all(sim.densities[0][3:] == 0)
+
+
+def test_layer_flags_equal_scan(atlas32, rng):
+    """The box growth flags computed inside the kernel equal a plain scan of the layers."""
+    from gliomatch.solver.kernels import empty_rows, grow_box, grow_from_flags, stage_box
+
+    d = Domain.from_atlas(atlas32)
+    for trial in range(20):
+        u = (rng.random(d.tissue.shape) ** 8 * 1e-7 * d.tissue).astype(np.float32)
+        out = u.copy()
+        lo = rng.integers(1, 12, 3).astype(np.int64)
+        hi = lo + rng.integers(2, 18, 3)
+        rows, flags = empty_rows(u.shape[0])
+        stage_box(
+            u, u, out, d.fx, d.fy, d.fz, d.span, 1.0, 0.0, 0.1, 1.0, lo, hi, 0.2, rows, 1e-8, flags
+        )
+        a_lo, a_hi, b_lo, b_hi = lo.copy(), hi.copy(), lo.copy(), hi.copy()
+        lim_lo, lim_hi = np.ones(3, np.int64), np.asarray(u.shape, np.int64) - 1
+        grow_from_flags(flags, a_lo, a_hi, lim_lo, lim_hi)
+        grow_box(out, b_lo, b_hi, lim_lo, lim_hi, 1e-8)
+        assert np.array_equal(a_lo, b_lo) and np.array_equal(a_hi, b_hi), trial

@@ -70,8 +70,23 @@ def _kernel_throughput(domain: Domain, repeats: int = 10) -> dict:
     out = u.copy()
     lo = np.ones(3, dtype=np.int64)
     hi = np.asarray(u.shape, dtype=np.int64) - 1
-    rows = empty_rows(u.shape[0])
-    args = (domain.fx, domain.fy, domain.fz, domain.span, 1.0, 0.0, 0.1, 1.01, lo, hi, 0.2, rows)
+    rows, flags = empty_rows(u.shape[0])
+    args = (
+        domain.fx,
+        domain.fy,
+        domain.fz,
+        domain.span,
+        1.0,
+        0.0,
+        0.1,
+        1.01,
+        lo,
+        hi,
+        0.2,
+        rows,
+        1e-8,
+        flags,
+    )
     stage_box(u, u, out, *args)
     t0 = time.perf_counter()
     for _ in range(repeats):

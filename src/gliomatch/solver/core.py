@@ -40,7 +40,7 @@ import numpy as np
 from gliomatch.atlas import Atlas
 from gliomatch.errors import GliomatchError
 from gliomatch.solver.domain import Domain
-from gliomatch.solver.kernels import empty_rows, grow_box, stage_box
+from gliomatch.solver.kernels import empty_rows, grow_from_flags, stage_box
 from gliomatch.solver.reference import stage_reference
 
 __all__ = ["SCHEME", "Simulation", "TumorParams", "rkl1_stages", "simulate", "time_step"]
@@ -214,7 +214,7 @@ class _FastStepper:
         idx = np.argwhere(np.abs(u0) > ACTIVE_EPS)
         self.lo = np.maximum(idx.min(0) - 1, self.lim_lo).astype(np.int64)
         self.hi = np.minimum(idx.max(0) + 2, self.lim_hi).astype(np.int64)
-        self.rows = empty_rows(u0.shape[0])
+        self.rows, self.flags = empty_rows(u0.shape[0])
         self.evaluations = 0
 
     @property
@@ -228,24 +228,9 @@ class _FastStepper:
         for j, (a, b, c) in enumerate(coeffs):
             out = ({0, 1, 2} - {prev1, prev2}).pop() if prev1 != prev2 else 1
             g = growth if j == len(coeffs) - 1 else 1.0
-            stage_box(
-                bufs[prev1],
-                bufs[prev2],
-                bufs[out],
-                d.fx,
-                d.fy,
-                d.fz,
-                d.span,
-                a,
-                b,
-                c,
-                g,
-                lo,
-                hi,
-                self.thr,
-                self.rows,
-            )
-            grow_box(bufs[out], lo, hi, self.lim_lo, self.lim_hi, ACTIVE_EPS)
+            args = (d.fx, d.fy, d.fz, d.span, a, b, c, g, lo, hi, self.thr, self.rows)
+            stage_box(bufs[prev1], bufs[prev2], bufs[out], *args, ACTIVE_EPS, self.flags)
+            grow_from_flags(self.flags, lo, hi, self.lim_lo, self.lim_hi)
             prev2, prev1 = prev1, out
             self.evaluations += 1
         return int(self.rows[lo[0] : hi[0]].sum()), prev1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["FLUSH_BELOW", "empty_rows", "grow_box", "stage_box"]
+__all__ = ["FLUSH_BELOW", "empty_rows", "grow_box", "grow_from_flags", "stage_box"]
 
 #: Densities with magnitude below this are set to 0.
 FLUSH_BELOW = 1e-30
@@ -32,8 +32,11 @@ def _finish(v, g, gm1):
 
 
 @numba.njit(**_JIT)
-def _plane(y1, y2, out, fx, fy, fz, span, a, b, c, g, i, lo, hi, thr):
+def _plane(y1, y2, out, fx, fy, fz, span, a, b, c, g, i, lo, hi, thr, eps, flags):
     """Update plane ``i`` of the box; returns the number of cells with ``out >= thr``.
+
+    ``flags[i, :]`` records which outer layers of the box this plane touches with
+    ``|out| > eps`` (low/high i, j, k), so the box can grow without another pass.
 
     Faces on the box boundary are closed (no flux), so the box conserves mass exactly; outside
     the box |u| <= ACTIVE_EPS and the box grows before that matters.
@@ -44,6 +47,9 @@ def _plane(y1, y2, out, fx, fy, fz, span, a, b, c, g, i, lo, hi, thr):
     """
     gm1 = g - np.float32(1.0)
     cnt = 0
+    edge_i = i == lo[0] or i == hi[0] - 1
+    for f in range(6):
+        flags[i, f] = False
     for j in range(lo[1], hi[1]):
         k0 = max(lo[2], span[i, j, 0])
         k1 = min(hi[2], span[i, j, 1])
@@ -84,6 +90,24 @@ def _plane(y1, y2, out, fx, fy, fz, span, a, b, c, g, i, lo, hi, thr):
             o[n - 1] = _finish(a * uc[n] + b * old[n - 1] + c * lap, g, gm1)
         for k in range(n):
             cnt += o[k] >= thr
+        if close_lo and abs(o[0]) > eps:
+            flags[i, 4] = True
+        if close_hi and abs(o[n - 1]) > eps:
+            flags[i, 5] = True
+        edge_j = j == lo[1] or j == hi[1] - 1
+        if edge_i or edge_j:
+            m = np.float32(0.0)
+            for k in range(n):
+                m = max(m, abs(o[k]))
+            if m > eps:
+                if i == lo[0]:
+                    flags[i, 0] = True
+                if i == hi[0] - 1:
+                    flags[i, 1] = True
+                if j == lo[1]:
+                    flags[i, 2] = True
+                if j == hi[1] - 1:
+                    flags[i, 3] = True
     return cnt
 
 
@@ -102,7 +126,7 @@ def _lap_z_closed(xy, fzc, uc, k, close_lo, close_hi):
 
 
 @numba.njit(parallel=True, cache=True)
-def stage_box(y1, y2, out, fx, fy, fz, span, a, b, c, growth, lo, hi, thr, row_count):
+def stage_box(y1, y2, out, fx, fy, fz, span, a, b, c, growth, lo, hi, thr, row_count, eps, flags):
     """One stage ``out = finish(a y1 + b y2 + c lap(y1))`` inside the box ``[lo, hi)``.
 
     Parameters
@@ -121,11 +145,27 @@ def stage_box(y1, y2, out, fx, fy, fz, span, a, b, c, growth, lo, hi, thr, row_c
         Box to update (inclusive, exclusive), inside the padding.
     thr : float
         Cells with ``out >= thr`` are counted per plane into ``row_count``.
+    eps, flags : float, bool array (n0, 6)
+        Per plane, whether ``|out| > eps`` on the box's low/high i, j, k layers
+        (see :func:`grow_from_flags`).
     """
     a32, b32, c32 = np.float32(a), np.float32(b), np.float32(c)
     g32, t32 = np.float32(growth), np.float32(thr)
+    e32 = np.float32(eps)
     for i in numba.prange(lo[0], hi[0]):
-        row_count[i] = _plane(y1, y2, out, fx, fy, fz, span, a32, b32, c32, g32, i, lo, hi, t32)
+        row_count[i] = _plane(
+            y1, y2, out, fx, fy, fz, span, a32, b32, c32, g32, i, lo, hi, t32, e32, flags
+        )
+
+
+def grow_from_flags(flags, lo, hi, lim_lo, lim_hi) -> None:
+    """Grow ``[lo, hi)`` in place by one on each side whose outer layer was flagged."""
+    hit = flags[lo[0] : hi[0]].any(axis=0)
+    for ax in range(3):
+        if hit[2 * ax] and lo[ax] > lim_lo[ax]:
+            lo[ax] -= 1
+        if hit[2 * ax + 1] and hi[ax] < lim_hi[ax]:
+            hi[ax] += 1
 
 
 @numba.njit(cache=True)
@@ -153,6 +193,6 @@ def grow_box(u, lo, hi, lim_lo, lim_hi, eps):
             hi[ax] += 1
 
 
-def empty_rows(n0: int) -> np.ndarray:
-    """Per-plane counter for :func:`stage_box` on a padded grid with ``n0`` planes."""
-    return np.zeros(n0, dtype=np.int64)
+def empty_rows(n0: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-plane counters and layer flags for :func:`stage_box` (``n0`` padded planes)."""
+    return np.zeros(n0, dtype=np.int64), np.zeros((n0, 6), dtype=np.bool_)
