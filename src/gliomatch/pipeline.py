@@ -1,0 +1,283 @@
+"""Patient -> atlas -> search -> patient: ``gliomatch infer``.
+
+1. load and check the anatomy and the tumor (BraTS label map or two binary masks);
+2. register the anatomy to the database's atlas (ANTs, tumor excluded from the metric);
+3. warp the FLAIR and T1Gd masks into atlas space (generic-label interpolation);
+4. search the database (default ``exact``: the global best Dice_T1Gd + Dice_FLAIR);
+5. warp the best match's density back to the patient's grid (linear) with the patient affine;
+6. write NIfTIs, transforms, ``matches.json``, ``parameters.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from gliomatch.errors import GliomatchError
+from gliomatch.inputs import binary_mask, load_nifti, masks_from_labels, on_grid
+
+__all__ = ["InferResult", "PatientInputs", "infer", "load_patient"]
+
+PARAMS = ("x_mm", "y_mm", "z_mm", "dw", "rho", "t_end")
+UNITS = {"x_mm": "mm", "y_mm": "mm", "z_mm": "mm", "dw": "mm^2/day", "rho": "1/day", "t_end": "day"}
+
+
+@dataclass
+class PatientInputs:
+    anatomy: nib.Nifti1Image
+    anatomy_kind: str
+    flair: np.ndarray
+    t1gd: np.ndarray
+    label_scheme: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_patient(
+    *, t1=None, t1c=None, wm=None, seg=None, flair_mask=None, t1gd_mask=None, labels: str = "auto"
+) -> PatientInputs:
+    """Read and check a patient's files (see the module notes); clear errors naming files."""
+    given = [(k, v) for k, v in (("t1", t1), ("t1c", t1c), ("wm", wm)) if v is not None]
+    if len(given) != 1:
+        raise GliomatchError("give exactly one anatomical reference: --t1, --t1c or --wm")
+    kind, path = given[0]
+    anatomy = load_nifti(path, {"t1": "T1", "t1c": "T1Gd", "wm": "white-matter map"}[kind])
+    if float(np.asarray(anatomy.dataobj).max()) <= float(np.asarray(anatomy.dataobj).min()):
+        raise GliomatchError(f"anatomy {path}: the image is constant")
+    caught = []
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        if seg is not None:
+            if flair_mask is not None or t1gd_mask is not None:
+                raise GliomatchError("give either --seg or --flair-mask/--t1gd-mask, not both")
+            s = load_nifti(seg, "segmentation")
+            data = on_grid(s, anatomy, f"segmentation {seg}", "the anatomy")
+            flair, t1gd, scheme = masks_from_labels(data, labels, name=f"segmentation {seg}")
+        else:
+            if flair_mask is None or t1gd_mask is None:
+                raise GliomatchError("give --seg, or both --flair-mask and --t1gd-mask")
+            f_img = load_nifti(flair_mask, "FLAIR mask")
+            t_img = load_nifti(t1gd_mask, "T1Gd mask")
+            flair = binary_mask(f_img, "FLAIR mask")
+            t1gd = binary_mask(t_img, "T1Gd mask")
+            flair = on_grid(
+                nib.Nifti1Image(flair.astype(np.uint8), f_img.affine),
+                anatomy,
+                f"FLAIR mask {flair_mask}",
+                "the anatomy",
+            ).astype(bool)
+            t1gd = on_grid(
+                nib.Nifti1Image(t1gd.astype(np.uint8), t_img.affine),
+                anatomy,
+                f"T1Gd mask {t1gd_mask}",
+                "the anatomy",
+            ).astype(bool)
+            scheme = None
+            if not flair.any():
+                raise GliomatchError(f"FLAIR mask {flair_mask}: empty (no tumor)")
+        outside = t1gd & ~flair
+        if outside.any():
+            warnings.warn(
+                f"{int(outside.sum())} T1Gd voxels lie outside the FLAIR mask; the FLAIR mask "
+                "was extended to include them (the tumor core is part of the whole tumor)",
+                stacklevel=2,
+            )
+            flair = flair | t1gd
+        caught = [str(x.message) for x in w]
+    for msg in caught:
+        warnings.warn(msg, stacklevel=2)
+    return PatientInputs(anatomy, kind, flair, t1gd, scheme, caught)
+
+
+@dataclass
+class InferResult:
+    out: Path
+    matches: list[dict]
+    parameters: dict
+    timing: dict
+    quality: float
+    files: dict
+
+
+def _parameter_summary(matches: list[dict]) -> dict:
+    best = matches[0]
+    spread = {}
+    for p in PARAMS:
+        vals = np.array([m["theta"][p] for m in matches])
+        spread[p] = {
+            "best": best["theta"][p],
+            "mean": float(vals.mean()),
+            "std": float(vals.std()),
+            "min": float(vals.min()),
+            "max": float(vals.max()),
+            "unit": UNITS[p],
+        }
+    return {
+        "best": best["theta"],
+        "best_id": best["id"],
+        "top_k": len(matches),
+        "spread_over_top_k": spread,
+        "note": "spread over the top-k matches: a first uncertainty estimate",
+    }
+
+
+def infer(
+    inputs: PatientInputs,
+    db,
+    out,
+    *,
+    k: int = 15,
+    strategy: str = "exact",
+    registration: str = "syn",
+    skull: str = "auto",
+    report: bool = True,
+    progress=None,
+) -> InferResult:
+    """Run the whole pipeline for one patient; write everything into ``out``."""
+    from gliomatch.registration import register, warp_to_atlas, warp_to_patient
+    from gliomatch.search import Query, get_strategy
+    from gliomatch.search.engine import dice_scores
+
+    say = progress or (lambda stage: None)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GliomatchError(f"output folder {out}: cannot create it ({exc.strerror})") from exc
+    timing = {}
+    t = time.perf_counter()
+    say("load")
+    atlas = db.atlas()
+    strat = get_strategy(strategy, db, progress=False)
+    strat.ensure_ready()
+    timing["load_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("register")
+    reg = register(
+        inputs.anatomy,
+        atlas,
+        tumor=inputs.flair,
+        kind=registration,
+        skull=skull,
+        workdir=out / "transforms",
+    )
+    timing["register_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("warp")
+    aff = inputs.anatomy.affine
+    f_atlas = (
+        warp_to_atlas(nib.Nifti1Image(inputs.flair.astype(np.float32), aff), atlas, reg, label=True)
+        > 0.5
+    )
+    t_atlas = (
+        warp_to_atlas(nib.Nifti1Image(inputs.t1gd.astype(np.float32), aff), atlas, reg, label=True)
+        > 0.5
+    )
+    t_atlas &= f_atlas
+    if not f_atlas.any():
+        raise GliomatchError("the tumor vanished when warped to the atlas (registration failed?)")
+    timing["warp_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("search")
+    q = Query.from_masks(f_atlas, t_atlas, db.shape)
+    scores, ids = strat.search(q, k)
+    timing["search_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("warp back")
+    best = int(ids[0])
+    density_atlas = db.density(best)
+    density_patient = warp_to_patient(density_atlas, atlas, inputs.anatomy, reg)
+    timing["warp_back_s"] = time.perf_counter() - t
+
+    params = db.params
+    matches = []
+    qf, qt = int(f_atlas.sum()), int(t_atlas.sum())
+    for rank, (s, i) in enumerate(zip(scores, ids, strict=True), 1):
+        mf, mt = db.masks(int(i))
+        _, d_t, d_f = dice_scores(
+            np.count_nonzero(mf & f_atlas),
+            np.count_nonzero(mt & t_atlas),
+            mf.sum(),
+            mt.sum(),
+            qf,
+            qt,
+            1.0,
+            1.0,
+        )
+        r = params.iloc[int(i)]
+        matches.append(
+            {
+                "rank": rank,
+                "id": int(i),
+                "score": float(s),
+                "dice_t1gd": float(d_t),
+                "dice_flair": float(d_f),
+                "theta": {p: float(r[p]) for p in PARAMS},
+            }
+        )
+    files = {}
+
+    def save(img, name):
+        p = out / name
+        nib.save(img, str(p))
+        files[name.split(".")[0]] = str(p)
+
+    save(density_patient, "density_patient.nii.gz")
+    save(atlas.to_nifti(density_atlas), "density_atlas.nii.gz")
+    save(atlas.to_nifti(f_atlas), "flair_atlas.nii.gz")
+    save(atlas.to_nifti(t_atlas), "t1gd_atlas.nii.gz")
+    parameters = _parameter_summary(matches)
+    (out / "parameters.json").write_text(json.dumps(parameters, indent=2))
+    files["parameters"] = str(out / "parameters.json")
+
+    t = time.perf_counter()
+    if report:
+        say("report")
+        from gliomatch.report import write_report
+
+        files["report"] = str(
+            write_report(
+                out,
+                inputs=inputs,
+                atlas=atlas,
+                density_patient=density_patient,
+                f_atlas=f_atlas,
+                t_atlas=t_atlas,
+                best_masks=db.masks(best),
+                matches=matches,
+                quality=reg.quality,
+                timing=timing,
+                warnings_=inputs.warnings,
+            )
+        )
+    timing["report_s"] = time.perf_counter() - t
+    timing["total_s"] = float(sum(v for key, v in timing.items() if key != "total_s"))
+    summary = {
+        "strategy": strategy,
+        "registration": registration,
+        "registration_quality": reg.quality,
+        "skull_stripped": reg.skull_stripped,
+        "label_scheme": inputs.label_scheme,
+        "database": str(db.path),
+        "n_db": len(db),
+        "timing": timing,
+        "matches": matches,
+        "warnings": inputs.warnings,
+    }
+    (out / "matches.json").write_text(json.dumps(summary, indent=2))
+    files["matches"] = str(out / "matches.json")
+    return InferResult(out, matches, parameters, timing, reg.quality, files)
+
+
+def clean_transforms(out: Path) -> None:  # pragma: no cover - helper for users
+    shutil.rmtree(Path(out) / "transforms", ignore_errors=True)

@@ -1,0 +1,262 @@
+"""Patient <-> atlas registration with ANTsPy.
+
+The patient's anatomical scan (T1, T1Gd or a white-matter map) is registered to the atlas T1:
+rigid + affine + SyN by default (``kind="affine"`` stops after the affine). The tumor, dilated,
+is excluded from the similarity metric (``moving_mask``) so that it does not pull the warp.
+Raw clinical scans are N4 bias-corrected; a scan with the skull on is first aligned affinely to
+the (skull-stripped) atlas, the atlas brain mask is mapped back to crop the skull, and the brain
+is then registered again.
+
+Images cross between nibabel (RAS+) and ANTs (LPS) through NIfTI files, so every image keeps
+its geometry. Masks are warped with ``genericLabel`` interpolation, densities linearly.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from gliomatch.atlas import Atlas
+from gliomatch.errors import GliomatchError
+
+__all__ = [
+    "Registration",
+    "register",
+    "registration_quality",
+    "to_ants",
+    "to_nibabel",
+    "warp_to_atlas",
+    "warp_to_patient",
+]
+
+#: Below this correlation (patient vs atlas T1 in the brain, tumor excluded) we warn.
+POOR_QUALITY = 0.5
+
+
+def to_ants(img: nib.Nifti1Image):
+    """nibabel image -> ANTs image, through a NIfTI file (geometry handled by ITK)."""
+    import ants
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "img.nii.gz"
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        nib.save(nib.Nifti1Image(data, img.affine), str(p))
+        return ants.image_read(str(p))
+
+
+def to_nibabel(img) -> nib.Nifti1Image:
+    """ANTs image -> nibabel image (data in memory), through a NIfTI file."""
+    import ants
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "img.nii.gz"
+        ants.image_write(img, str(p))
+        loaded = nib.load(str(p))
+        return nib.Nifti1Image(np.asarray(loaded.dataobj, dtype=np.float32), loaded.affine)
+
+
+@dataclass
+class Registration:
+    """Transforms between a patient scan and the atlas.
+
+    ``forward`` maps patient -> atlas (``apply_transforms(fixed=atlas, ...)``), ``inverse``
+    atlas -> patient (with ``inverse_invert`` flags).
+    """
+
+    forward: list[str]
+    inverse: list[str]
+    inverse_invert: list[bool]
+    kind: str
+    quality: float
+    seconds: float
+    skull_stripped: bool
+    files: list[str] = field(default_factory=list)
+
+
+def _atlas_images(atlas: Atlas):
+    t1 = to_ants(atlas.to_nifti(atlas.t1))
+    brain = to_ants(atlas.to_nifti(atlas.brain.astype(np.float32)))
+    return t1, brain
+
+
+def _has_skull(img_np: np.ndarray, spacing) -> bool:
+    """Heuristic: a skull-stripped scan is surrounded by (near) zero background with almost no
+    bright voxels outside a compact brain; a head scan has signal all around the brain."""
+    fg = img_np > np.percentile(img_np[img_np > 0], 20) if np.any(img_np > 0) else img_np > 0
+    vol_cm3 = fg.sum() * float(np.prod(spacing)) / 1000.0
+    return vol_cm3 > 2200.0  # brains are ~1.1-1.8 l; heads with scalp are well above
+
+
+def register(
+    anatomy: nib.Nifti1Image,
+    atlas: Atlas,
+    *,
+    tumor: np.ndarray | None = None,
+    kind: str = "syn",
+    skull: str = "auto",
+    workdir: str | Path | None = None,
+    dilate_mm: float = 6.0,
+) -> Registration:
+    """Register ``anatomy`` (patient space) to the atlas T1.
+
+    Parameters
+    ----------
+    anatomy : nibabel image
+        T1, T1Gd or a white-matter map of the patient.
+    tumor : bool array on the anatomy grid, optional
+        Whole-tumor mask; dilated by ``dilate_mm`` and excluded from the metric.
+    kind : {"syn", "affine"}
+    skull : {"auto", "on", "off"}
+        Whether the scan still has the skull (auto: a volume heuristic).
+    workdir : folder for the transform files (a temporary one if omitted: keep it alive!).
+    """
+    import ants
+
+    if kind not in ("syn", "affine"):
+        raise GliomatchError(f"registration must be 'syn' or 'affine', got {kind!r}")
+    if skull not in ("auto", "on", "off"):
+        raise GliomatchError(f"skull must be 'auto', 'on' or 'off', got {skull!r}")
+    t0 = time.perf_counter()
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="gliomatch-reg-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(anatomy.dataobj, dtype=np.float32)
+    spacing = np.linalg.norm(anatomy.affine[:3, :3], axis=0)
+    fixed, fixed_brain = _atlas_images(atlas)
+    moving = to_ants(anatomy)
+    moving = ants.n4_bias_field_correction(moving, shrink_factor=4)
+    moving = moving / float(np.percentile(moving.numpy()[moving.numpy() > 0], 99.5) or 1.0)
+
+    keep = None  # where the metric may look (not the tumor)
+    if tumor is not None:
+        vox = max(1, int(round(dilate_mm / float(spacing.min()))))
+        grown = ndimage.binary_dilation(tumor, iterations=vox)
+        keep = to_ants(nib.Nifti1Image((~grown).astype(np.float32), anatomy.affine))
+
+    has_skull = bool(_has_skull(data, spacing)) if skull == "auto" else skull == "on"
+    init = None
+    if has_skull:
+        # rigid (no scaling: a head must not be shrunk onto a brain) on the whole head, then
+        # crop the skull with the atlas brain mask mapped back
+        pre = ants.registration(
+            fixed,
+            moving,
+            type_of_transform="Rigid",
+            outprefix=str(workdir / "head_"),
+            aff_metric="mattes",
+        )
+        brain = ants.apply_transforms(
+            fixed=moving,
+            moving=fixed_brain,
+            transformlist=pre["invtransforms"],
+            whichtoinvert=[True],
+            interpolator="nearestNeighbor",
+        )
+        brain = ants.iMath(brain, "MD", 3)
+        moving = moving * brain
+        init = pre["fwdtransforms"]
+        keep = brain if keep is None else keep * brain
+
+    common = dict(outprefix=str(workdir / "reg_"), moving_mask=keep, verbose=False)
+    if init is not None:
+        common["initial_transform"] = init[0]
+    if kind == "affine":
+        out = ants.registration(fixed, moving, type_of_transform="Affine", **common)
+    else:
+        out = ants.registration(
+            fixed,
+            moving,
+            type_of_transform="SyN",
+            reg_iterations=(40, 20, 0),
+            syn_metric="mattes",
+            **common,
+        )
+    fwd = list(out["fwdtransforms"])
+    inv = list(out["invtransforms"])
+    # ANTs returns the affine (.mat) among the inverse list; it must be inverted when applied
+    invert = [t.endswith(".mat") for t in inv]
+    reg = Registration(
+        forward=fwd,
+        inverse=inv,
+        inverse_invert=invert,
+        kind=kind,
+        quality=float("nan"),
+        seconds=0.0,
+        skull_stripped=has_skull,
+        files=fwd + inv,
+    )
+    warped = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=fwd)
+    tumor_atlas = None
+    if tumor is not None:
+        tumor_atlas = warp_to_atlas(
+            nib.Nifti1Image(tumor.astype(np.float32), anatomy.affine), atlas, reg, label=True
+        )
+    reg.quality = registration_quality(warped.numpy(), fixed.numpy(), atlas, tumor_atlas)
+    reg.seconds = time.perf_counter() - t0
+    if reg.quality < POOR_QUALITY:
+        warnings.warn(
+            f"registration quality is poor (correlation {reg.quality:.2f} with the atlas in the "
+            f"brain outside the tumor, below {POOR_QUALITY}); check the inputs and the overlay "
+            "in the report",
+            stacklevel=2,
+        )
+    return reg
+
+
+def registration_quality(
+    warped: np.ndarray, atlas_t1: np.ndarray, atlas: Atlas, tumor_atlas: np.ndarray | None = None
+) -> float:
+    """Pearson correlation of the warped scan and the atlas T1 in the brain, tumor excluded."""
+    mask = atlas.brain.copy()
+    if tumor_atlas is not None:
+        mask &= ~ndimage.binary_dilation(tumor_atlas > 0, iterations=2)
+    a, b = warped[mask].astype(np.float64), atlas_t1[mask].astype(np.float64)
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def warp_to_atlas(
+    img: nib.Nifti1Image, atlas: Atlas, reg: Registration, *, label: bool = False
+) -> np.ndarray:
+    """Patient-space image -> array on the atlas grid (generic-label for masks)."""
+    import ants
+
+    fixed = to_ants(atlas.to_nifti(np.zeros(atlas.shape, np.float32)))
+    out = ants.apply_transforms(
+        fixed=fixed,
+        moving=to_ants(img),
+        transformlist=reg.forward,
+        interpolator="genericLabel" if label else "linear",
+    )
+    return to_nibabel(out).get_fdata(dtype=np.float32)
+
+
+def warp_to_patient(
+    array: np.ndarray,
+    atlas: Atlas,
+    patient: nib.Nifti1Image,
+    reg: Registration,
+    *,
+    label: bool = False,
+) -> nib.Nifti1Image:
+    """Atlas-grid array -> image on the patient's grid with the patient's affine."""
+    import ants
+
+    out = ants.apply_transforms(
+        fixed=to_ants(patient),
+        moving=to_ants(atlas.to_nifti(array.astype(np.float32))),
+        transformlist=reg.inverse,
+        whichtoinvert=reg.inverse_invert,
+        interpolator="genericLabel" if label else "linear",
+    )
+    data = to_nibabel(out).get_fdata(dtype=np.float32)
+    img = nib.Nifti1Image(data, patient.affine)
+    img.header.set_xyzt_units("mm")
+    return img

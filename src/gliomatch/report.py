@@ -1,0 +1,146 @@
+"""PNG figures and an HTML report of one patient's inference."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["write_report"]
+
+_PLANES = (("sagittal", 0), ("coronal", 1), ("axial", 2))
+
+
+def _centre(mask: np.ndarray) -> np.ndarray:
+    idx = np.argwhere(mask)
+    return np.rint(idx.mean(0)).astype(int) if len(idx) else np.asarray(mask.shape) // 2
+
+
+def _slice(arr, axis, i):
+    return np.take(arr, i, axis=axis).T
+
+
+def _three_planes(path, background, centre, overlays=(), density=None, title=""):
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    lo, hi = (
+        np.percentile(background[background > 0], [1, 99.5]) if np.any(background > 0) else (0, 1)
+    )
+    for ax, (name, axis) in zip(axes, _PLANES, strict=True):
+        i = int(np.clip(centre[axis], 0, background.shape[axis] - 1))
+        ax.imshow(_slice(background, axis, i), cmap="gray", origin="lower", vmin=lo, vmax=hi)
+        if density is not None:
+            d = _slice(density, axis, i)
+            ax.imshow(
+                np.ma.masked_less(d, 0.01), cmap="hot", origin="lower", alpha=0.6, vmin=0, vmax=1
+            )
+        for mask, color, style in overlays:
+            m = _slice(mask.astype(float), axis, i)
+            if m.any():
+                ax.contour(
+                    m, levels=[0.5], colors=color, linestyles=style, linewidths=1.2, origin="lower"
+                )
+        ax.set_title(f"{name} {i}")
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_report(
+    out,
+    *,
+    inputs,
+    atlas,
+    density_patient,
+    f_atlas,
+    t_atlas,
+    best_masks,
+    matches,
+    quality,
+    timing,
+    warnings_=(),
+) -> Path:
+    """Write the figures and ``report.html`` into ``out``; returns the HTML path."""
+    out = Path(out)
+    scan = np.asarray(inputs.anatomy.dataobj, dtype=np.float32)
+    c = _centre(inputs.flair)
+    _three_planes(
+        out / "patient.png",
+        scan,
+        c,
+        [(inputs.flair, "deepskyblue", "solid"), (inputs.t1gd, "red", "solid")],
+        title="patient scan: FLAIR (blue), T1Gd (red)",
+    )
+    _three_planes(
+        out / "density.png",
+        scan,
+        c,
+        [(inputs.flair, "deepskyblue", "solid")],
+        density=density_patient.get_fdata(),
+        title="predicted tumor cell density",
+    )
+    bf, bt = best_masks
+    _three_planes(
+        out / "atlas_match.png",
+        atlas.t1,
+        _centre(f_atlas),
+        [
+            (f_atlas, "deepskyblue", "solid"),
+            (t_atlas, "red", "solid"),
+            (bf, "deepskyblue", "dashed"),
+            (bt, "red", "dashed"),
+        ],
+        title="atlas space: query (solid) vs best match (dashed)",
+    )
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ranks = [m["rank"] for m in matches]
+    ax.plot(ranks, [m["score"] for m in matches], "k.-", label="score")
+    ax.plot(ranks, [m["dice_t1gd"] for m in matches], "r.-", label="Dice T1Gd")
+    ax.plot(ranks, [m["dice_flair"] for m in matches], "b.-", label="Dice FLAIR")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("score / Dice")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "scores.png", dpi=80)
+    plt.close(fig)
+
+    best = matches[0]
+    rows = "".join(
+        f"<tr><td>{m['rank']}</td><td>{m['id']}</td><td>{m['score']:.4f}</td>"
+        f"<td>{m['dice_t1gd']:.3f}</td><td>{m['dice_flair']:.3f}</td>"
+        f"<td>{m['theta']['x_mm']:.1f}, {m['theta']['y_mm']:.1f}, {m['theta']['z_mm']:.1f}</td>"
+        f"<td>{m['theta']['dw']:.4g}</td><td>{m['theta']['rho']:.4g}</td>"
+        f"<td>{m['theta']['t_end']:.0f}</td></tr>"
+        for m in matches
+    )
+    warn = "".join(f"<li>{html.escape(w)}</li>" for w in warnings_)
+    times = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timing.items() if k.endswith("_s"))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gliomatch report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
+<body><h1>gliomatch: personalized tumor growth model</h1>
+<p>Best match: tumor {best["id"]}, score {best["score"]:.4f} (Dice T1Gd {best["dice_t1gd"]:.3f},
+Dice FLAIR {best["dice_flair"]:.3f}). D<sub>w</sub> = {best["theta"]["dw"]:.4g} mm²/day,
+ρ = {best["theta"]["rho"]:.4g} /day, T = {best["theta"]["t_end"]:.0f} days, seed at
+({best["theta"]["x_mm"]:.1f}, {best["theta"]["y_mm"]:.1f}, {best["theta"]["z_mm"]:.1f}) mm
+(atlas space).</p>
+<p>Registration quality (correlation with the atlas T1 in the brain, tumor excluded):
+{quality:.2f}. Timing: {html.escape(times)}.</p>
+{f"<h2>Warnings</h2><ul>{warn}</ul>" if warn else ""}
+<h2>Patient</h2><img src="patient.png" width="100%">
+<h2>Predicted density</h2><img src="density.png" width="100%">
+<h2>Atlas space</h2><img src="atlas_match.png" width="100%">
+<h2>Top-{len(matches)} matches</h2><img src="scores.png">
+<table><tr><th>rank</th><th>id</th><th>score</th><th>Dice T1Gd</th><th>Dice FLAIR</th>
+<th>seed (mm)</th><th>D<sub>w</sub> (mm²/d)</th><th>ρ (1/d)</th><th>T (d)</th></tr>{rows}</table>
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path
