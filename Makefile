@@ -23,9 +23,7 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	mkdir -p out
-	$(VENV)/bin/gliomatch simulate --x 0.4 --y 0.55 --z 0.5 --dw 0.3 --rho 0.05 --t-end 300 \
-		--masks --out out/tumor.nii.gz
+	$(VENV)/bin/gliomatch demo --out out/demo
 
 bench: $(STAMP)
 	$(VENV)/bin/gliomatch bench solver

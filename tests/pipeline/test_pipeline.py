@@ -1,0 +1,252 @@
+"""End-to-end pipeline on 64^3 synthetic patients with a known transform."""
+
+import json
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gliomatch.cli import app
+from gliomatch.database import BuildConfig, build_database
+from gliomatch.errors import GliomatchError
+from gliomatch.inputs import masks_from_labels
+from gliomatch.pipeline import infer, load_patient
+from gliomatch.search import dice
+from gliomatch.synthetic import make_patient
+
+runner = CliRunner()
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "tcga-fg-6692"
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    return build_database(
+        tmp_path_factory.mktemp("pdb") / "db",
+        40,
+        BuildConfig(resolution=64, seed=11, shard_size=4),
+        workers=1,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def patient(db, tmp_path_factory):
+    """A synthetic patient whose hidden tumor is database tumor 7 (so it must be found)."""
+    row = db.params.iloc[7]
+    theta = {k: float(row[k]) for k in ("x", "y", "z", "dw", "rho", "t_end")}
+    return make_patient(
+        db.atlas(), tmp_path_factory.mktemp("pat"), density=db.density(7), theta=theta, seed=3
+    )
+
+
+@pytest.fixture(scope="module")
+def result(db, patient, tmp_path_factory):
+    inputs = load_patient(t1=patient.t1, seg=patient.seg)
+    return infer(inputs, db, tmp_path_factory.mktemp("out"), k=5)
+
+
+def test_recovers_hidden_tumor(result, patient):
+    # the hidden tumor is in the database: registration + warps + exact search must find it
+    assert result.matches[0]["id"] == 7
+    assert result.quality > 0.7
+    pred = nib.load(result.files["density_patient"]).get_fdata()
+    true = nib.load(patient.density_true).get_fdata()
+    # 0.8: the masks cross two interpolations (patient->atlas labels, atlas->patient density)
+    # on 3 mm voxels and carry boundary noise; a wrong match scores far lower (~0.3)
+    assert dice(pred >= 0.2, true >= 0.2) > 0.8
+    assert dice(pred >= 0.6, true >= 0.6) > 0.8
+
+
+def test_outputs(result, patient, db):
+    out = result.out
+    for name in (
+        "density_patient.nii.gz",
+        "density_atlas.nii.gz",
+        "flair_atlas.nii.gz",
+        "t1gd_atlas.nii.gz",
+        "matches.json",
+        "parameters.json",
+        "report.html",
+        "patient.png",
+        "density.png",
+        "atlas_match.png",
+        "scores.png",
+    ):
+        assert (out / name).is_file(), name
+    p_img = nib.load(patient.t1)
+    d = nib.load(out / "density_patient.nii.gz")
+    assert d.shape == p_img.shape and np.allclose(d.affine, p_img.affine)
+    a = nib.load(out / "flair_atlas.nii.gz")
+    assert a.shape == db.shape and np.allclose(a.affine, db.affine)
+    assert list((out / "transforms").iterdir())
+    m = json.loads((out / "matches.json").read_text())
+    assert len(m["matches"]) == 5 and set(m["timing"]) >= {"register_s", "search_s"}
+    p = json.loads((out / "parameters.json").read_text())
+    assert set(p["spread_over_top_k"]) == {"x_mm", "y_mm", "z_mm", "dw", "rho", "t_end"}
+
+
+@pytest.mark.parametrize(
+    "labels, scheme, flair, core",
+    [
+        ({1, 2, 4}, "brats2021", {1, 2, 4}, {1, 4}),
+        ({1, 2, 3}, "brats2023", {1, 2, 3}, {1, 3}),
+        ({2}, "brats2021", {2}, set()),
+    ],
+)
+def test_brats_labels(labels, scheme, flair, core):
+    lab = np.zeros((6, 6, 6), np.uint8)
+    for v in labels:
+        lab[v, v, v] = v
+    f, t, s = masks_from_labels(lab)
+    assert s == scheme
+    assert {int(lab[tuple(i)]) for i in np.argwhere(f)} == flair
+    assert {int(lab[tuple(i)]) for i in np.argwhere(t)} == core
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [({1, 3, 4}, "both labels 3 and 4"), ({5}, "unexpected labels"), (set(), "empty")],
+)
+def test_bad_labels(values, message):
+    lab = np.zeros((6, 6, 6), np.uint8)
+    for v in values:
+        lab[v % 6, 1, 1] = v
+    with pytest.raises(GliomatchError, match=message):
+        masks_from_labels(lab)
+
+
+def _save(arr, affine, path):
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    return path
+
+
+def test_bad_inputs_cli(patient, db, tmp_path):
+    img = nib.load(patient.t1)
+    seg = np.asarray(nib.load(patient.seg).dataobj)
+    base = ["infer", "--db", str(db.path), "--out", str(tmp_path / "o")]
+    cases = [
+        (["--t1", str(tmp_path / "missing.nii.gz"), "--seg", str(patient.seg)], "not found"),
+        (
+            [
+                "--t1",
+                str(_save(np.zeros((4, 4, 4, 3), np.float32), img.affine, tmp_path / "4d.nii.gz")),
+                "--seg",
+                str(patient.seg),
+            ],
+            "3-D",
+        ),
+        (
+            [
+                "--t1",
+                str(patient.t1),
+                "--seg",
+                str(_save(seg[:-2], img.affine, tmp_path / "small.nii.gz")),
+            ],
+            "another grid",
+        ),
+        (
+            [
+                "--t1",
+                str(patient.t1),
+                "--seg",
+                str(_save(np.zeros_like(seg), img.affine, tmp_path / "empty.nii.gz")),
+            ],
+            "empty",
+        ),
+        (
+            [
+                "--t1",
+                str(patient.t1),
+                "--seg",
+                str(
+                    _save(
+                        np.where(seg > 0, 7, 0).astype(np.uint8),
+                        img.affine,
+                        tmp_path / "lab7.nii.gz",
+                    )
+                ),
+            ],
+            "unexpected labels",
+        ),
+        (["--seg", str(patient.seg)], "exactly one anatomical"),
+        (["--t1", str(patient.t1)], "--seg"),
+    ]
+    for args, message in cases:
+        r = runner.invoke(app, [*base, *args])
+        assert r.exit_code != 0, args
+        assert message in r.output, (message, r.output)
+        assert "Traceback" not in r.output
+
+
+def test_header_noise_and_core_outside(patient, tmp_path):
+    img = nib.load(patient.t1)
+    seg = np.asarray(nib.load(patient.seg).dataobj)
+    aff = img.affine.copy()
+    aff[0, 3] += 0.01  # header noise
+    flair = (seg > 0).astype(np.uint8)
+    core = np.isin(seg, (1, 4)).astype(np.uint8)
+    idx = np.argwhere(flair == 0)[0]
+    core[tuple(idx)] = 1  # one core voxel outside the whole tumor
+    fp = _save(flair, aff, tmp_path / "f.nii.gz")
+    tp = _save(core, img.affine, tmp_path / "t.nii.gz")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        inp = load_patient(t1=patient.t1, flair_mask=fp, t1gd_mask=tp)
+    text = " ".join(str(x.message) for x in w)
+    assert "resampled" in text and "outside the FLAIR mask" in text
+    assert np.all(inp.flair[inp.t1gd])
+
+
+def test_infer_batch(db, patient, tmp_path):
+    csv = tmp_path / "cohort.csv"
+    csv.write_text(f"patient_id,t1,seg\np1,{patient.t1},{patient.seg}\n")
+    args = [
+        "infer-batch",
+        str(csv),
+        "--out",
+        str(tmp_path / "b"),
+        "--db",
+        str(db.path),
+        "--registration",
+        "affine",
+        "--k",
+        "3",
+    ]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "b" / "summary.csv").is_file()
+    r = runner.invoke(app, args)  # resumable: the finished patient is skipped
+    assert r.exit_code == 0 and "skipped" in r.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,t1\nx,a.nii.gz\n")
+    r = runner.invoke(
+        app, ["infer-batch", str(bad), "--out", str(tmp_path / "c"), "--db", str(db.path)]
+    )
+    assert r.exit_code == 1 and "patient_id" in r.output
+    bad.write_text(f"patient_id,t1,seg\np1,{patient.t1},nowhere.nii.gz\n")
+    r = runner.invoke(
+        app, ["infer-batch", str(bad), "--out", str(tmp_path / "c"), "--db", str(db.path)]
+    )
+    assert r.exit_code == 1 and "not found" in r.output
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/tcga-fg-6692 not present")
+def test_real_clinical_scan_registers(atlas64, tmp_path):
+    """Raw, skull-on, 5.5 mm-slice clinical T1 registers without crashing."""
+    from gliomatch.inputs import load_nifti
+    from gliomatch.registration import register, warp_to_atlas
+
+    img = load_nifti(SHARED / "t1.nii.gz", "T1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its quality may well be flagged as poor
+        reg = register(img, atlas64, kind="affine", workdir=tmp_path)
+    assert reg.skull_stripped
+    assert np.isfinite(reg.quality)
+    warped = warp_to_atlas(img, atlas64, reg)
+    # the scan's brain lands on the atlas brain
+    inside = warped[atlas64.brain].mean()
+    outside = warped[~atlas64.brain].mean()
+    assert inside > 1.5 * outside
