@@ -1,0 +1,183 @@
+"""Tables, figures, summary.json and report.html of ``gliomatch evaluate``."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+__all__ = ["write_outputs"]
+
+PARAM_LABELS = {
+    "dw": "D_w (mm²/d)",
+    "rho": "ρ (1/d)",
+    "t_end": "T (d)",
+    "x_mm": "seed x (mm)",
+    "y_mm": "seed y (mm)",
+    "z_mm": "seed z (mm)",
+}
+
+
+def _table(out: Path, summary: dict) -> pd.DataFrame:
+    t = pd.DataFrame(summary["table"])
+    shown = t.assign(
+        top1=lambda d: (100 * d.top1).round(1),
+        top5=lambda d: (100 * d.top5).round(1),
+        top15=lambda d: (100 * d.top15).round(1),
+        median_ms=lambda d: (1000 * d.median_s).round(2),
+    )[["strategy", "queries", "n", "top1", "top5", "top15", "median_ms", "median_rank_of_best"]]
+    shown.to_csv(out / "table_strategies.csv", index=False)
+    lines = [
+        "| strategy | queries | n | top-1 % | top-5 % | top-15 % | median ms/query |"
+        " median rank of best |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in shown.itertuples():
+        lines.append(
+            f"| {r.strategy} | {r.queries} | {r.n} | {r.top1} | {r.top5} | {r.top15} "
+            f"| {r.median_ms} | {r.median_rank_of_best:g} |"
+        )
+    (out / "table_strategies.md").write_text("\n".join(lines) + "\n")
+    return shown
+
+
+def _dice_distribution(out, queries, truth_rows):
+    kinds = [k for k in ("real", "synthetic") if any(q.kind == k for q in queries)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        rows = [truth_rows[q.qid] for q in queries if q.kind == kind]
+        t = np.array([r["best_dice_t1gd"] for r in rows])
+        f = np.array([r["best_dice_flair"] for r in rows])
+        c = (t + f) / 2
+        order = np.argsort(c)
+        for arr, color, label in ((t, "r", "T1Gd"), (f, "b", "FLAIR"), (c, "k", "mean")):
+            ax.plot(arr[order], color + ".", ms=3, label=f"{label} (mean {arr.mean():.3f})")
+            ax.axhline(arr.mean(), color=color, lw=0.8, ls="--")
+        ax.set_title(f"{kind}: best-match Dice per query ({len(rows)} queries)")
+        ax.set_xlabel("query (sorted by mean Dice)")
+        ax.set_ylabel("Dice")
+        ax.set_ylim(0, 1)
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "dice_distribution.png", dpi=80)
+    plt.close(fig)
+
+
+def _rank_of_best(out, res, n_db):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, g in res.groupby("strategy", sort=False):
+        r = np.sort(g.rank_of_best.to_numpy())
+        ax.step(r, np.arange(1, len(r) + 1) / len(r), where="post", label=name)
+    ax.set_xscale("log")
+    ax.set_xlim(0.8, max(n_db, 2))
+    for x in (1, 5, 15):
+        ax.axvline(x, color="gray", lw=0.5, ls=":")
+    ax.set_xlabel("rank of the strategy's best match in the exact ranking")
+    ax.set_ylabel("fraction of queries")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "rank_of_best.png", dpi=80)
+    plt.close(fig)
+
+
+def _examples(out, db, res, queries, n_examples=4):
+    atlas_t1 = db.atlas().t1
+    strategies = list(dict.fromkeys(res.strategy))
+    qs = queries[:n_examples]
+    fig, axes = plt.subplots(
+        len(qs), len(strategies), figsize=(3 * len(strategies), 3 * len(qs)), squeeze=False
+    )
+    for r, q in enumerate(qs):
+        z = int(np.rint(np.argwhere(q.query.flair).mean(0))[2])
+        for c, name in enumerate(strategies):
+            ax = axes[r, c]
+            best = int(res[(res.strategy == name) & (res.qid == q.qid)].best.iloc[0])
+            bf, bt = db.masks(best)
+            ax.imshow(atlas_t1[:, :, z].T, cmap="gray", origin="lower")
+            for m, color, style in (
+                (q.query.flair, "deepskyblue", "solid"),
+                (q.query.t1gd, "red", "solid"),
+                (bf, "deepskyblue", "dashed"),
+                (bt, "red", "dashed"),
+            ):
+                sl = m[:, :, z].T.astype(float)
+                if sl.any():
+                    ax.contour(
+                        sl, [0.5], colors=color, linestyles=style, linewidths=1, origin="lower"
+                    )
+            ax.set_title(f"{q.qid} · {name} → {best}", fontsize=8)
+            ax.axis("off")
+    fig.suptitle("query (solid) vs each strategy's best match (dashed); FLAIR blue, T1Gd red")
+    fig.tight_layout()
+    fig.savefig(out / "examples.png", dpi=70)
+    plt.close(fig)
+
+
+def _recovery(out, summary):
+    rec = pd.DataFrame(summary["recovery"])
+    if rec.empty:
+        return False
+    rec.to_csv(out / "parameter_recovery.csv", index=False)
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7.5))
+    for ax, p in zip(axes.ravel(), PARAM_LABELS, strict=True):
+        t = rec[f"{p}_true"]
+        ax.plot(t, rec[f"{p}_best"], "k.", ms=3, label="best match")
+        ax.plot(t, rec[f"{p}_topk_median"], "r.", ms=3, alpha=0.6, label="top-k median")
+        lo, hi = (
+            float(min(t.min(), rec[f"{p}_best"].min())),
+            float(max(t.max(), rec[f"{p}_best"].max())),
+        )
+        ax.plot([lo, hi], [lo, hi], "gray", lw=0.8)
+        e = summary["parameter_errors"][f"{p}_best"]
+        ax.set_title(f"{PARAM_LABELS[p]}: MAE {e['mae']:.3g}, r = {e['corr']:.2f}", fontsize=9)
+        ax.set_xlabel("true")
+        ax.set_ylabel("recovered")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "parameter_recovery.png", dpi=80)
+    plt.close(fig)
+    return True
+
+
+def write_outputs(out, db, res, queries, truth_rows, summary, k) -> None:
+    out = Path(out)
+    shown = _table(out, summary)
+    _dice_distribution(out, queries, truth_rows)
+    _rank_of_best(out, res, len(db))
+    _examples(out, db, res, queries)
+    has_rec = _recovery(out, summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plaus = summary["plausibility"]
+    pl = "".join(
+        f"<li>{kind}: mean best-match Dice T1Gd {v['mean_best_dice_t1gd']:.3f}, FLAIR "
+        f"{v['mean_best_dice_flair']:.3f} ({v['n']} queries)</li>"
+        for kind, v in plaus.items()
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gliomatch evaluation</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
+<body><h1>Search strategies on {len(db)} tumors ({db.resolution}³)</h1>
+<p>Ground truth: the exact ranking of the whole database (exact equals loop on the checked
+sample: {summary["exact_equals_loop_on_sample"]}).</p>
+{shown.to_html(index=False)}
+<h2>Model plausibility</h2><p>How well the growth model explains the queries (the papers'
+measure): mean best-match Dice.</p><ul>{pl}</ul>
+<img src="dice_distribution.png" width="100%">
+<h2>Rank of each strategy's best match</h2><img src="rank_of_best.png">
+<h2>Examples</h2><img src="examples.png" width="100%">
+{
+        '<h2>Parameter recovery (synthetic)</h2><img src="parameter_recovery.png" width="100%">'
+        if has_rec
+        else ""
+    }
+<p>All numbers: <a href="summary.json">summary.json</a>.
+{html.escape("Tables: table_strategies.md / .csv.")}</p></body></html>"""
+    (out / "report.html").write_text(page)

@@ -1,0 +1,293 @@
+"""``gliomatch evaluate``: the papers' comparison of search strategies, in one command.
+
+For every query (held-out synthetic tumors and/or a real cohort warped to atlas space) the
+ground truth is the exact ranking of the whole database (block-sparse exact scores of every
+tumor, cross-checked against ``loop`` on a sample of queries). Each strategy's answer is then
+scored by where its best match lies in that ranking (top-1/5/15 preservation) and timed.
+Per-query results are cached in ``DIR/cache`` so an interrupted evaluation resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gliomatch.errors import GliomatchError
+from gliomatch.search import Query, available_strategies, get_strategy
+from gliomatch.search.engine import dice_scores
+
+__all__ = ["EvalQuery", "evaluate", "real_queries", "synthetic_queries"]
+
+PARAMS = ("dw", "rho", "t_end", "x_mm", "y_mm", "z_mm")
+
+
+@dataclass
+class EvalQuery:
+    qid: str
+    kind: str  # "synthetic" or "real"
+    query: Query
+    truth: dict | None  # hidden parameters (synthetic only)
+
+
+def synthetic_queries(db, n: int, seed: int = 0) -> list[EvalQuery]:
+    """``n`` held-out tumors: the database's sampler with another seed, size-filtered."""
+    from gliomatch.database.build import held_out_tumors
+
+    out = []
+    for j, (row, codes) in enumerate(held_out_tumors(db, n, seed_offset=1_000_003 + seed)):
+        truth = {p: float(row[p]) for p in PARAMS}
+        out.append(EvalQuery(f"syn{j:05d}", "synthetic", Query.from_codes(codes), truth))
+    return out
+
+
+def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=None):
+    """A cohort (see ``gliomatch infer-batch``) registered and warped to atlas space.
+
+    The warped masks are cached per patient in ``cache`` (registration runs once).
+    """
+    import nibabel as nib
+
+    from gliomatch.cli import read_cohort
+    from gliomatch.pipeline import load_patient
+    from gliomatch.registration import register, warp_to_atlas
+
+    cohort = read_cohort(Path(csv))
+    atlas = db.atlas()
+    out = []
+    for n, rec in enumerate(cohort, 1):
+        pdir = cache / rec["patient_id"]
+        fp, tp = pdir / "flair_atlas.nii.gz", pdir / "t1gd_atlas.nii.gz"
+        if not (fp.is_file() and tp.is_file()):
+            inputs = load_patient(
+                **{k: rec[k] for k in ("t1", "t1c", "wm", "seg", "flair_mask", "t1gd_mask")}
+            )
+            reg = register(
+                inputs.anatomy,
+                atlas,
+                tumor=inputs.flair,
+                kind=registration,
+                workdir=pdir / "transforms",
+            )
+            aff = inputs.anatomy.affine
+            f = (
+                warp_to_atlas(
+                    nib.Nifti1Image(inputs.flair.astype(np.float32), aff), atlas, reg, label=True
+                )
+                > 0.5
+            )
+            t = (
+                warp_to_atlas(
+                    nib.Nifti1Image(inputs.t1gd.astype(np.float32), aff), atlas, reg, label=True
+                )
+                > 0.5
+            )
+            pdir.mkdir(parents=True, exist_ok=True)
+            nib.save(atlas.to_nifti(f), str(fp))
+            nib.save(atlas.to_nifti(t & f), str(tp))
+        f = nib.load(str(fp)).get_fdata() > 0.5
+        t = nib.load(str(tp)).get_fdata() > 0.5
+        out.append(EvalQuery(rec["patient_id"], "real", Query.from_masks(f, t, db.shape), None))
+        if progress:
+            progress(n, len(cohort))
+    return out
+
+
+def _full_scores(exact, q: Query) -> np.ndarray:
+    """Exact score of every database tumor for ``q`` (the ground-truth ranking)."""
+    index = exact.index
+    f, t = q.flair, q.t1gd & q.flair
+    from gliomatch.search.blocks import query_blocks
+
+    packed = query_blocks(f, t)
+    ids = np.arange(index.n)
+    inter_f, inter_t = index.exact(ids, packed)
+    return dice_scores(
+        inter_f,
+        inter_t,
+        index.a["nf"],
+        index.a["nt"],
+        int(f.sum()),
+        int(t.sum()),
+        exact.w_t1gd,
+        exact.w_flair,
+    )
+
+
+def _rank(all_scores: np.ndarray, i: int) -> int:
+    """1-based rank of tumor ``i`` in the exact ranking (score desc, id asc)."""
+    s = all_scores[i]
+    return int(
+        np.sum(all_scores > s) + np.sum((all_scores == s) & (np.arange(len(all_scores)) < i)) + 1
+    )
+
+
+def evaluate(
+    db,
+    out,
+    *,
+    queries: list[EvalQuery],
+    strategies=("exact", "ds64", "ds32"),
+    k: int = 15,
+    loop_check: int = 3,
+    progress=None,
+    log=print,
+) -> dict:
+    """Run every strategy on every query; write tables, figures, summary.json, report.html."""
+    out = Path(out)
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    unknown = [s for s in strategies if s not in available_strategies()]
+    if unknown:
+        raise GliomatchError(
+            f"unknown strategies {unknown}; available: {', '.join(available_strategies())}"
+        )
+    exact = get_strategy("exact", db, progress=False).ensure_ready()
+    params = db.params
+    records = []
+    # ---- ground truth (exact, full ranking), cached per query
+    truth_rows = {}
+    full = {}  # qid -> exact scores of every tumor (kept for ranking the strategies' answers)
+
+    def all_scores(eq):
+        if eq.qid not in full:
+            full[eq.qid] = _full_scores(exact, eq.query)
+        return full[eq.qid]
+
+    for n, eq in enumerate(queries, 1):
+        cpath = cache / "truth" / f"{eq.qid}.json"
+        if cpath.is_file():
+            truth_rows[eq.qid] = json.loads(cpath.read_text())
+        else:
+            scores, d_t, d_f = all_scores(eq)
+            order = np.lexsort((np.arange(len(scores)), -scores))
+            top = order[:k]
+            row = {
+                "top": top.tolist(),
+                "scores": scores[top].tolist(),
+                "best_dice_t1gd": float(d_t[top[0]]),
+                "best_dice_flair": float(d_f[top[0]]),
+            }
+            cpath.parent.mkdir(parents=True, exist_ok=True)
+            cpath.write_text(json.dumps(row))
+            truth_rows[eq.qid] = row
+        if progress:
+            progress("ground truth", n, len(queries))
+    # ---- cross-check exact against loop on a few queries
+    loop_ok = None
+    if loop_check:
+        loop = get_strategy("loop", db, progress=False)
+        loop_ok = True
+        for eq in queries[:loop_check]:
+            _, ids = loop.search(eq.query, k)
+            loop_ok &= bool(np.array_equal(ids, truth_rows[eq.qid]["top"][: len(ids)]))
+        if not loop_ok:
+            raise GliomatchError("exact and loop disagree: the ground truth is unreliable")
+    # ---- strategies
+    for name in strategies:
+        strat = get_strategy(name, db, progress=False)
+        strat.ensure_ready()
+        if queries:
+            strat.search(queries[0].query, k)  # warm-up (compilation, cache load)
+        for n, eq in enumerate(queries, 1):
+            cpath = cache / name / f"{eq.qid}.json"
+            if cpath.is_file():
+                rec = json.loads(cpath.read_text())
+            else:
+                t0 = time.perf_counter()
+                s, ids = strat.search(eq.query, k)
+                sec = time.perf_counter() - t0
+                best = int(ids[0])
+                rec = {
+                    "strategy": name,
+                    "qid": eq.qid,
+                    "kind": eq.kind,
+                    "seconds": sec,
+                    "best": best,
+                    "rank_of_best": _rank(all_scores(eq)[0], best),
+                    "ids": [int(i) for i in ids],
+                }
+                cpath.parent.mkdir(parents=True, exist_ok=True)
+                cpath.write_text(json.dumps(rec))
+            records.append(rec)
+            if progress:
+                progress(name, n, len(queries))
+        full.clear() if len(full) > 2000 else None
+    res = pd.DataFrame(records)
+    summary = _summarise(res, queries, truth_rows, params, k, loop_ok)
+    from gliomatch.evaluation.figures import write_outputs
+
+    write_outputs(out, db, res, queries, truth_rows, summary, k)
+    log(f"wrote {out / 'report.html'}")
+    return summary
+
+
+def _summarise(res, queries, truth_rows, params, k, loop_ok) -> dict:
+    table = []
+    for (name, kind), g in res.groupby(["strategy", "kind"], sort=False):
+        table.append(
+            {
+                "strategy": name,
+                "queries": kind,
+                "n": int(len(g)),
+                "top1": float((g.rank_of_best <= 1).mean()),
+                "top5": float((g.rank_of_best <= 5).mean()),
+                "top15": float((g.rank_of_best <= 15).mean()),
+                "median_s": float(g.seconds.median()),
+                "median_rank_of_best": float(g.rank_of_best.median()),
+            }
+        )
+    plaus = {}
+    for kind in ("synthetic", "real"):
+        qs = [q for q in queries if q.kind == kind]
+        if qs:
+            best = [truth_rows[q.qid] for q in qs]
+            plaus[kind] = {
+                "n": len(qs),
+                "mean_best_dice_t1gd": float(np.mean([b["best_dice_t1gd"] for b in best])),
+                "mean_best_dice_flair": float(np.mean([b["best_dice_flair"] for b in best])),
+                "mean_best_score": float(np.mean([b["scores"][0] for b in best])),
+            }
+    recovery = []
+    for q in queries:
+        if q.truth is None:
+            continue
+        top = truth_rows[q.qid]["top"]
+        best = params.iloc[top[0]]
+        cons = params.iloc[top[:k]]
+        row = {"qid": q.qid}
+        for p in PARAMS:
+            row[f"{p}_true"] = q.truth[p]
+            row[f"{p}_best"] = float(best[p])
+            row[f"{p}_topk_median"] = float(cons[p].median())
+        recovery.append(row)
+    errors = {}
+    if recovery:
+        rec = pd.DataFrame(recovery)
+        for p in PARAMS:
+            for est in ("best", "topk_median"):
+                e = rec[f"{p}_{est}"] - rec[f"{p}_true"]
+                errors[f"{p}_{est}"] = {
+                    "mae": float(e.abs().mean()),
+                    "median_abs": float(e.abs().median()),
+                    "corr": float(np.corrcoef(rec[f"{p}_{est}"], rec[f"{p}_true"])[0, 1])
+                    if len(rec) > 2
+                    else float("nan"),
+                }
+        pos = np.sqrt(
+            sum((rec[f"{a}_best"] - rec[f"{a}_true"]) ** 2 for a in ("x_mm", "y_mm", "z_mm"))
+        )
+        errors["seed_distance_mm_best"] = {"mean": float(pos.mean()), "median": float(pos.median())}
+    return {
+        "table": table,
+        "plausibility": plaus,
+        "parameter_errors": errors,
+        "recovery": recovery,
+        "exact_equals_loop_on_sample": loop_ok,
+        "k": k,
+        "n_db": int(len(params)),
+    }

@@ -1,0 +1,180 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from gliomatch.cli import app
+from gliomatch.database import BuildConfig, build_database
+from gliomatch.errors import GliomatchError
+from gliomatch.evaluation.harness import evaluate, real_queries, synthetic_queries
+from gliomatch.search import Strategy, register_strategy
+from gliomatch.synthetic import make_patient
+
+runner = CliRunner()
+
+
+@register_strategy("random-test")
+class RandomStrategy(Strategy):
+    """A deliberately useless strategy: uniformly random ids (chance level)."""
+
+    name = "random-test"
+    needs_index = False
+
+    def __init__(self, db, **kw):
+        super().__init__(db, **kw)
+        self.rng = np.random.default_rng(0)
+
+    def _search(self, query, k):
+        ids = self.rng.permutation(len(self.db))[:k]
+        return np.zeros(len(ids)), ids
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    return build_database(
+        tmp_path_factory.mktemp("edb") / "db",
+        30,
+        BuildConfig(resolution=32, seed=21, shard_size=4),
+        workers=1,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def queries(db):
+    return synthetic_queries(db, 60, seed=0)
+
+
+def test_harness_end_to_end(db, queries, tmp_path):
+    s = evaluate(
+        db,
+        tmp_path,
+        queries=queries,
+        strategies=["exact", "ds32", "random-test"],
+        k=15,
+        loop_check=2,
+        log=lambda m: None,
+    )
+    table = {r["strategy"]: r for r in s["table"]}
+    assert table["exact"]["top1"] == 1.0 and table["exact"]["top15"] == 1.0
+    # chance level: the random best lands in the true top-j with probability j / n
+    n = len(db)
+    r = table["random-test"]
+    assert r["top1"] < 0.15
+    assert abs(r["top15"] - 15 / n) < 0.2
+    assert s["exact_equals_loop_on_sample"] is True
+    for name in (
+        "table_strategies.md",
+        "table_strategies.csv",
+        "dice_distribution.png",
+        "rank_of_best.png",
+        "examples.png",
+        "parameter_recovery.png",
+        "parameter_recovery.csv",
+        "summary.json",
+        "report.html",
+    ):
+        assert (tmp_path / name).is_file(), name
+    csv = pd.read_csv(tmp_path / "table_strategies.csv")
+    assert set(csv.strategy) == {"exact", "ds32", "random-test"}
+    assert s["plausibility"]["synthetic"]["n"] == 60
+    rec = pd.read_csv(tmp_path / "parameter_recovery.csv")
+    assert len(rec) == 60 and {"dw_true", "dw_best", "dw_topk_median"} <= set(rec.columns)
+
+
+def test_queries_not_in_db_and_deterministic(db, queries):
+    again = synthetic_queries(db, 5, seed=0)
+    for a, b in zip(queries[:5], again, strict=True):
+        assert np.array_equal(a.query.flair, b.query.flair)
+    for q in queries[:10]:
+        for i in range(len(db)):
+            f, _ = db.masks(i)
+            assert not np.array_equal(f, q.query.flair)
+
+
+def test_resume_uses_cache(db, queries, tmp_path):
+    evaluate(
+        db, tmp_path, queries=queries[:5], strategies=["exact"], loop_check=0, log=lambda m: None
+    )
+    cached = sorted((tmp_path / "cache" / "exact").glob("*.json"))
+    assert len(cached) == 5
+    stamp = [p.stat().st_mtime_ns for p in cached]
+    evaluate(
+        db, tmp_path, queries=queries[:5], strategies=["exact"], loop_check=0, log=lambda m: None
+    )
+    assert [p.stat().st_mtime_ns for p in cached] == stamp
+
+
+def test_real_cohort_of_synthetic_patients(db, tmp_path):
+    atlas = db.atlas()
+    lines = ["patient_id,t1,seg"]
+    for j in range(2):
+        row = db.params.iloc[j]
+        p = make_patient(
+            atlas, tmp_path / f"p{j}", density=db.density(j), theta={"dw": float(row.dw)}, seed=j
+        )
+        lines.append(f"p{j},{p.t1},{p.seg}")
+    csv = tmp_path / "cohort.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    qs = real_queries(db, csv, tmp_path / "regcache", registration="affine")
+    assert [q.kind for q in qs] == ["real", "real"]
+    s = evaluate(
+        db, tmp_path / "ev", queries=qs, strategies=["exact"], loop_check=0, log=lambda m: None
+    )
+    assert s["plausibility"]["real"]["n"] == 2
+    # cached registration: a second pass does not register again
+    assert (tmp_path / "regcache" / "p0" / "flair_atlas.nii.gz").is_file()
+
+
+def test_bad_cohort_csv(db, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,t1\na,b.nii.gz\n")
+    with pytest.raises(GliomatchError, match="patient_id"):
+        real_queries(db, bad, tmp_path / "c")
+    bad.write_text("patient_id,t1,seg\na,missing.nii.gz,also.nii.gz\n")
+    with pytest.raises(GliomatchError, match="not found"):
+        real_queries(db, bad, tmp_path / "c")
+    with pytest.raises(GliomatchError, match="not found"):
+        real_queries(db, tmp_path / "none.csv", tmp_path / "c")
+
+
+def test_evaluate_cli(db, tmp_path):
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--db",
+            str(db.path),
+            "--out",
+            str(tmp_path / "o"),
+            "--synthetic",
+            "8",
+            "--strategies",
+            "exact,ds32",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output.strip().splitlines()[-1])
+    assert {row["strategy"] for row in s["table"]} == {"exact", "ds32"}
+    r = runner.invoke(
+        app, ["evaluate", "--db", str(db.path), "--out", str(tmp_path / "o"), "--synthetic", "0"]
+    )
+    assert r.exit_code == 1 and "nothing to evaluate" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--db",
+            str(db.path),
+            "--out",
+            str(tmp_path / "o"),
+            "--synthetic",
+            "3",
+            "--strategies",
+            "exact,nope",
+        ],
+    )
+    assert r.exit_code == 1 and "unknown" in r.output
