@@ -367,6 +367,9 @@ def bench_search_cmd(
     loop_max: Annotated[
         int, typer.Option(help="Time loop on at most this many tumors (scaled linearly).")
     ] = 2000,
+    rerank: Annotated[
+        int, typer.Option(help="Also run learned strategies re-ranking this many candidates.")
+    ] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per strategy.")] = False,
 ):
     """Latency and top-1/5/15 preservation of search strategies on held-out tumors."""
@@ -375,6 +378,8 @@ def bench_search_cmd(
 
     db = Database.open(db_path)
     names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if rerank:
+        names += [f"{n}+rr{rerank}" for n in names if n in ("ae", "vae8", "vae1024", "hash")]
     if queries < 1:
         raise GliomatchError(f"--queries must be >= 1, got {queries}")
     rows = bench_search(
@@ -837,6 +842,72 @@ def evaluate(
             f"T MAE {e['t_end_best']['mae']:.0f} d"
         )
     typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command()
+@handle_errors
+def train(
+    kind: Annotated[str, typer.Argument(help="ae, vae or hash.")],
+    db_path: Annotated[Path, typer.Option("--db", help="Database folder.")],
+    latent: Annotated[int, typer.Option(help="Latent size (ae, vae).")] = 1024,
+    bits: Annotated[int, typer.Option(help="Code bits (hash).")] = 64,
+    epochs: Annotated[int, typer.Option(help="Epochs (published: 120).")] = 120,
+    input_resolution: Annotated[
+        int, typer.Option(help="Masks downsampled to this (16, 32, 64, 128).")
+    ] = 32,
+    n_train: Annotated[int, typer.Option(help="Training tumors (published: 1500).")] = 1500,
+    n_val: Annotated[int, typer.Option(help="Validation tumors (published: 150).")] = 150,
+    batch: Annotated[int, typer.Option(help="Batch size (published: 2).")] = 2,
+    lr: Annotated[float | None, typer.Option(help="Adam lr (1e-5; VAE 3e-5).")] = None,
+    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 20,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    modality: Annotated[str, typer.Option(help="t1gd, flair or both.")] = "both",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+):
+    """Train a mask autoencoder per modality (resumable; curves and Dice saved with it)."""
+    from rich.progress import Progress
+
+    from gliomatch.database import Database
+    from gliomatch.learn.train import TrainConfig, model_dir
+    from gliomatch.learn.train import train as run
+
+    db = Database.open(db_path)
+    cfg = TrainConfig(
+        kind=kind,
+        latent=latent,
+        bits=bits,
+        epochs=epochs,
+        input_resolution=input_resolution,
+        n_train=n_train,
+        n_val=n_val,
+        batch=batch,
+        lr=lr,
+        patience=patience,
+        device=device,
+    )
+    mods = ("t1gd", "flair") if modality == "both" else (modality,)
+    results = {}
+    with Progress(disable=json_out) as bar:
+        tasks = {}
+
+        def progress(m, epoch, total, h):
+            if m not in tasks:
+                tasks[m] = bar.add_task(f"{cfg.name} {m}", total=total)
+            bar.update(
+                tasks[m], completed=epoch, description=f"{cfg.name} {m} val {h['val_loss']:.4f}"
+            )
+
+        for m in mods:
+            results[m] = run(db, cfg, m, progress=progress)
+    if json_out:
+        typer.echo(json.dumps(results))
+        return
+    for m, r in results.items():
+        typer.echo(
+            f"{cfg.name} {m}: {r['history_epochs']} epochs, best validation loss "
+            f"{r['best_val_loss']:.4f}, reconstruction Dice {r['recon_dice_val']:.3f} "
+            f"(validation) -> {model_dir(db, cfg.name, m)}"
+        )
 
 
 def _range(text: str, name: str) -> tuple[float, float]:

@@ -209,6 +209,13 @@ class Strategy(abc.ABC):
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}
+#: Functions name -> (class, options) or None, for families of names (e.g. trained models).
+_RESOLVERS: list = []
+
+
+def register_resolver(fn) -> None:
+    """Register ``fn(name) -> (cls, options) | None`` for strategy names not registered."""
+    _RESOLVERS.append(fn)
 
 
 def register_strategy(name: str, cls: type[Strategy] | None = None, **defaults):
@@ -226,7 +233,20 @@ def available_strategies() -> list[str]:
 
 
 def get_strategy(name: str, db, **options) -> Strategy:
-    """Instantiate strategy ``name`` for ``db`` (its index is built/loaded on first search)."""
+    """Instantiate strategy ``name`` for ``db`` (its index is built/loaded on first search).
+
+    ``NAME+rrM`` is strategy NAME re-ranking its M best candidates by exact Dice.
+    """
+    if "+rr" in name:
+        base, _, m = name.partition("+rr")
+        if not m.isdigit():
+            raise GliomatchError(f"bad strategy name {name!r}; use e.g. ae+rr100")
+        return get_strategy(base, db, rerank=int(m), **options)
+    for resolve in _RESOLVERS:
+        found = None if name in _REGISTRY else resolve(name)
+        if found is not None:
+            cls, defaults = found
+            return cls(db, **{**defaults, **options})
     if name not in _REGISTRY:
         raise GliomatchError(
             f"unknown strategy {name!r}; available: {', '.join(available_strategies())}"

@@ -1,0 +1,1 @@
+"""Learned tumor codes: autoencoder, VAE, bi-half hashing (PyTorch + MONAI)."""

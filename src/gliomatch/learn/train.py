@@ -1,0 +1,285 @@
+"""Training of the mask autoencoders (one per modality), resumable, with loss curves.
+
+Models live in the database's index folder, ``index/models/<name>-<modality>/``:
+``model.pt`` (the best weights, a plain state dict: loadable with ``weights_only=True``),
+``config.json`` (architecture, training settings, the database fingerprint), ``history.csv``
+and ``loss.png``, and ``checkpoint.pt`` (last epoch, optimizer state) for resuming.
+
+Defaults are the published settings (1,500 training and 150 validation tumors, Adam, lr 1e-5 --
+3e-5 for the VAE --, batch 2, 120 epochs, VAE beta = 0.001) at a CPU-friendly input resolution
+(masks downsampled with order-0 zoom; ``--input-resolution 128`` trains at full resolution).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gliomatch.errors import GliomatchError
+from gliomatch.learn.models import KINDS, MaskAutoencoder, build_model
+
+__all__ = ["TrainConfig", "load_model", "model_dir", "model_name", "train", "encode_masks"]
+
+MODALITIES = ("t1gd", "flair")
+
+
+def model_name(kind: str, latent: int | None = None, bits: int | None = None) -> str:
+    if kind == "ae":
+        return "ae" if latent in (None, 1024) else f"ae{latent}"
+    if kind == "vae":
+        return f"vae{latent or 1024}"
+    if kind == "hash":
+        return "hash" if bits in (None, 64) else f"hash{bits}"
+    raise GliomatchError(f"unknown model kind {kind!r}; use one of {', '.join(KINDS)}")
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "ae"
+    latent: int = 1024
+    bits: int = 64
+    epochs: int = 120
+    lr: float | None = None  # 1e-5 (ae, hash) or 3e-5 (vae)
+    batch: int = 2
+    n_train: int = 1500
+    n_val: int = 150
+    input_resolution: int = 32
+    beta: float = 1e-3
+    patience: int = 20
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise GliomatchError(f"unknown model kind {self.kind!r}; use one of {KINDS}")
+        for name in ("epochs", "batch", "n_train", "n_val", "latent", "bits"):
+            if getattr(self, name) < 1:
+                raise GliomatchError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.kind == "hash" and self.bits % 8:
+            raise GliomatchError(f"bits must be a multiple of 8, got {self.bits}")
+        if self.lr is None:
+            self.lr = 3e-5 if self.kind == "vae" else 1e-5
+        if self.device not in ("cpu", "cuda"):
+            raise GliomatchError(f"device must be cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise GliomatchError("--device cuda: no CUDA GPU is available here")
+
+    @property
+    def name(self) -> str:
+        return model_name(self.kind, self.latent, self.bits)
+
+    @property
+    def code_size(self) -> int:
+        return self.bits if self.kind == "hash" else self.latent
+
+
+def model_dir(db, name: str, modality: str) -> Path:
+    return db.index_dir / "models" / f"{name}-{modality}"
+
+
+def masks_at(db, ids, modality: str, resolution: int) -> np.ndarray:
+    """uint8 masks (n, R, R, R) of one modality, downsampled (order 0) to ``resolution``."""
+    from gliomatch.search.strategies import downsample
+
+    out = np.zeros((len(ids), resolution, resolution, resolution), np.uint8)
+    for n, i in enumerate(ids):
+        f, t = db.masks(int(i))
+        out[n] = downsample(t if modality == "t1gd" else f, resolution)
+    return out
+
+
+def _split(db, cfg: TrainConfig):
+    n = len(db)
+    if n < 4:
+        raise GliomatchError(f"database has {n} tumors; training needs at least 4")
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    n_val = min(cfg.n_val, max(1, n // 10))
+    n_train = min(cfg.n_train, n - n_val)
+    return np.sort(order[:n_train]), np.sort(order[n_train : n_train + n_val])
+
+
+def _loss(model, x, cfg, dice):
+    logits, mu, logvar = model(x)
+    loss = dice(logits, x)
+    if cfg.kind == "vae":
+        kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
+        loss = loss + cfg.beta * kl
+    return loss
+
+
+def recon_dice(model, masks: np.ndarray, device="cpu", batch=8) -> float:
+    """Mean Dice of the thresholded reconstructions (the papers' Fig. 12/14)."""
+    from gliomatch.search import dice as dice_np
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(masks), batch):
+            x = torch.from_numpy(masks[s : s + batch]).float().unsqueeze(1).to(device)
+            logits, _, _ = model(x)
+            rec = (logits > 0).cpu().numpy()[:, 0]
+            out += [
+                dice_np(r, m.astype(bool)) for r, m in zip(rec, masks[s : s + batch], strict=True)
+            ]
+    return float(np.mean(out))
+
+
+def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = True) -> dict:
+    """Train one modality's model; returns its summary (also written to config.json)."""
+    from monai.losses import DiceLoss
+
+    if modality not in MODALITIES:
+        raise GliomatchError(f"modality must be t1gd or flair, got {modality!r}")
+    torch.manual_seed(cfg.seed)
+    folder = model_dir(db, cfg.name, modality)
+    folder.mkdir(parents=True, exist_ok=True)
+    train_ids, val_ids = _split(db, cfg)
+    x_train = masks_at(db, train_ids, modality, cfg.input_resolution)
+    x_val = masks_at(db, val_ids, modality, cfg.input_resolution)
+    model = MaskAutoencoder(cfg.kind, cfg.input_resolution, cfg.code_size).to(cfg.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    dice = DiceLoss(sigmoid=True)
+    history, start, best, since_best = [], 0, np.inf, 0
+    ckpt = folder / "checkpoint.pt"
+    meta = {
+        "train": asdict(cfg),
+        "model": model.config,
+        "db": db.fingerprint,
+        "modality": modality,
+        "name": cfg.name,
+    }
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=True, map_location=cfg.device)
+        if state.get("meta_json") == json.dumps(meta, sort_keys=True):
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            start, best, since_best = (
+                int(state["epoch"]),
+                float(state["best"]),
+                int(state["since_best"]),
+            )
+            history = json.loads(state["history"])
+    rng = np.random.default_rng(cfg.seed + 1)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        perm = rng.permutation(len(x_train))
+        losses = []
+        for s in range(0, len(perm), cfg.batch):
+            idx = perm[s : s + cfg.batch]
+            if cfg.kind == "hash" and len(idx) < 2:
+                continue  # bi-half balances bits over a batch
+            x = torch.from_numpy(x_train[idx]).float().unsqueeze(1).to(cfg.device)
+            loss = _loss(model, x, cfg, dice)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        model.eval()
+        with torch.no_grad():
+            vl = []
+            for s in range(0, len(x_val), 8):
+                x = torch.from_numpy(x_val[s : s + 8]).float().unsqueeze(1).to(cfg.device)
+                vl.append(float(_loss(model, x, cfg, dice)) * len(x))
+        val = sum(vl) / len(x_val)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)),
+                "val_loss": val,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        if val < best:
+            best, since_best = val, 0
+            torch.save(model.state_dict(), folder / "model.pt")
+        else:
+            since_best += 1
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "epoch": epoch + 1,
+                "best": best,
+                "since_best": since_best,
+                "history": json.dumps(history),
+                "meta_json": json.dumps(meta, sort_keys=True),
+            },
+            ckpt,
+        )
+        if progress:
+            progress(modality, epoch + 1, cfg.epochs, history[-1])
+        if since_best >= cfg.patience:
+            break
+    _write_curves(folder, history)
+    best_model = load_model(db, cfg.name, modality)
+    meta["history_epochs"] = len(history)
+    meta["best_val_loss"] = best
+    meta["recon_dice_val"] = recon_dice(best_model, x_val)
+    meta["recon_dice_train_sample"] = recon_dice(best_model, x_train[:150])
+    (folder / "config.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def _write_curves(folder: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(folder / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_loss", "seconds"])
+        w.writeheader()
+        w.writerows(history)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], label="train")
+    ax.plot([h["epoch"] for h in history], [h["val_loss"] for h in history], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(folder.name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "loss.png", dpi=80)
+    plt.close(fig)
+
+
+def load_model(db, name: str, modality: str) -> MaskAutoencoder:
+    """A trained model of ``db`` (weights only: a foreign file cannot run code)."""
+    folder = model_dir(db, name, modality)
+    cfg_path, weights = folder / "config.json", folder / "model.pt"
+    if not weights.is_file():
+        raise GliomatchError(
+            f"no trained {name} model for {modality} in {folder.parent}; run "
+            f"`gliomatch train {name.rstrip('0123456789')} --db {db.path}` first"
+        )
+    if cfg_path.is_file():
+        meta = json.loads(cfg_path.read_text())
+    else:  # training still running: the checkpoint holds the configuration
+        state = torch.load(folder / "checkpoint.pt", weights_only=True)
+        meta = json.loads(state["meta_json"])
+    if meta["db"] != db.fingerprint:
+        raise GliomatchError(
+            f"model {folder} was trained on another database (fingerprint {meta['db']}, this "
+            f"one is {db.fingerprint}); retrain it for this database"
+        )
+    model = build_model(meta["model"])
+    model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+    model.eval()
+    return model
+
+
+def encode_masks(model: MaskAutoencoder, masks: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Codes (n, latent) float32 of uint8/bool masks (n, R, R, R) at the model's resolution."""
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(masks), batch):
+            x = torch.from_numpy(np.asarray(masks[s : s + batch], dtype=np.float32)).unsqueeze(1)
+            out.append(model.code(x).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)

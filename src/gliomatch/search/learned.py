@@ -1,0 +1,167 @@
+"""Learned-code strategies searched with FAISS: ``ae``, ``vae8``, ``vae1024``, ``hash``.
+
+The database is encoded once (both modalities, batched); the query's masks are encoded the same
+way at search time.
+
+* Latent codes: the papers' combined distance ``L2_T1Gd + L2_FLAIR`` (a sum of two Euclidean
+  distances, not of their squares) is reproduced exactly: a FAISS ``IndexFlatL2`` per modality
+  gives every tumor's squared distance, and the square roots are added.
+* Hash codes: ``Hamming_T1Gd + Hamming_FLAIR`` is the Hamming distance of the concatenated codes,
+  so one ``IndexBinaryFlat`` answers it directly.
+
+``rerank=M`` (beyond the papers) re-scores the M nearest codes with the exact full-resolution
+Dice of the block index, so the answer is the exact best among those M.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from gliomatch.errors import GliomatchError
+from gliomatch.search.base import Query, Strategy, register_resolver, register_strategy, top_k
+
+__all__ = ["LearnedStrategy"]
+
+
+@register_strategy("ae", model="ae")
+@register_strategy("vae8", model="vae8")
+@register_strategy("vae1024", model="vae1024")
+@register_strategy("hash", model="hash")
+class LearnedStrategy(Strategy):
+    """Nearest codes of a trained model pair (T1Gd and FLAIR)."""
+
+    def __init__(self, db, *, model: str = "ae", rerank: int = 0, **kw):
+        self.model_name = model
+        self.name = model
+        self.rerank = int(rerank)
+        if self.rerank < 0:
+            raise GliomatchError(f"rerank must be >= 0, got {rerank}")
+        super().__init__(db, **kw)
+
+    def _meta(self):
+        from gliomatch.learn.train import model_dir
+
+        stamps = []
+        for m in ("t1gd", "flair"):
+            p = model_dir(self.db, self.model_name, m) / "model.pt"
+            stamps.append(p.stat().st_mtime_ns if p.is_file() else None)
+        return {**super()._meta(), "models": stamps}
+
+    def _models(self):
+        from gliomatch.learn.train import load_model
+
+        return {m: load_model(self.db, self.model_name, m) for m in ("t1gd", "flair")}
+
+    def _build(self, folder: Path) -> None:
+        from rich.progress import Progress
+
+        from gliomatch.learn.train import encode_masks, masks_at
+
+        models = self._models()
+        res = models["t1gd"].resolution
+        codes = {m: [] for m in models}
+        with Progress(transient=True, disable=not self.progress) as bar:
+            task = bar.add_task(f"encoding database ({self.name})", total=len(self.db))
+            for start in range(0, len(self.db), 64):
+                ids = np.arange(start, min(start + 64, len(self.db)))
+                for m, model in models.items():
+                    codes[m].append(encode_masks(model, masks_at(self.db, ids, m, res)))
+                bar.update(task, completed=ids[-1] + 1)
+        for m in models:
+            np.save(folder / f"codes_{m}.npy", np.concatenate(codes[m]))
+        (folder / "codes.json").write_text(
+            json.dumps({"kind": models["t1gd"].kind, "resolution": res})
+        )
+
+    def _load(self, folder: Path) -> None:
+        import faiss
+
+        self.models = self._models()
+        info = json.loads((folder / "codes.json").read_text())
+        self.kind, self.resolution = info["kind"], info["resolution"]
+        c = {m: np.load(folder / f"codes_{m}.npy") for m in ("t1gd", "flair")}
+        if self.kind == "hash":
+            bits = np.concatenate([c["t1gd"] > 0, c["flair"] > 0], axis=1)
+            self.index = faiss.IndexBinaryFlat(bits.shape[1])
+            self.index.add(np.packbits(bits, axis=1))
+        else:
+            self.indexes = {}
+            for m, x in c.items():
+                idx = faiss.IndexFlatL2(x.shape[1])
+                idx.add(np.ascontiguousarray(x, dtype=np.float32))
+                self.indexes[m] = idx
+        self._exact = None
+
+    def encode_query(self, query: Query) -> dict:
+        from gliomatch.learn.train import encode_masks
+        from gliomatch.search.strategies import downsample
+
+        out = {}
+        for m, mask in (("t1gd", query.t1gd & query.flair), ("flair", query.flair)):
+            x = downsample(mask, self.resolution)[None].astype(np.uint8)
+            out[m] = encode_masks(self.models[m], x)
+        return out
+
+    def distances(self, query: Query) -> np.ndarray:
+        """The combined code distance of every database tumor to the query."""
+        q = self.encode_query(query)
+        n = len(self.db)
+        if self.kind == "hash":
+            bits = np.concatenate([q["t1gd"] > 0, q["flair"] > 0], axis=1)
+            d, i = self.index.search(np.packbits(bits, axis=1), n)
+            out = np.empty(n)
+            out[i[0]] = d[0]
+            return out
+        total = np.zeros(n)
+        for m, idx in self.indexes.items():
+            d, i = idx.search(np.ascontiguousarray(q[m], dtype=np.float32), n)
+            part = np.empty(n)
+            part[i[0]] = np.sqrt(np.maximum(d[0], 0))
+            total += part
+        return total
+
+    def _search(self, query: Query, k: int):
+        dist = self.distances(query)
+        ids = np.arange(len(dist))
+        if not self.rerank:
+            order = np.lexsort((ids, dist))[:k]
+            return -dist[order], ids[order]
+        m = max(k, min(self.rerank, len(dist)))
+        cand = np.lexsort((ids, dist))[:m]
+        if self._exact is None:
+            from gliomatch.search.base import get_strategy
+
+            self._exact = get_strategy(
+                "exact", self.db, w_t1gd=self.w_t1gd, w_flair=self.w_flair, progress=False
+            ).ensure_ready()
+        from gliomatch.search.blocks import query_blocks
+        from gliomatch.search.engine import dice_scores
+
+        f, t = query.flair, query.t1gd & query.flair
+        inter_f, inter_t = self._exact.index.exact(cand, query_blocks(f, t))
+        a = self._exact.index.a
+        scores = dice_scores(
+            inter_f,
+            inter_t,
+            np.asarray(a["nf"])[cand],
+            np.asarray(a["nt"])[cand],
+            int(f.sum()),
+            int(t.sum()),
+            self.w_t1gd,
+            self.w_flair,
+        )[0]
+        return top_k(scores, cand, k)
+
+
+def _resolve(name: str):
+    """Any trained model name (``ae16``, ``vae32``, ``hash128``...) is a strategy too."""
+    if re.fullmatch(r"(ae|vae|hash)\d*", name):
+        return LearnedStrategy, {"model": name}
+    return None
+
+
+register_resolver(_resolve)

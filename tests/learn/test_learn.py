@@ -1,0 +1,178 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gliomatch.database import BuildConfig, build_database
+from gliomatch.errors import GliomatchError
+from gliomatch.learn.bihalf import BiHalf, bihalf
+from gliomatch.learn.models import MaskAutoencoder
+from gliomatch.learn.train import TrainConfig, encode_masks, load_model, masks_at, model_dir, train
+from gliomatch.search import Query, get_strategy
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    return build_database(
+        tmp_path_factory.mktemp("ldb") / "db",
+        24,
+        BuildConfig(resolution=32, seed=31, shard_size=4),
+        workers=1,
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize("kind, latent", [("ae", 1024), ("vae", 8), ("vae", 1024), ("hash", 64)])
+@pytest.mark.parametrize("res", [16, 32])
+def test_shapes(kind, latent, res):
+    m = MaskAutoencoder(kind, res, latent)
+    x = torch.zeros(3, 1, res, res, res)
+    logits, mu, logvar = m(x)
+    assert logits.shape == x.shape and mu.shape == (3, latent)
+    assert (logvar is not None) == (kind == "vae")
+    m.eval()
+    code = m.code(x[:1])
+    assert code.shape == (1, latent)
+    if kind == "hash":
+        assert set(code.unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_bad_resolution():
+    with pytest.raises(GliomatchError, match="resolution"):
+        MaskAutoencoder("ae", 48)
+    with pytest.raises(GliomatchError, match="kind"):
+        MaskAutoencoder("gan", 32)
+
+
+@pytest.mark.parametrize("n", [2, 6, 7])
+def test_bihalf_balanced_and_straight_through(n):
+    z = torch.randn(n, 16, requires_grad=True)
+    b = bihalf(z)
+    assert set(b.unique().tolist()) == {-1.0, 1.0}
+    ones = (b > 0).sum(0)
+    assert torch.all((ones == n // 2) | (ones == (n + 1) // 2))
+    # the larger half of each column gets +1
+    for j in range(16):
+        assert b[torch.argmax(z[:, j]), j] == 1 and b[torch.argmin(z[:, j]), j] == -1
+    g = torch.randn(n, 16)
+    b.backward(g)
+    assert torch.equal(z.grad, g)
+    layer = BiHalf().eval()
+    assert torch.equal(layer(torch.tensor([[0.3, -0.2]])), torch.tensor([[1.0, -1.0]]))
+
+
+@pytest.mark.parametrize("kind", ["ae", "vae", "hash"])
+def test_training_reduces_loss_and_reloads(db, kind):
+    cfg = TrainConfig(
+        kind=kind,
+        latent=16,
+        bits=16,
+        epochs=6,
+        input_resolution=16,
+        n_train=16,
+        n_val=4,
+        batch=4,
+        lr=3e-3,
+        patience=50,
+    )
+    meta = train(db, cfg, "flair")
+    hist = [json.loads(line) for line in []]  # noqa: F841 - history is in history.csv
+    import pandas as pd
+
+    h = pd.read_csv(model_dir(db, cfg.name, "flair") / "history.csv")
+    assert h.train_loss.iloc[-1] < h.train_loss.iloc[0]
+    assert 0 <= meta["recon_dice_val"] <= 1
+    m1 = load_model(db, cfg.name, "flair")
+    m2 = load_model(db, cfg.name, "flair")
+    x = masks_at(db, [0, 1, 2], "flair", 16)
+    assert np.array_equal(encode_masks(m1, x), encode_masks(m2, x))
+    # the weights file is a plain state dict: loadable without running code
+    sd = torch.load(model_dir(db, cfg.name, "flair") / "model.pt", weights_only=True)
+    assert isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())
+
+
+def test_resume_training(db):
+    cfg = TrainConfig(
+        kind="ae", latent=8, epochs=2, input_resolution=16, n_train=8, n_val=4, batch=4, lr=1e-3
+    )
+    train(db, cfg, "t1gd")
+    cfg3 = TrainConfig(
+        kind="ae", latent=8, epochs=3, input_resolution=16, n_train=8, n_val=4, batch=4, lr=1e-3
+    )
+    cfg3_meta = train(db, cfg3, "t1gd")
+    assert cfg3_meta["history_epochs"] == 3  # resumed from epoch 2 (same configuration)
+
+
+@pytest.fixture(scope="module")
+def trained(db):
+    out = {}
+    for kind, latent in (("ae", 16), ("hash", 16)):
+        for m in ("t1gd", "flair"):
+            cfg = TrainConfig(
+                kind=kind,
+                latent=latent,
+                bits=16,
+                epochs=2,
+                input_resolution=16,
+                n_train=12,
+                n_val=4,
+                batch=4,
+                lr=1e-3,
+            )
+            train(db, cfg, m)
+        out[kind] = cfg.name
+    return out
+
+
+def test_faiss_equals_bruteforce(db, trained):
+    from gliomatch.search.learned import LearnedStrategy
+
+    for kind, name in trained.items():
+        s = LearnedStrategy(db, model=name, progress=False).ensure_ready()
+        q = Query.from_codes(db.codes(5))
+        d = s.distances(q)
+        codes = {m: np.load(s.index_path / f"codes_{m}.npy") for m in ("t1gd", "flair")}
+        qc = s.encode_query(q)
+        if kind == "hash":
+            ref = sum(((codes[m] > 0) != (qc[m] > 0)).sum(1) for m in codes)
+        else:
+            ref = sum(np.sqrt(((codes[m] - qc[m]) ** 2).sum(1)) for m in codes)
+        assert np.allclose(d, ref, rtol=1e-4, atol=1e-3)
+        scores, ids = s.search(q, 5)
+        order = np.lexsort((np.arange(len(ref)), ref))[:5]
+        assert np.array_equal(ids, order) or np.allclose(np.sort(ref[ids]), np.sort(ref[order]))
+
+
+def test_rerank_is_exact_among_candidates(db, trained):
+    exact = get_strategy("exact", db, progress=False)
+    q = Query.from_codes(db.codes(9))
+    rr = get_strategy(f"{trained['ae']}+rr{len(db)}", db, progress=False)
+    s1, i1 = rr.search(q, 5)
+    s2, i2 = exact.search(q, 5)
+    assert np.array_equal(i1, i2) and np.allclose(s1, s2)  # M = n: the exact answer
+
+
+def test_untrained_and_foreign_models(db, tmp_path):
+    with pytest.raises(GliomatchError, match="gliomatch train"):
+        get_strategy("vae8", db, progress=False).ensure_ready()
+    other = build_database(
+        tmp_path / "o", 6, BuildConfig(resolution=32, seed=77), workers=1, progress=False
+    )
+    src = model_dir(db, "ae16", "flair")
+    if src.is_dir():
+        import shutil
+
+        dst = model_dir(other, "ae16", "flair")
+        shutil.copytree(src, dst)
+        with pytest.raises(GliomatchError, match="another database"):
+            load_model(other, "ae16", "flair")
+
+
+def test_bad_train_config():
+    with pytest.raises(GliomatchError, match="kind"):
+        TrainConfig(kind="gan")
+    with pytest.raises(GliomatchError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(GliomatchError, match="multiple of 8"):
+        TrainConfig(kind="hash", bits=12)
