@@ -229,16 +229,10 @@ StrategyOpt = Annotated[str, typer.Option(help="Search strategy: loop, exact, ds
 
 
 def _load_mask(path: Path, name: str):
-    import nibabel as nib
+    from gliomatch.inputs import load_nifti
 
-    if not path.is_file():
-        raise GliomatchError(f"{name} mask {path}: file not found")
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
-    except Exception as exc:
-        raise GliomatchError(f"{name} mask {path}: cannot read as NIfTI ({exc})") from exc
-    return data, img.affine
+    img = load_nifti(path, f"{name} mask")
+    return np.asarray(img.dataobj), img.affine
 
 
 @app.command()
