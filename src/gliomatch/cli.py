@@ -774,14 +774,19 @@ def evaluate(
     from gliomatch.database import Database
     from gliomatch.evaluation.harness import evaluate as run
     from gliomatch.evaluation.harness import real_queries, synthetic_queries
-    from gliomatch.search import available_strategies
+    from gliomatch.search import available_strategies, get_strategy
 
     db = Database.open(db_path)
-    names = (
-        [s for s in available_strategies() if s != "loop"]
-        if strategies == "all"
-        else [s.strip() for s in strategies.split(",") if s.strip()]
-    )
+    if strategies == "all":  # every registered strategy that is ready (trained models only)
+        names = []
+        for s in available_strategies():
+            try:
+                if s != "loop" and get_strategy(s, db, progress=False).ensure_ready():
+                    names.append(s)
+            except GliomatchError as exc:
+                typer.echo(f"skipping {s}: {exc}", err=True)
+    else:
+        names = [s.strip() for s in strategies.split(",") if s.strip()]
     if synthetic < 0:
         raise GliomatchError(f"--synthetic must be >= 0, got {synthetic}")
     if synthetic == 0 and real is None:

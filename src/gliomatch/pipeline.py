@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -277,7 +276,3 @@ def infer(
     (out / "matches.json").write_text(json.dumps(summary, indent=2))
     files["matches"] = str(out / "matches.json")
     return InferResult(out, matches, parameters, timing, reg.quality, files)
-
-
-def clean_transforms(out: Path) -> None:  # pragma: no cover - helper for users
-    shutil.rmtree(Path(out) / "transforms", ignore_errors=True)

@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -77,7 +75,6 @@ def test_training_reduces_loss_and_reloads(db, kind):
         patience=50,
     )
     meta = train(db, cfg, "flair")
-    hist = [json.loads(line) for line in []]  # noqa: F841 - history is in history.csv
     import pandas as pd
 
     h = pd.read_csv(model_dir(db, cfg.name, "flair") / "history.csv")

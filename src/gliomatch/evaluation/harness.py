@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
-from gliomatch.search import Query, available_strategies, get_strategy
+from gliomatch.search import Query, get_strategy
 from gliomatch.search.engine import dice_scores
 
 __all__ = ["EvalQuery", "evaluate", "real_queries", "synthetic_queries"]
@@ -141,31 +141,24 @@ def evaluate(
     out = Path(out)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    unknown = [s for s in strategies if s not in available_strategies()]
-    if unknown:
-        raise GliomatchError(
-            f"unknown strategies {unknown}; available: {', '.join(available_strategies())}"
-        )
+    strats = {name: get_strategy(name, db, progress=False) for name in strategies}
     exact = get_strategy("exact", db, progress=False).ensure_ready()
+    for strat in strats.values():
+        strat.ensure_ready()
+        if queries:
+            strat.search(queries[0].query, k)  # warm-up (compilation, cache load)
     params = db.params
     records = []
-    # ---- ground truth (exact, full ranking), cached per query
     truth_rows = {}
-    full = {}  # qid -> exact scores of every tumor (kept for ranking the strategies' answers)
-
-    def all_scores(eq):
-        if eq.qid not in full:
-            full[eq.qid] = _full_scores(exact, eq.query)
-        return full[eq.qid]
-
     for n, eq in enumerate(queries, 1):
+        full = None  # exact scores of every tumor for this query (the ground-truth ranking)
         cpath = cache / "truth" / f"{eq.qid}.json"
         if cpath.is_file():
             truth_rows[eq.qid] = json.loads(cpath.read_text())
         else:
-            scores, d_t, d_f = all_scores(eq)
-            order = np.lexsort((np.arange(len(scores)), -scores))
-            top = order[:k]
+            full = _full_scores(exact, eq.query)
+            scores, d_t, d_f = full
+            top = np.lexsort((np.arange(len(scores)), -scores))[:k]
             row = {
                 "top": top.tolist(),
                 "scores": scores[top].tolist(),
@@ -175,8 +168,31 @@ def evaluate(
             cpath.parent.mkdir(parents=True, exist_ok=True)
             cpath.write_text(json.dumps(row))
             truth_rows[eq.qid] = row
+        for name, strat in strats.items():
+            spath = cache / name / f"{eq.qid}.json"
+            if spath.is_file():
+                rec = json.loads(spath.read_text())
+            else:
+                t0 = time.perf_counter()
+                _, ids = strat.search(eq.query, k)
+                sec = time.perf_counter() - t0
+                if full is None:
+                    full = _full_scores(exact, eq.query)
+                best = int(ids[0])
+                rec = {
+                    "strategy": name,
+                    "qid": eq.qid,
+                    "kind": eq.kind,
+                    "seconds": sec,
+                    "best": best,
+                    "rank_of_best": _rank(full[0], best),
+                    "ids": [int(i) for i in ids],
+                }
+                spath.parent.mkdir(parents=True, exist_ok=True)
+                spath.write_text(json.dumps(rec))
+            records.append(rec)
         if progress:
-            progress("ground truth", n, len(queries))
+            progress("queries", n, len(queries))
     # ---- cross-check exact against loop on a few queries
     loop_ok = None
     if loop_check:
@@ -187,36 +203,6 @@ def evaluate(
             loop_ok &= bool(np.array_equal(ids, truth_rows[eq.qid]["top"][: len(ids)]))
         if not loop_ok:
             raise GliomatchError("exact and loop disagree: the ground truth is unreliable")
-    # ---- strategies
-    for name in strategies:
-        strat = get_strategy(name, db, progress=False)
-        strat.ensure_ready()
-        if queries:
-            strat.search(queries[0].query, k)  # warm-up (compilation, cache load)
-        for n, eq in enumerate(queries, 1):
-            cpath = cache / name / f"{eq.qid}.json"
-            if cpath.is_file():
-                rec = json.loads(cpath.read_text())
-            else:
-                t0 = time.perf_counter()
-                s, ids = strat.search(eq.query, k)
-                sec = time.perf_counter() - t0
-                best = int(ids[0])
-                rec = {
-                    "strategy": name,
-                    "qid": eq.qid,
-                    "kind": eq.kind,
-                    "seconds": sec,
-                    "best": best,
-                    "rank_of_best": _rank(all_scores(eq)[0], best),
-                    "ids": [int(i) for i in ids],
-                }
-                cpath.parent.mkdir(parents=True, exist_ok=True)
-                cpath.write_text(json.dumps(rec))
-            records.append(rec)
-            if progress:
-                progress(name, n, len(queries))
-        full.clear() if len(full) > 2000 else None
     res = pd.DataFrame(records)
     summary = _summarise(res, queries, truth_rows, params, k, loop_ok)
     from gliomatch.evaluation.figures import write_outputs
