@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# CPU build of torch first: a looser requirement would pull several GB of CUDA packages
 	$(PY) -m pip install --quiet torch==2.13.0
+	# pyradiomics builds from source and needs numpy and versioneer in the build environment
+	$(PY) -m pip install --quiet numpy versioneer
+	$(PY) -m pip install --quiet --no-build-isolation pyradiomics
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

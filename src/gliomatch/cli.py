@@ -320,6 +320,28 @@ def search(
         )
 
 
+@db_app.command("features")
+@handle_errors
+def db_features(
+    db_path: Annotated[Path, typer.Argument(help="Database folder.")],
+    out: Annotated[Path, typer.Option(help="Output CSV.")],
+):
+    """Export the radiomics shape features (mm, mm^2, mm^3) and centre of mass of every tumor."""
+    import pandas as pd
+
+    from gliomatch.database import Database
+    from gliomatch.search import get_strategy
+
+    if not out.parent.exists():
+        raise GliomatchError(f"output folder {out.parent} does not exist")
+    db = Database.open(db_path)
+    strat = get_strategy("radiomics", db)
+    strat.ensure_ready()  # computes (once, in parallel, with a progress bar) and stores them
+    table = pd.read_parquet(strat.index_path / "features.parquet")
+    table.to_csv(out, index=False)
+    typer.echo(f"{len(table)} tumors x {table.shape[1] - 1} features -> {out}")
+
+
 @db_app.command("index")
 @handle_errors
 def db_index(
