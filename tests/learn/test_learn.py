@@ -34,6 +34,7 @@ def test_shapes(kind, latent, res):
     assert code.shape == (1, latent)
     if kind == "hash":
         assert set(code.unique().tolist()) <= {-1.0, 1.0}
+        assert "bihalf.threshold" in m.state_dict()
 
 
 def test_bad_resolution():
@@ -56,8 +57,13 @@ def test_bihalf_balanced_and_straight_through(n):
     g = torch.randn(n, 16)
     b.backward(g)
     assert torch.equal(z.grad, g)
-    layer = BiHalf().eval()
+    layer = BiHalf(2).eval()
     assert torch.equal(layer(torch.tensor([[0.3, -0.2]])), torch.tensor([[1.0, -1.0]]))
+    # calibrated thresholds make offset latents balanced over a dataset at inference
+    offset = torch.randn(101, 2) + 5.0
+    layer.calibrate(offset)
+    bits = layer(offset)
+    assert torch.all((bits > 0).sum(0) == 51)
 
 
 @pytest.mark.parametrize("kind", ["ae", "vae", "hash"])
@@ -132,6 +138,7 @@ def test_faiss_equals_bruteforce(db, trained):
         codes = {m: np.load(s.index_path / f"codes_{m}.npy") for m in ("t1gd", "flair")}
         qc = s.encode_query(q)
         if kind == "hash":
+            assert len(np.unique(codes["flair"] > 0, axis=0)) > 1  # calibrated: codes differ
             ref = sum(((codes[m] > 0) != (qc[m] > 0)).sum(1) for m in codes)
         else:
             ref = sum(np.sqrt(((codes[m] - qc[m]) ** 2).sum(1)) for m in codes)

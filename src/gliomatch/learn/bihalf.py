@@ -38,9 +38,20 @@ def bihalf(z: torch.Tensor) -> torch.Tensor:
 
 
 class BiHalf(torch.nn.Module):
-    """Bi-half in training (batch of >= 2), ``sign`` at inference (single samples)."""
+    """Bi-half in training (batch of >= 2); at inference (single samples) each bit is
+    ``sign(z - threshold)`` with ``threshold`` the bit's median over the training set, set by
+    :meth:`calibrate` -- the dataset-level version of "half +1, half -1" (training only balances
+    within a batch, so the raw latent may be offset and a plain ``sign`` would give constant
+    bits)."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.register_buffer("threshold", torch.zeros(bits))
+
+    def calibrate(self, latents: torch.Tensor) -> None:
+        self.threshold.copy_(latents.median(dim=0).values)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.training and z.shape[0] > 1:
             return bihalf(z)
-        return torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
+        return torch.where(z >= self.threshold, torch.ones_like(z), -torch.ones_like(z))

@@ -70,7 +70,7 @@ class MaskAutoencoder(nn.Module):
         flat = flat_channels * BOTTOM**3
         self.to_latent = nn.Linear(flat, latent)
         self.to_logvar = nn.Linear(flat, latent) if kind == "vae" else None
-        self.bihalf = BiHalf() if kind == "hash" else None
+        self.bihalf = BiHalf(latent) if kind == "hash" else None
         self.from_latent = nn.Linear(latent, flat)
         dec, c_in = (
             [

@@ -157,6 +157,8 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
     if resume and ckpt.is_file():
         state = torch.load(ckpt, weights_only=True, map_location=cfg.device)
         if state.get("meta_json") == json.dumps(meta, sort_keys=True):
+            if cfg.kind == "hash":  # checkpoints from before the calibrated thresholds
+                state["model"].setdefault("bihalf.threshold", torch.zeros(cfg.code_size))
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             start, best, since_best = (
@@ -218,6 +220,8 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
         if since_best >= cfg.patience:
             break
     _write_curves(folder, history)
+    if cfg.kind == "hash":
+        _calibrate_bits(folder, x_train)
     best_model = load_model(db, cfg.name, modality)
     meta["history_epochs"] = len(history)
     meta["best_val_loss"] = best
@@ -225,6 +229,25 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
     meta["recon_dice_train_sample"] = recon_dice(best_model, x_train[:150])
     (folder / "config.json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def _calibrate_bits(folder: Path, x_train: np.ndarray) -> None:
+    """Set the hash model's per-bit thresholds to the training-set medians of its latent."""
+    state = torch.load(folder / "model.pt", weights_only=True, map_location="cpu")
+    meta = json.loads(torch.load(folder / "checkpoint.pt", weights_only=True)["meta_json"])
+    model = build_model(meta["model"])
+    state.setdefault("bihalf.threshold", torch.zeros(model.latent))
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        mu = torch.cat(
+            [
+                model.encode(torch.from_numpy(x_train[s : s + 16]).float().unsqueeze(1))[0]
+                for s in range(0, len(x_train), 16)
+            ]
+        )
+    model.bihalf.calibrate(mu)
+    torch.save(model.state_dict(), folder / "model.pt")
 
 
 def _write_curves(folder: Path, history: list[dict]) -> None:
@@ -269,7 +292,12 @@ def load_model(db, name: str, modality: str) -> MaskAutoencoder:
             f"one is {db.fingerprint}); retrain it for this database"
         )
     model = build_model(meta["model"])
-    model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+    try:
+        model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise GliomatchError(
+            f"model {weights}: unreadable or incompatible with this gliomatch ({exc}); retrain it"
+        ) from exc
     model.eval()
     return model
 
