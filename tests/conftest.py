@@ -33,3 +33,16 @@ def atlas64():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def make_db(tmp_path_factory):
+    """Factory for tiny test databases: ``make_db(n, resolution, seed, shard_size)``."""
+    from gliomatch.database import BuildConfig, build_database
+
+    def make(n, resolution=32, seed=0, shard_size=4):
+        folder = tmp_path_factory.mktemp(f"db-r{resolution}-s{seed}") / "db"
+        cfg = BuildConfig(resolution=resolution, seed=seed, shard_size=shard_size)
+        return build_database(folder, n, cfg, workers=1, progress=False)
+
+    return make

@@ -6,7 +6,6 @@ import pytest
 from typer.testing import CliRunner
 
 from gliomatch.cli import app
-from gliomatch.database import BuildConfig, build_database
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.harness import evaluate, real_queries, synthetic_queries
 from gliomatch.search import Strategy, register_strategy
@@ -32,14 +31,8 @@ class RandomStrategy(Strategy):
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    return build_database(
-        tmp_path_factory.mktemp("edb") / "db",
-        30,
-        BuildConfig(resolution=32, seed=21, shard_size=4),
-        workers=1,
-        progress=False,
-    )
+def db(make_db):
+    return make_db(30, seed=21)
 
 
 @pytest.fixture(scope="module")

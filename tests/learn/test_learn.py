@@ -11,14 +11,8 @@ from gliomatch.search import Query, get_strategy
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    return build_database(
-        tmp_path_factory.mktemp("ldb") / "db",
-        24,
-        BuildConfig(resolution=32, seed=31, shard_size=4),
-        workers=1,
-        progress=False,
-    )
+def db(make_db):
+    return make_db(24, seed=31)
 
 
 @pytest.mark.parametrize("kind, latent", [("ae", 1024), ("vae", 8), ("vae", 1024), ("hash", 64)])

@@ -10,7 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 from gliomatch.cli import app
-from gliomatch.database import BuildConfig, build_database
 from gliomatch.errors import GliomatchError
 from gliomatch.inputs import masks_from_labels
 from gliomatch.pipeline import infer, load_patient
@@ -22,14 +21,8 @@ SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "tcga-fg-6692
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    return build_database(
-        tmp_path_factory.mktemp("pdb") / "db",
-        40,
-        BuildConfig(resolution=64, seed=11, shard_size=4),
-        workers=1,
-        progress=False,
-    )
+def db(make_db):
+    return make_db(40, resolution=64, seed=11)
 
 
 @pytest.fixture(scope="module")

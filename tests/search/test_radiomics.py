@@ -4,20 +4,13 @@ import pytest
 from typer.testing import CliRunner
 
 from gliomatch.cli import app
-from gliomatch.database import BuildConfig, build_database
 from gliomatch.search import Query, get_strategy
 from gliomatch.search.radiomics import FEATURES, shape_features
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    return build_database(
-        tmp_path_factory.mktemp("rdb") / "db",
-        30,
-        BuildConfig(resolution=32, seed=41, shard_size=4),
-        workers=1,
-        progress=False,
-    )
+def db(make_db):
+    return make_db(30, seed=41)
 
 
 def test_features_equal_pyradiomics_directly(db):
