@@ -251,8 +251,7 @@ def search(
     import time
 
     from gliomatch.database import Database
-    from gliomatch.search import Query, get_strategy
-    from gliomatch.search.engine import dice_scores
+    from gliomatch.search import Query, describe_matches, get_strategy
 
     db = Database.open(db_path)
     f, f_aff = _load_mask(flair, "FLAIR")
@@ -269,37 +268,7 @@ def search(
     t0 = time.perf_counter()
     scores, ids = strat.search(q, k)
     elapsed = time.perf_counter() - t0
-    # report both Dice terms at full resolution for every match
-    rows = []
-    p = db.params
-    qf, qt = int(q.flair.sum()), int((q.t1gd & q.flair).sum())
-    for s, i in zip(scores, ids, strict=True):
-        mf, mt = db.masks(int(i))
-        _, dt, df = dice_scores(
-            np.count_nonzero(mf & q.flair),
-            np.count_nonzero(mt & q.t1gd),
-            mf.sum(),
-            mt.sum(),
-            qf,
-            qt,
-            w_t1gd,
-            w_flair,
-        )
-        r = p.iloc[int(i)]
-        rows.append(
-            {
-                "id": int(i),
-                "score": float(s),
-                "dice_t1gd": float(dt),
-                "dice_flair": float(df),
-                "x_mm": float(r.x_mm),
-                "y_mm": float(r.y_mm),
-                "z_mm": float(r.z_mm),
-                "dw": float(r.dw),
-                "rho": float(r.rho),
-                "t_end": float(r.t_end),
-            }
-        )
+    rows = describe_matches(db, q, scores, ids)  # both Dice terms at full resolution
     if json_out:
         typer.echo(json.dumps({"strategy": strategy, "seconds": elapsed, "matches": rows}))
         return
@@ -311,12 +280,13 @@ def search(
         f"{'rank':>4} {'id':>7} {'score':>7} {'T1Gd':>6} {'FLAIR':>6} "
         f"{'seed x,y,z (mm)':>22} {'D_w':>7} {'rho':>7} {'T (d)':>7}"
     )
-    for n, r in enumerate(rows, 1):
-        seed = f"{r['x_mm']:.0f},{r['y_mm']:.0f},{r['z_mm']:.0f}"
+    for r in rows:
+        th = r["theta"]
+        seed = f"{th['x_mm']:.0f},{th['y_mm']:.0f},{th['z_mm']:.0f}"
         typer.echo(
-            f"{n:>4} {r['id']:>7} {r['score']:7.4f} {r['dice_t1gd']:6.3f} "
-            f"{r['dice_flair']:6.3f} {seed:>22} {r['dw']:7.3f} {r['rho']:7.4f} "
-            f"{r['t_end']:7.0f}"
+            f"{r['rank']:>4} {r['id']:>7} {r['score']:7.4f} {r['dice_t1gd']:6.3f} "
+            f"{r['dice_flair']:6.3f} {seed:>22} {th['dw']:7.3f} {th['rho']:7.4f} "
+            f"{th['t_end']:7.0f}"
         )
 
 

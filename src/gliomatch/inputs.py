@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from gliomatch.errors import GliomatchError
 
-__all__ = ["LABEL_SCHEMES", "load_nifti", "masks_from_labels", "on_grid"]
+__all__ = ["LABEL_SCHEMES", "binary_mask", "load_nifti", "masks_from_labels", "on_grid"]
 
 LABEL_SCHEMES = {
     "brats2021": {"flair": (1, 2, 4), "t1gd": (1, 4)},

@@ -21,10 +21,11 @@ import numpy as np
 
 from gliomatch.errors import GliomatchError
 from gliomatch.inputs import binary_mask, load_nifti, masks_from_labels, on_grid
+from gliomatch.search.base import THETA as PARAMS
 
 __all__ = ["InferResult", "PatientInputs", "infer", "load_patient"]
 
-PARAMS = ("x_mm", "y_mm", "z_mm", "dw", "rho", "t_end")
+
 UNITS = {"x_mm": "mm", "y_mm": "mm", "z_mm": "mm", "dw": "mm^2/day", "rho": "1/day", "t_end": "day"}
 
 
@@ -61,22 +62,14 @@ def load_patient(
         else:
             if flair_mask is None or t1gd_mask is None:
                 raise GliomatchError("give --seg, or both --flair-mask and --t1gd-mask")
-            f_img = load_nifti(flair_mask, "FLAIR mask")
-            t_img = load_nifti(t1gd_mask, "T1Gd mask")
-            flair = binary_mask(f_img, "FLAIR mask")
-            t1gd = binary_mask(t_img, "T1Gd mask")
-            flair = on_grid(
-                nib.Nifti1Image(flair.astype(np.uint8), f_img.affine),
-                anatomy,
-                f"FLAIR mask {flair_mask}",
-                "the anatomy",
-            ).astype(bool)
-            t1gd = on_grid(
-                nib.Nifti1Image(t1gd.astype(np.uint8), t_img.affine),
-                anatomy,
-                f"T1Gd mask {t1gd_mask}",
-                "the anatomy",
-            ).astype(bool)
+
+            def mask_on_anatomy(path, name):
+                img = load_nifti(path, name)
+                binary_mask(img, name)  # refuses non-binary values, naming the file
+                return on_grid(img, anatomy, f"{name} {path}", "the anatomy").astype(bool)
+
+            flair = mask_on_anatomy(flair_mask, "FLAIR mask")
+            t1gd = mask_on_anatomy(t1gd_mask, "T1Gd mask")
             scheme = None
             if not flair.any():
                 raise GliomatchError(f"FLAIR mask {flair_mask}: empty (no tumor)")
@@ -139,9 +132,8 @@ def infer(
     progress=None,
 ) -> InferResult:
     """Run the whole pipeline for one patient; write everything into ``out``."""
-    from gliomatch.registration import register, warp_to_atlas, warp_to_patient
-    from gliomatch.search import Query, get_strategy
-    from gliomatch.search.engine import dice_scores
+    from gliomatch.registration import register, warp_masks_to_atlas, warp_to_patient
+    from gliomatch.search import Query, describe_matches, get_strategy
 
     say = progress or (lambda stage: None)
     out = Path(out)
@@ -171,16 +163,9 @@ def infer(
 
     t = time.perf_counter()
     say("warp")
-    aff = inputs.anatomy.affine
-    f_atlas = (
-        warp_to_atlas(nib.Nifti1Image(inputs.flair.astype(np.float32), aff), atlas, reg, label=True)
-        > 0.5
+    f_atlas, t_atlas = warp_masks_to_atlas(
+        inputs.flair, inputs.t1gd, inputs.anatomy.affine, atlas, reg
     )
-    t_atlas = (
-        warp_to_atlas(nib.Nifti1Image(inputs.t1gd.astype(np.float32), aff), atlas, reg, label=True)
-        > 0.5
-    )
-    t_atlas &= f_atlas
     if not f_atlas.any():
         raise GliomatchError("the tumor vanished when warped to the atlas (registration failed?)")
     timing["warp_s"] = time.perf_counter() - t
@@ -198,32 +183,7 @@ def infer(
     density_patient = warp_to_patient(density_atlas, atlas, inputs.anatomy, reg)
     timing["warp_back_s"] = time.perf_counter() - t
 
-    params = db.params
-    matches = []
-    qf, qt = int(f_atlas.sum()), int(t_atlas.sum())
-    for rank, (s, i) in enumerate(zip(scores, ids, strict=True), 1):
-        mf, mt = db.masks(int(i))
-        _, d_t, d_f = dice_scores(
-            np.count_nonzero(mf & f_atlas),
-            np.count_nonzero(mt & t_atlas),
-            mf.sum(),
-            mt.sum(),
-            qf,
-            qt,
-            1.0,
-            1.0,
-        )
-        r = params.iloc[int(i)]
-        matches.append(
-            {
-                "rank": rank,
-                "id": int(i),
-                "score": float(s),
-                "dice_t1gd": float(d_t),
-                "dice_flair": float(d_f),
-                "theta": {p: float(r[p]) for p in PARAMS},
-            }
-        )
+    matches = describe_matches(db, q, scores, ids)
     files = {}
 
     def save(img, name):

@@ -32,6 +32,7 @@ __all__ = [
     "registration_quality",
     "to_ants",
     "to_nibabel",
+    "warp_masks_to_atlas",
     "warp_to_atlas",
     "warp_to_patient",
 ]
@@ -78,6 +79,9 @@ class Registration:
     seconds: float
     skull_stripped: bool
     files: list[str] = field(default_factory=list)
+    #: the ``tumor`` mask given to :func:`register` and its warp to the atlas (label interp.)
+    tumor: np.ndarray | None = field(default=None, repr=False)
+    tumor_atlas: np.ndarray | None = field(default=None, repr=False)
 
 
 def _atlas_images(atlas: Atlas):
@@ -192,12 +196,12 @@ def register(
         files=fwd + inv,
     )
     warped = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=fwd)
-    tumor_atlas = None
     if tumor is not None:
-        tumor_atlas = warp_to_atlas(
+        reg.tumor = tumor
+        reg.tumor_atlas = warp_to_atlas(
             nib.Nifti1Image(tumor.astype(np.float32), anatomy.affine), atlas, reg, label=True
         )
-    reg.quality = registration_quality(warped.numpy(), fixed.numpy(), atlas, tumor_atlas)
+    reg.quality = registration_quality(warped.numpy(), fixed.numpy(), atlas, reg.tumor_atlas)
     reg.seconds = time.perf_counter() - t0
     if reg.quality < POOR_QUALITY:
         warnings.warn(
@@ -236,6 +240,27 @@ def warp_to_atlas(
         interpolator="genericLabel" if label else "linear",
     )
     return to_nibabel(out).get_fdata(dtype=np.float32)
+
+
+def warp_masks_to_atlas(
+    flair: np.ndarray, t1gd: np.ndarray, affine: np.ndarray, atlas: Atlas, reg: Registration
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patient FLAIR and T1Gd masks -> atlas-grid boolean masks (T1Gd kept inside FLAIR).
+
+    The FLAIR warp that :func:`register` already made (the tumor it excluded) is reused.
+    """
+    if reg.tumor is flair and reg.tumor_atlas is not None:
+        f = reg.tumor_atlas > 0.5
+    else:
+        f = (
+            warp_to_atlas(nib.Nifti1Image(flair.astype(np.float32), affine), atlas, reg, label=True)
+            > 0.5
+        )
+    t = (
+        warp_to_atlas(nib.Nifti1Image(t1gd.astype(np.float32), affine), atlas, reg, label=True)
+        > 0.5
+    )
+    return f, t & f
 
 
 def warp_to_patient(

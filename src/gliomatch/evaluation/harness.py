@@ -19,7 +19,6 @@ import pandas as pd
 
 from gliomatch.errors import GliomatchError
 from gliomatch.search import Query, get_strategy
-from gliomatch.search.engine import dice_scores
 
 __all__ = ["EvalQuery", "evaluate", "real_queries", "synthetic_queries"]
 
@@ -54,7 +53,7 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
 
     from gliomatch.cli import read_cohort
     from gliomatch.pipeline import load_patient
-    from gliomatch.registration import register, warp_to_atlas
+    from gliomatch.registration import register, warp_masks_to_atlas
 
     cohort = read_cohort(Path(csv))
     atlas = db.atlas()
@@ -73,22 +72,10 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
                 kind=registration,
                 workdir=pdir / "transforms",
             )
-            aff = inputs.anatomy.affine
-            f = (
-                warp_to_atlas(
-                    nib.Nifti1Image(inputs.flair.astype(np.float32), aff), atlas, reg, label=True
-                )
-                > 0.5
-            )
-            t = (
-                warp_to_atlas(
-                    nib.Nifti1Image(inputs.t1gd.astype(np.float32), aff), atlas, reg, label=True
-                )
-                > 0.5
-            )
+            f, t = warp_masks_to_atlas(inputs.flair, inputs.t1gd, inputs.anatomy.affine, atlas, reg)
             pdir.mkdir(parents=True, exist_ok=True)
             nib.save(atlas.to_nifti(f), str(fp))
-            nib.save(atlas.to_nifti(t & f), str(tp))
+            nib.save(atlas.to_nifti(t), str(tp))
         f = nib.load(str(fp)).get_fdata() > 0.5
         t = nib.load(str(tp)).get_fdata() > 0.5
         out.append(EvalQuery(rec["patient_id"], "real", Query.from_masks(f, t, db.shape), None))
@@ -97,24 +84,10 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
     return out
 
 
-def _full_scores(exact, q: Query) -> np.ndarray:
-    """Exact score of every database tumor for ``q`` (the ground-truth ranking)."""
-    index = exact.index
-    f, t = q.flair, q.t1gd & q.flair
-    from gliomatch.search.blocks import query_blocks
-
-    packed = query_blocks(f, t)
-    ids = np.arange(index.n)
-    inter_f, inter_t = index.exact(ids, packed)
-    return dice_scores(
-        inter_f,
-        inter_t,
-        index.a["nf"],
-        index.a["nt"],
-        int(f.sum()),
-        int(t.sum()),
-        exact.w_t1gd,
-        exact.w_flair,
+def _full_scores(exact, q: Query):
+    """Exact ``(score, dice_t1gd, dice_flair)`` of every database tumor (the ground truth)."""
+    return exact.index.scores(
+        np.arange(exact.index.n), q.flair, q.t1gd, exact.w_t1gd, exact.w_flair
     )
 
 

@@ -24,9 +24,11 @@ import numpy as np
 from gliomatch.errors import GliomatchError
 
 __all__ = [
+    "THETA",
     "Query",
     "Strategy",
     "available_strategies",
+    "describe_matches",
     "dice",
     "get_strategy",
     "register_strategy",
@@ -108,6 +110,31 @@ class Query:
 
         f, t = masks_from_codes(codes)
         return cls(f, t)
+
+
+#: Tumor parameters reported with every match (seed in mm, D_w, rho, T_end).
+THETA = ("x_mm", "y_mm", "z_mm", "dw", "rho", "t_end")
+
+
+def describe_matches(db, query: Query, scores, ids) -> list[dict]:
+    """Rank, id, score, both full-resolution Dice terms and theta of each match."""
+    f, t = query.flair, query.t1gd & query.flair
+    params = db.params
+    rows = []
+    for rank, (s, i) in enumerate(zip(scores, ids, strict=True), 1):
+        mf, mt = db.masks(int(i))
+        r = params.iloc[int(i)]
+        rows.append(
+            {
+                "rank": rank,
+                "id": int(i),
+                "score": float(s),
+                "dice_t1gd": dice(mt, t),
+                "dice_flair": dice(mf, f),
+                "theta": {p: float(r[p]) for p in THETA},
+            }
+        )
+    return rows
 
 
 def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gliomatch.search.blocks import block_grid, encode_blocks, intersections, query_blocks
+from gliomatch.search.blocks import encode_blocks, intersections, query_blocks
 
 __all__ = ["BlockIndex", "dice_scores"]
 
@@ -158,6 +158,23 @@ class BlockIndex:
         )
         return out_f, out_t
 
+    def scores(
+        self, ids, flair: np.ndarray, t1gd: np.ndarray, w_t1gd: float, w_flair: float, packed=None
+    ):
+        """Exact ``(score, dice_t1gd, dice_flair)`` of tumors ``ids`` for the query masks.
+
+        ``packed`` is ``query_blocks(flair, t1gd & flair)`` when the caller already has it.
+        """
+        t1gd = t1gd & flair
+        if packed is None:
+            packed = query_blocks(flair, t1gd)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        inter_f, inter_t = self.exact(ids, packed)
+        nf, nt = np.asarray(self.a["nf"]), np.asarray(self.a["nt"])
+        return dice_scores(
+            inter_f, inter_t, nf[ids], nt[ids], int(flair.sum()), int(t1gd.sum()), w_t1gd, w_flair
+        )
+
     def search(
         self,
         flair: np.ndarray,
@@ -173,7 +190,6 @@ class BlockIndex:
         q = query_blocks(flair, t1gd)
         ub = self.upper_bounds(qf, qt, _bbox(flair), w_t1gd, w_flair)
         order = np.lexsort((np.arange(self.n), -ub))
-        nf, nt = np.asarray(self.a["nf"]), np.asarray(self.a["nt"])
         best_s = np.zeros(0)
         best_i = np.zeros(0, dtype=np.int64)
         pos, batch = 0, max(64, 4 * k)
@@ -181,8 +197,7 @@ class BlockIndex:
             if len(best_i) == k and ub[order[pos]] < best_s[-1]:
                 break
             ids = order[pos : pos + batch]
-            inter_f, inter_t = self.exact(ids, q)
-            s = dice_scores(inter_f, inter_t, nf[ids], nt[ids], qf, qt, w_t1gd, w_flair)[0]
+            s = self.scores(ids, flair, t1gd, w_t1gd, w_flair, packed=q)[0]
             all_s = np.concatenate([best_s, s])
             all_i = np.concatenate([best_i, ids])
             keep = np.lexsort((all_i, -all_s))[:k]
@@ -192,8 +207,3 @@ class BlockIndex:
         if stats is not None:
             stats["verified"] = pos
         return best_s, best_i
-
-
-def grid_blocks(shape) -> int:
-    nb = block_grid(shape)
-    return nb[0] * nb[1] * nb[2]

@@ -138,22 +138,9 @@ class LearnedStrategy(Strategy):
             self._exact = get_strategy(
                 "exact", self.db, w_t1gd=self.w_t1gd, w_flair=self.w_flair, progress=False
             ).ensure_ready()
-        from gliomatch.search.blocks import query_blocks
-        from gliomatch.search.engine import dice_scores
-
-        f, t = query.flair, query.t1gd & query.flair
-        inter_f, inter_t = self._exact.index.exact(cand, query_blocks(f, t))
-        a = self._exact.index.a
-        scores = dice_scores(
-            inter_f,
-            inter_t,
-            np.asarray(a["nf"])[cand],
-            np.asarray(a["nt"])[cand],
-            int(f.sum()),
-            int(t.sum()),
-            self.w_t1gd,
-            self.w_flair,
-        )[0]
+        scores = self._exact.index.scores(cand, query.flair, query.t1gd, self.w_t1gd, self.w_flair)[
+            0
+        ]
         return top_k(scores, cand, k)
 
 
