@@ -121,16 +121,17 @@ def write_shard(
     rows: pd.DataFrame,
     stats: dict,
     shape: tuple[int, int, int],
-) -> str:
+) -> None:
     """Write one shard atomically: build it under a temporary name, then rename.
 
-    Returns the shard checksum. A shard that already exists is left untouched.
+    A shard that already exists is left untouched. (Checksums are taken once, when the
+    database is finalized, over the shards it uses.)
     """
     import zarr
 
     shard_dir = Path(shard_dir)
     if shard_dir.exists():
-        return hash_tree(shard_dir)
+        return
     tmp = shard_dir.with_name(f".tmp-{shard_dir.name}-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -147,7 +148,6 @@ def write_shard(
         arr[i] = q
     rows.to_parquet(tmp / "tumors.parquet", index=False)
     (tmp / "shard.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
-    checksum = hash_tree(tmp)
     try:
         os.rename(tmp, shard_dir)
     except OSError:
@@ -155,7 +155,6 @@ def write_shard(
         shutil.rmtree(tmp, ignore_errors=True)
         if not shard_dir.exists():
             raise
-    return checksum
 
 
 class Database:

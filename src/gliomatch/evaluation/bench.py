@@ -290,8 +290,6 @@ def bench_search(
         if name == "loop":
             loop_median = row["median_s"]
         results.append(row)
-    if loop_median is None and "loop" not in strategies:
-        loop_median = None
     for row in results:
         row["speedup_vs_loop"] = (loop_median / row["median_s"]) if loop_median else None
         if loop_median and "scaled_median_s" in row:
