@@ -9,32 +9,33 @@ from gliomatch.cli import app
 runner = CliRunner()
 
 
+def _simulate(x, t_end, out, *extra):
+    """`gliomatch simulate` at 32^3 with D_w 0.3 mm^2/d, rho 0.05 /d, seed (x, 0.55, 0.5)."""
+    args = [
+        "simulate",
+        "--x",
+        str(x),
+        "--y",
+        "0.55",
+        "--z",
+        "0.5",
+        "--dw",
+        "0.3",
+        "--rho",
+        "0.05",
+        "--t-end",
+        str(t_end),
+        "--resolution",
+        "32",
+        "--out",
+        str(out),
+    ]
+    return runner.invoke(app, [*args, *extra])
+
+
 def test_simulate_writes_nifti(tmp_path, atlas32):
     out = tmp_path / "t.nii.gz"
-    r = runner.invoke(
-        app,
-        [
-            "simulate",
-            "--x",
-            "0.4",
-            "--y",
-            "0.55",
-            "--z",
-            "0.5",
-            "--dw",
-            "0.3",
-            "--rho",
-            "0.05",
-            "--t-end",
-            "300",
-            "--resolution",
-            "32",
-            "--out",
-            str(out),
-            "--masks",
-            "--json",
-        ],
-    )
+    r = _simulate(0.4, 300, str(out), "--masks", "--json")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     img = nib.load(out)
@@ -47,56 +48,14 @@ def test_simulate_writes_nifti(tmp_path, atlas32):
 
 
 def test_simulate_bad_seed_is_clear(tmp_path):
-    r = runner.invoke(
-        app,
-        [
-            "simulate",
-            "--x",
-            "0.01",
-            "--y",
-            "0.55",
-            "--z",
-            "0.5",
-            "--dw",
-            "0.3",
-            "--rho",
-            "0.05",
-            "--t-end",
-            "300",
-            "--resolution",
-            "32",
-            "--out",
-            str(tmp_path / "t.nii.gz"),
-        ],
-    )
+    r = _simulate(0.01, 300, str(tmp_path / "t.nii.gz"))
     assert r.exit_code == 1
     assert "not brain tissue" in r.output
     assert "Traceback" not in r.output
 
 
 def test_simulate_bad_out_folder(tmp_path):
-    r = runner.invoke(
-        app,
-        [
-            "simulate",
-            "--x",
-            "0.4",
-            "--y",
-            "0.55",
-            "--z",
-            "0.5",
-            "--dw",
-            "0.3",
-            "--rho",
-            "0.05",
-            "--t-end",
-            "30",
-            "--resolution",
-            "32",
-            "--out",
-            str(tmp_path / "missing" / "t.nii.gz"),
-        ],
-    )
+    r = _simulate(0.4, 30, str(tmp_path / "missing" / "t.nii.gz"))
     assert r.exit_code == 1 and "does not exist" in r.output
 
 
