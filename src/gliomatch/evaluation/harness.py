@@ -86,9 +86,10 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
 
 def _full_scores(exact, q: Query):
     """Exact ``(score, dice_t1gd, dice_flair)`` of every database tumor (the ground truth)."""
-    return exact.index.scores(
-        np.arange(exact.index.n), q.flair, q.t1gd, exact.w_t1gd, exact.w_flair
-    )
+    from gliomatch.search.engine import PackedQuery
+
+    packed = PackedQuery.pack(q.flair, q.t1gd)
+    return exact.index.scores(np.arange(exact.index.n), packed, exact.w_t1gd, exact.w_flair)
 
 
 def _rank(all_scores: np.ndarray, i: int) -> int:

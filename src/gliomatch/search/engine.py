@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from gliomatch.search.blocks import encode_blocks, intersections, query_blocks
 
-__all__ = ["BlockIndex", "dice_scores"]
+__all__ = ["BlockIndex", "PackedQuery", "dice_scores"]
 
 
 def dice_scores(inter_f, inter_t, nf, nt, qf, qt, w_t1gd, w_flair) -> np.ndarray:
@@ -51,6 +52,21 @@ def _bbox(mask: np.ndarray) -> np.ndarray:
     return np.array(
         [out[0][0], out[1][0], out[2][0], out[0][1], out[1][1], out[2][1]], dtype=np.int32
     )
+
+
+@dataclass(frozen=True)
+class PackedQuery:
+    """A query's dense block counts/bits and voxel counts (T1Gd taken inside FLAIR), made
+    once per query and reused for every batch of candidates."""
+
+    blocks: tuple
+    nf: int
+    nt: int
+
+    @classmethod
+    def pack(cls, flair: np.ndarray, t1gd: np.ndarray) -> PackedQuery:
+        t1gd = t1gd & flair
+        return cls(query_blocks(flair, t1gd), int(flair.sum()), int(t1gd.sum()))
 
 
 class BlockIndex:
@@ -158,22 +174,12 @@ class BlockIndex:
         )
         return out_f, out_t
 
-    def scores(
-        self, ids, flair: np.ndarray, t1gd: np.ndarray, w_t1gd: float, w_flair: float, packed=None
-    ):
-        """Exact ``(score, dice_t1gd, dice_flair)`` of tumors ``ids`` for the query masks.
-
-        ``packed`` is ``query_blocks(flair, t1gd & flair)`` when the caller already has it.
-        """
-        t1gd = t1gd & flair
-        if packed is None:
-            packed = query_blocks(flair, t1gd)
+    def scores(self, ids, query: PackedQuery, w_t1gd: float, w_flair: float):
+        """Exact ``(score, dice_t1gd, dice_flair)`` of tumors ``ids`` for a packed query."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        inter_f, inter_t = self.exact(ids, packed)
+        inter_f, inter_t = self.exact(ids, query.blocks)
         nf, nt = np.asarray(self.a["nf"]), np.asarray(self.a["nt"])
-        return dice_scores(
-            inter_f, inter_t, nf[ids], nt[ids], int(flair.sum()), int(t1gd.sum()), w_t1gd, w_flair
-        )
+        return dice_scores(inter_f, inter_t, nf[ids], nt[ids], query.nf, query.nt, w_t1gd, w_flair)
 
     def search(
         self,
@@ -185,10 +191,8 @@ class BlockIndex:
         stats: dict | None = None,
     ):
         """Exact top-k ``(scores, ids)`` by branch and bound."""
-        t1gd = t1gd & flair
-        qf, qt = int(flair.sum()), int(t1gd.sum())
-        q = query_blocks(flair, t1gd)
-        ub = self.upper_bounds(qf, qt, _bbox(flair), w_t1gd, w_flair)
+        q = PackedQuery.pack(flair, t1gd)
+        ub = self.upper_bounds(q.nf, q.nt, _bbox(flair), w_t1gd, w_flair)
         order = np.lexsort((np.arange(self.n), -ub))
         best_s = np.zeros(0)
         best_i = np.zeros(0, dtype=np.int64)
@@ -197,7 +201,7 @@ class BlockIndex:
             if len(best_i) == k and ub[order[pos]] < best_s[-1]:
                 break
             ids = order[pos : pos + batch]
-            s = self.scores(ids, flair, t1gd, w_t1gd, w_flair, packed=q)[0]
+            s = self.scores(ids, q, w_t1gd, w_flair)[0]
             all_s = np.concatenate([best_s, s])
             all_i = np.concatenate([best_i, ids])
             keep = np.lexsort((all_i, -all_s))[:k]

@@ -138,9 +138,10 @@ class LearnedStrategy(Strategy):
             self._exact = get_strategy(
                 "exact", self.db, w_t1gd=self.w_t1gd, w_flair=self.w_flair, progress=False
             ).ensure_ready()
-        scores = self._exact.index.scores(cand, query.flair, query.t1gd, self.w_t1gd, self.w_flair)[
-            0
-        ]
+        from gliomatch.search.engine import PackedQuery
+
+        packed = PackedQuery.pack(query.flair, query.t1gd)
+        scores = self._exact.index.scores(cand, packed, self.w_t1gd, self.w_flair)[0]
         return top_k(scores, cand, k)
 
 
