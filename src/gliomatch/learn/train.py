@@ -184,6 +184,8 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
             opt.step()
             losses.append(float(loss.detach()))
         model.eval()
+        if cfg.kind == "hash":  # validate (and save) with the thresholds inference will use
+            _calibrate(model, x_train, cfg.device)
         with torch.no_grad():
             vl = []
             for s in range(0, len(x_val), 8):
@@ -220,8 +222,6 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
         if since_best >= cfg.patience:
             break
     _write_curves(folder, history)
-    if cfg.kind == "hash":
-        _calibrate_bits(folder, x_train)
     best_model = load_model(db, cfg.name, modality)
     meta["history_epochs"] = len(history)
     meta["best_val_loss"] = best
@@ -231,23 +231,22 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
     return meta
 
 
-def _calibrate_bits(folder: Path, x_train: np.ndarray) -> None:
-    """Set the hash model's per-bit thresholds to the training-set medians of its latent."""
-    state = torch.load(folder / "model.pt", weights_only=True, map_location="cpu")
-    meta = json.loads(torch.load(folder / "checkpoint.pt", weights_only=True)["meta_json"])
-    model = build_model(meta["model"])
-    state.setdefault("bihalf.threshold", torch.zeros(model.latent))
-    model.load_state_dict(state)
-    model.eval()
+def _calibrate(model: MaskAutoencoder, x_train: np.ndarray, device: str) -> None:
+    """Set a hash model's per-bit thresholds to the training-set medians of its latent.
+
+    Training balances bits only within a batch (bi-half); validation and search encode single
+    tumors, so the saved model must carry the dataset-level thresholds of *its* weights --
+    validating with stale thresholds made early stopping keep an early, poor epoch."""
     with torch.no_grad():
         mu = torch.cat(
             [
-                model.encode(torch.from_numpy(x_train[s : s + 16]).float().unsqueeze(1))[0]
+                model.encode(torch.from_numpy(x_train[s : s + 16]).float().unsqueeze(1).to(device))[
+                    0
+                ]
                 for s in range(0, len(x_train), 16)
             ]
         )
     model.bihalf.calibrate(mu)
-    torch.save(model.state_dict(), folder / "model.pt")
 
 
 def _write_curves(folder: Path, history: list[dict]) -> None:
