@@ -758,6 +758,16 @@ def evaluate(
     loop_check: Annotated[
         int, typer.Option(help="Queries on which exact is cross-checked against loop.")
     ] = 3,
+    multitask: Annotated[
+        bool,
+        typer.Option(
+            "--multitask",
+            help="Also validate every trained multitask embedding (KNN, task sets, boxes, t-SNE).",
+        ),
+    ] = False,
+    multitask_test: Annotated[
+        int, typer.Option(help="Held-out tumors for the multitask validation.")
+    ] = 500,
     json_out: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
 ):
     """Compare search strategies: top-1/5/15 preservation, runtime, best-match Dice, recovery."""
@@ -781,9 +791,31 @@ def evaluate(
         names = [s.strip() for s in strategies.split(",") if s.strip()]
     if synthetic < 0:
         raise GliomatchError(f"--synthetic must be >= 0, got {synthetic}")
-    if synthetic == 0 and real is None:
-        raise GliomatchError("nothing to evaluate: give --synthetic N > 0 and/or --real CSV")
+    if synthetic == 0 and real is None and not multitask:
+        raise GliomatchError(
+            "nothing to evaluate: give --synthetic N > 0, --real CSV and/or --multitask"
+        )
     out.mkdir(parents=True, exist_ok=True)
+    if multitask:
+        from gliomatch.evaluation.embedding import validate_embeddings
+
+        with Progress(disable=json_out) as bar:
+            t = bar.add_task("multitask validation", total=None)
+            mt = validate_embeddings(
+                db,
+                out,
+                n_test=multitask_test,
+                seed=seed,
+                progress=lambda i, n: bar.update(t, total=n, completed=i),
+            )
+        if not json_out:
+            typer.echo((out / "task_sets.md").read_text())
+            typer.echo((out / "robustness.md").read_text())
+            typer.echo(f"KNN curves: {out / 'knn.png'}; t-SNE: {out / 'tsne.png'}")
+        if synthetic == 0 and real is None:
+            if json_out:
+                typer.echo(json.dumps(mt))
+            return
     with Progress(disable=json_out) as bar:
         tasks = {}
 
@@ -838,40 +870,99 @@ def evaluate(
 @app.command()
 @handle_errors
 def train(
-    kind: Annotated[str, typer.Argument(help="ae, vae or hash.")],
+    kind: Annotated[str, typer.Argument(help="ae, vae, hash or multitask.")],
     db_path: Annotated[Path, typer.Option("--db", help="Database folder.")],
     latent: Annotated[int, typer.Option(help="Latent size (ae, vae).")] = 1024,
     bits: Annotated[int, typer.Option(help="Code bits (hash).")] = 64,
-    epochs: Annotated[int, typer.Option(help="Epochs (published: 120).")] = 120,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs (published: 120; multitask default 30).")
+    ] = None,
     input_resolution: Annotated[
         int, typer.Option(help="Masks downsampled to this (16, 32, 64, 128).")
     ] = 32,
     n_train: Annotated[int, typer.Option(help="Training tumors (published: 1500).")] = 1500,
     n_val: Annotated[int, typer.Option(help="Validation tumors (published: 150).")] = 150,
-    batch: Annotated[int, typer.Option(help="Batch size (published: 2).")] = 2,
-    lr: Annotated[float | None, typer.Option(help="Adam lr (1e-5; VAE 3e-5).")] = None,
+    batch: Annotated[
+        int | None, typer.Option(help="Batch size (published: 2; multitask default 8).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Adam lr (1e-5; VAE 3e-5; multitask 1e-3).")
+    ] = None,
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 20,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     modality: Annotated[str, typer.Option(help="t1gd, flair or both.")] = "both",
+    tasks: Annotated[
+        str,
+        typer.Option(help="multitask: all, seg, location, regime or a comma list of labels."),
+    ] = "all",
+    lambda_seg: Annotated[float, typer.Option(help="multitask: segmentation weight.")] = 1.0,
+    lambda_cls: Annotated[float, typer.Option(help="multitask: classification weight.")] = 1e-3,
+    box_jitter: Annotated[
+        bool, typer.Option(help="multitask: train with distorted bounding boxes.")
+    ] = True,
+    atlas_channel: Annotated[
+        bool, typer.Option(help="multitask: the atlas T1 as a third input channel.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
-    """Train a mask autoencoder per modality (resumable; curves and Dice saved with it)."""
+    """Train a mask autoencoder per modality, or the multitask embedding network (resumable;
+    loss curves and validation figures saved with the model in the database's index folder)."""
     from rich.progress import Progress
 
     from gliomatch.database import Database
+
+    db = Database.open(db_path)
+    if kind == "multitask":
+        from gliomatch.learn.multitask import MultitaskConfig, multitask_dir, train_multitask
+
+        mcfg = MultitaskConfig(
+            tasks=tasks,
+            epochs=epochs or 30,
+            lr=lr or 1e-3,
+            batch=batch or 8,
+            n_train=n_train,
+            n_val=n_val,
+            input_resolution=input_resolution,
+            lambda_seg=lambda_seg,
+            lambda_cls=lambda_cls,
+            box_jitter=box_jitter,
+            atlas_channel=atlas_channel,
+            patience=patience,
+            device=device,
+        )
+        with Progress(disable=json_out) as bar:
+            task = bar.add_task(mcfg.name, total=mcfg.epochs)
+
+            def mprogress(name, epoch, total, row):
+                bar.update(task, completed=epoch, description=f"{name} val {row['val_total']:.4f}")
+
+            r = train_multitask(db, mcfg, progress=mprogress)
+        if json_out:
+            typer.echo(json.dumps(r))
+            return
+        f = r["final"]
+        parts = ", ".join(
+            f"{k[4:]} {v:.3f}" for k, v in f.items() if k.startswith("val_") and k != "val_total"
+        )
+        typer.echo(
+            f"{mcfg.name}: {r['history_epochs']} epochs, best validation loss "
+            f"{r['best_val_loss']:.4g}; last epoch validation losses: {parts} "
+            f"-> {multitask_dir(db, mcfg.name)}"
+        )
+        return
+
     from gliomatch.learn.train import TrainConfig, model_dir
     from gliomatch.learn.train import train as run
 
-    db = Database.open(db_path)
     cfg = TrainConfig(
         kind=kind,
         latent=latent,
         bits=bits,
-        epochs=epochs,
+        epochs=epochs or 120,
         input_resolution=input_resolution,
         n_train=n_train,
         n_val=n_val,
-        batch=batch,
+        batch=batch or 2,
         lr=lr,
         patience=patience,
         device=device,

@@ -24,7 +24,17 @@ import torch
 from gliomatch.errors import GliomatchError
 from gliomatch.learn.models import KINDS, MaskAutoencoder, build_model
 
-__all__ = ["TrainConfig", "load_model", "model_dir", "model_name", "train", "encode_masks"]
+__all__ = [
+    "TrainConfig",
+    "encode_masks",
+    "load_checkpoint",
+    "load_model",
+    "model_dir",
+    "model_name",
+    "save_checkpoint",
+    "train",
+    "write_curves",
+]
 
 MODALITIES = ("t1gd", "flair")
 
@@ -154,19 +164,10 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
         "modality": modality,
         "name": cfg.name,
     }
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True, map_location=cfg.device)
-        if state.get("meta_json") == json.dumps(meta, sort_keys=True):
-            if cfg.kind == "hash":  # checkpoints from before the calibrated thresholds
-                state["model"].setdefault("bihalf.threshold", torch.zeros(cfg.code_size))
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            start, best, since_best = (
-                int(state["epoch"]),
-                float(state["best"]),
-                int(state["since_best"]),
-            )
-            history = json.loads(state["history"])
+    if resume:
+        state = load_checkpoint(ckpt, meta, model, opt, cfg.device)
+        if state:
+            start, best, since_best, history = state
     rng = np.random.default_rng(cfg.seed + 1)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -205,23 +206,12 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
             torch.save(model.state_dict(), folder / "model.pt")
         else:
             since_best += 1
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "epoch": epoch + 1,
-                "best": best,
-                "since_best": since_best,
-                "history": json.dumps(history),
-                "meta_json": json.dumps(meta, sort_keys=True),
-            },
-            ckpt,
-        )
+        save_checkpoint(ckpt, model, opt, epoch + 1, best, since_best, history, meta)
         if progress:
             progress(modality, epoch + 1, cfg.epochs, history[-1])
         if since_best >= cfg.patience:
             break
-    _write_curves(folder, history)
+    write_curves(folder, history)
     best_model = load_model(db, cfg.name, modality)
     meta["history_epochs"] = len(history)
     meta["best_val_loss"] = best
@@ -249,23 +239,61 @@ def _calibrate(model: MaskAutoencoder, x_train: np.ndarray, device: str) -> None
     model.bihalf.calibrate(mu)
 
 
-def _write_curves(folder: Path, history: list[dict]) -> None:
+def save_checkpoint(path: Path, model, opt, epoch, best, since_best, history, meta) -> None:
+    """The last epoch's state (weights, optimizer, early-stopping counters, history)."""
+    state = {
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "epoch": epoch,
+        "best": best,
+        "since_best": since_best,
+        "history": json.dumps(history),
+        "meta_json": json.dumps(meta, sort_keys=True),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # an interrupted save never leaves a truncated checkpoint
+
+
+def load_checkpoint(path: Path, meta: dict, model, opt, device: str):
+    """Restore a checkpoint made with the same settings: ``(epoch, best, since_best,
+    history)``, or None when there is none or it belongs to other settings (start afresh)."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=True, map_location=device)
+    if state.get("meta_json") != json.dumps(meta, sort_keys=True):
+        return None
+    missing = {k: v for k, v in model.state_dict().items() if k not in state["model"]}
+    model.load_state_dict({**missing, **state["model"]})
+    opt.load_state_dict(state["opt"])
+    return (
+        int(state["epoch"]),
+        float(state["best"]),
+        int(state["since_best"]),
+        json.loads(state["history"]),
+    )
+
+
+def write_curves(folder: Path, history: list[dict]) -> None:
+    """history.csv and loss.png (every ``train_*``/``val_*`` column against the epoch)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with open(folder / "history.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_loss", "seconds"])
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], label="train")
-    ax.plot([h["epoch"] for h in history], [h["val_loss"] for h in history], label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(folder.name)
-    ax.legend()
+    parts = sorted({k.split("_", 1)[1] for k in history[0] if k.startswith("train_")})
+    fig, axes = plt.subplots(1, len(parts), figsize=(4 * len(parts), 3.2), squeeze=False)
+    epochs = [h["epoch"] for h in history]
+    for ax, part in zip(axes[0], parts, strict=True):
+        ax.plot(epochs, [h[f"train_{part}"] for h in history], label="train")
+        ax.plot(epochs, [h[f"val_{part}"] for h in history], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{folder.name}: {part}", fontsize=9)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(folder / "loss.png", dpi=80)
     plt.close(fig)

@@ -1,6 +1,7 @@
 """Search strategies behind one interface: ``get_strategy(name, db).search(query, k)``."""
 
 from gliomatch.search import learned as _learned  # noqa: F401  (registers strategies)
+from gliomatch.search import multitask as _multitask  # noqa: F401
 from gliomatch.search import radiomics as _radiomics  # noqa: F401
 from gliomatch.search import strategies as _strategies  # noqa: F401
 from gliomatch.search.base import (

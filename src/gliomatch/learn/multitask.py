@@ -1,0 +1,471 @@
+"""A multitask-learned tumor embedding with RoI max pooling.
+
+After Sun et al., "Brain Tumor Image Retrieval via Multitask Learning" (arXiv:1810.09369): a
+3-D residual network is trained on several tasks at once -- a segmentation head and
+classification heads for heterogeneous labels -- and the classification heads read a
+**RoI max pooling** of the shared features over the tumor's bounding box. Those pooled features
+(64 channels) are a fixed-size embedding in which near tumors share location, size and growth
+regime; it is searched with FAISS like the other learned codes.
+
+Architecture (``resolution`` R, a multiple of 4):
+
+* input: 2 channels, the FLAIR (u >= 0.2) and T1Gd (u >= 0.6) masks at R^3 (order-0 zoom),
+  optionally the atlas T1 as a third channel;
+* backbone: two convolutions (3^3 at R, then 4^3 with stride 4: down-sampling by 4 near the
+  input), ``blocks`` MONAI residual blocks with 64 channels at (R/4)^3;
+* segmentation head: transposed convolution up-sampling by 4, convolution to one channel, the
+  logits of the **cell density** u (binary cross-entropy against the soft density: the masks
+  are the input, so the head is asked for what they do not show -- the infiltration tail);
+* RoI max pooling of the backbone features over the FLAIR bounding box -> 64-D embedding;
+  one small MLP head per task of :data:`~gliomatch.learn.labels.TASKS`.
+
+Loss = lambda_s * BCE(density) + sum_p lambda_p * CE_p (paper: lambda_s = 1, lambda_p = 1e-3;
+with Adam the heads still learn at full speed, the small weight only limits how much the
+classification pulls on the shared features). Training jitters the boxes with the distortion of
+the paper's robustness test (:func:`distort_boxes`) unless ``box_jitter=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gliomatch.errors import GliomatchError
+from gliomatch.learn.labels import TASKS, task_labels
+
+__all__ = [
+    "TASK_SETS",
+    "MultitaskConfig",
+    "MultitaskNet",
+    "RoIMaxPool3d",
+    "box_cells",
+    "distort_boxes",
+    "embed_masks",
+    "load_multitask",
+    "model_atlas",
+    "multitask_dir",
+    "multitask_name",
+    "parse_tasks",
+    "query_arrays",
+    "split_ids",
+    "tumor_arrays",
+    "train_multitask",
+]
+
+STRIDE = 4
+TASK_SETS = {
+    "all": tuple(TASKS),
+    "seg": (),
+    "location": ("hemisphere", "frontrear", "upperlower", "region"),
+    "regime": ("infiltration", "growth"),
+}
+
+
+def parse_tasks(spec: str) -> tuple[str, ...]:
+    """``all``, ``seg`` (segmentation only), ``location``, ``regime`` or a comma list of task
+    names; returned in the canonical order of :data:`TASKS`."""
+    spec = spec.strip().lower()
+    if spec in TASK_SETS:
+        return TASK_SETS[spec]
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names:
+        raise GliomatchError(
+            f"unknown task(s) {unknown or spec!r}; use a set ({', '.join(TASK_SETS)}) or a "
+            f"comma list of {', '.join(TASKS)}"
+        )
+    return tuple(t for t in TASKS if t in names)
+
+
+def multitask_name(tasks: tuple[str, ...], lambda_seg: float) -> str:
+    """``multitask`` for the full model; ``multitask-size-noseg`` and the like otherwise."""
+    if tasks == TASK_SETS["all"] and lambda_seg > 0:
+        return "multitask"
+    label = next((k for k, v in TASK_SETS.items() if v == tasks), None) or "-".join(tasks)
+    return f"multitask-{label}" + ("" if lambda_seg > 0 else "-noseg")
+
+
+# ------------------------------------------------------------------------------------ boxes
+
+
+def box_cells(boxes, stride: int, grid: int) -> np.ndarray:
+    """Half-open boxes (n, 6) in input voxels -> integer feature-map cells, at least one cell
+    per axis, clipped to the grid: every box, however distorted, pools something."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
+    lo = np.clip(np.floor(b[:, :3] / stride), 0, grid - 1).astype(np.int64)
+    hi = np.clip(np.ceil(b[:, 3:] / stride), 0, grid).astype(np.int64)
+    hi = np.maximum(hi, lo + 1)
+    return np.concatenate([lo, hi], axis=1)
+
+
+def distort_boxes(
+    boxes, rng: np.random.Generator, scale_sd: float = 1 / 3, shift_sd: float = 0.1
+) -> np.ndarray:
+    """The paper's inaccurate bounding boxes: per axis, log2 of the size ratio ~ N(0, scale_sd)
+    and the centre shift ~ size * N(0, shift_sd) (standard deviations)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
+    lo, hi = b[:, :3], b[:, 3:]
+    size = np.maximum(hi - lo, 1.0)
+    centre = (lo + hi) / 2 + size * rng.normal(0.0, shift_sd, size.shape)
+    new = size * 2.0 ** rng.normal(0.0, scale_sd, size.shape)
+    return np.concatenate([centre - new / 2, centre + new / 2], axis=1)
+
+
+class RoIMaxPool3d(nn.Module):
+    """Max pooling of a 3-D feature map over each sample's box to ``output_size``^3 cells."""
+
+    def __init__(self, stride: int, output_size: int = 1):
+        super().__init__()
+        self.stride, self.output_size = stride, output_size
+
+    def forward(self, features: torch.Tensor, boxes) -> torch.Tensor:
+        cells = box_cells(boxes, self.stride, features.shape[-1])
+        pooled = [
+            F.adaptive_max_pool3d(features[n : n + 1, :, i0:i1, j0:j1, k0:k1], self.output_size)
+            for n, (i0, j0, k0, i1, j1, k1) in enumerate(cells)
+        ]
+        return torch.cat(pooled).flatten(1)
+
+
+# ------------------------------------------------------------------------------------ model
+
+
+class MultitaskNet(nn.Module):
+    def __init__(
+        self,
+        tasks=TASK_SETS["all"],
+        resolution: int = 32,
+        in_channels: int = 2,
+        features: int = 64,
+        blocks: int = 2,
+    ):
+        super().__init__()
+        from monai.networks.blocks import UnetResBlock
+
+        if resolution % STRIDE or resolution < 2 * STRIDE:
+            raise GliomatchError(
+                f"input resolution must be a multiple of 4 (>= 8), got {resolution}"
+            )
+        self.tasks, self.resolution = tuple(tasks), resolution
+        self.config = dict(
+            tasks=list(self.tasks),
+            resolution=resolution,
+            in_channels=in_channels,
+            features=features,
+            blocks=blocks,
+        )
+        self.stem = nn.Sequential(
+            nn.Conv3d(in_channels, 16, 3, padding=1),
+            nn.InstanceNorm3d(16),
+            nn.LeakyReLU(0.01),
+            nn.Conv3d(16, features, STRIDE, stride=STRIDE),
+            nn.LeakyReLU(0.01),
+        )
+        self.body = nn.Sequential(
+            *[
+                UnetResBlock(3, features, features, 3, 1, norm_name="instance")
+                for _ in range(blocks)
+            ]
+        )
+        self.seg = nn.Sequential(
+            nn.ConvTranspose3d(features, 16, STRIDE, stride=STRIDE),
+            nn.LeakyReLU(0.01),
+            nn.Conv3d(16, 1, 3, padding=1),
+        )
+        self.roi = RoIMaxPool3d(STRIDE)
+        self.heads = nn.ModuleDict(
+            {
+                t: nn.Sequential(nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, len(TASKS[t])))
+                for t in self.tasks
+            }
+        )
+
+    def forward(self, x: torch.Tensor, boxes, seg: bool = True):
+        """(density logits (n, R, R, R) or None, embedding (n, 64), {task: class logits})."""
+        h = self.body(self.stem(x))
+        emb = self.roi(h, boxes)
+        density = self.seg(h)[:, 0] if seg else None
+        return density, emb, {t: head(emb) for t, head in self.heads.items()}
+
+    def embed(self, x: torch.Tensor, boxes) -> torch.Tensor:
+        return self.roi(self.body(self.stem(x)), boxes)
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def _box_of(mask: np.ndarray) -> np.ndarray:
+    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if any(len(i) == 0 for i in idx):
+        raise GliomatchError("the FLAIR mask is empty: no bounding box to pool over")
+    return np.array([i[0] for i in idx] + [i[-1] + 1 for i in idx], dtype=np.float64)
+
+
+def _density_at(u: np.ndarray, resolution: int) -> np.ndarray:
+    f = u.shape[0] // resolution
+    if f * resolution == u.shape[0]:
+        return u.reshape(resolution, f, resolution, f, resolution, f).mean(axis=(1, 3, 5))
+    from scipy import ndimage
+
+    return ndimage.zoom(u, resolution / u.shape[0], order=1)
+
+
+def query_arrays(flair: np.ndarray, t1gd: np.ndarray, resolution: int):
+    """Network input masks (1, 2, R, R, R) and box (1, 6) of a pair of atlas-grid masks."""
+    from gliomatch.search.strategies import downsample
+
+    flair = np.asarray(flair, dtype=bool)
+    t1gd = np.asarray(t1gd, dtype=bool) & flair
+    box = _box_of(flair) * resolution / flair.shape[0]
+    chans = [downsample(flair, resolution), downsample(t1gd, resolution)]
+    return np.stack(chans).astype(np.uint8)[None], box[None]
+
+
+def tumor_arrays(db, ids, resolution: int, density: bool = True):
+    """(masks (n, 2, R, R, R) uint8, density (n, R, R, R) uint8 = round(255 u) or None,
+    boxes (n, 6) float in R-voxels) of database tumors."""
+    from gliomatch.database.storage import decode
+    from gliomatch.search.strategies import downsample
+
+    ids = np.asarray(ids, dtype=np.int64)
+    n, r = len(ids), resolution
+    masks = np.zeros((n, 2, r, r, r), np.uint8)
+    dens = np.zeros((n, r, r, r), np.uint8) if density else None
+    for row, i in enumerate(ids):
+        u = decode(db.codes(int(i)))
+        masks[row, 0] = downsample(u >= 0.2, r)
+        masks[row, 1] = downsample(u >= 0.6, r)
+        if density:
+            dens[row] = np.rint(255 * np.clip(_density_at(u, r), 0, 1))
+    p = db.params.iloc[ids]
+    cols = ["bbox_i0", "bbox_j0", "bbox_k0", "bbox_i1", "bbox_j1", "bbox_k1"]
+    boxes = p[cols].to_numpy(np.float64) * r / db.resolution
+    return masks, dens, boxes
+
+
+def _atlas_channel(db, resolution: int) -> np.ndarray:
+    from scipy import ndimage
+
+    t1 = db.atlas.t1
+    return ndimage.zoom(t1, resolution / t1.shape[0], order=1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------- training
+
+
+@dataclass
+class MultitaskConfig:
+    tasks: str = "all"
+    epochs: int = 30
+    lr: float = 1e-3
+    batch: int = 8
+    n_train: int = 1500
+    n_val: int = 150
+    input_resolution: int = 32
+    lambda_seg: float = 1.0
+    lambda_cls: float = 1e-3
+    box_jitter: bool = True
+    atlas_channel: bool = False
+    blocks: int = 2
+    patience: int = 10
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self):
+        self.task_list = parse_tasks(self.tasks)
+        for name in ("epochs", "batch", "n_train", "n_val"):
+            if getattr(self, name) < 1:
+                raise GliomatchError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lambda_seg < 0 or self.lambda_cls < 0:
+            raise GliomatchError("loss weights must be >= 0")
+        if self.lambda_seg == 0 and not self.task_list:
+            raise GliomatchError("nothing to train: no classification task and lambda_seg = 0")
+        if self.device not in ("cpu", "cuda"):
+            raise GliomatchError(f"device must be cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise GliomatchError("--device cuda: no CUDA GPU is available here")
+
+    @property
+    def name(self) -> str:
+        return multitask_name(self.task_list, self.lambda_seg)
+
+
+def split_ids(n: int, n_train: int, n_val: int, seed: int):
+    """Training, validation and held-out ids: a seeded permutation of the database."""
+    if n < 4:
+        raise GliomatchError(f"database has {n} tumors; training needs at least 4")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(n_val, max(1, n // 10))
+    n_train = min(n_train, n - n_val)
+    return (
+        np.sort(order[:n_train]),
+        np.sort(order[n_train : n_train + n_val]),
+        np.sort(order[n_train + n_val :]),
+    )
+
+
+def _losses(model, x, dens, boxes, y, cfg):
+    seg, _, logits = model(x, boxes, seg=cfg.lambda_seg > 0)
+    parts = {}
+    if cfg.lambda_seg > 0:
+        parts["seg"] = F.binary_cross_entropy_with_logits(seg, dens)
+    for t in cfg.task_list:
+        parts[t] = F.cross_entropy(logits[t], y[t])
+    total = cfg.lambda_seg * parts.get("seg", 0.0) + cfg.lambda_cls * sum(
+        parts[t] for t in cfg.task_list
+    )
+    return total, parts
+
+
+def _batch(masks, dens, boxes, labels, idx, cfg, atlas, device):
+    x = torch.from_numpy(masks[idx]).float()
+    if atlas is not None:
+        x = torch.cat([x, torch.from_numpy(atlas)[None, None].expand(len(idx), -1, -1, -1, -1)], 1)
+    d = torch.from_numpy(dens[idx]).float() / 255.0
+    y = {t: torch.from_numpy(labels[t][idx]) for t in cfg.task_list}
+    return x.to(device), d.to(device), boxes[idx], {t: v.to(device) for t, v in y.items()}
+
+
+def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = True) -> dict:
+    """Train the multitask network on ``db``; resumable; returns (and saves) its summary."""
+    from gliomatch.learn.train import load_checkpoint, save_checkpoint, write_curves
+
+    torch.manual_seed(cfg.seed)
+    folder = multitask_dir(db, cfg.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    train_ids, val_ids, _ = split_ids(len(db), cfg.n_train, cfg.n_val, cfg.seed)
+    labels_df, edges = task_labels(db.params)
+    labels = {t: labels_df[t].to_numpy(np.int64) for t in TASKS}
+    r = cfg.input_resolution
+    atlas = _atlas_channel(db, r) if cfg.atlas_channel else None
+    tr = tumor_arrays(db, train_ids, r)
+    va = tumor_arrays(db, val_ids, r)
+    lab_tr = {t: v[train_ids] for t, v in labels.items()}
+    lab_va = {t: v[val_ids] for t, v in labels.items()}
+    model = MultitaskNet(cfg.task_list, r, 3 if cfg.atlas_channel else 2, blocks=cfg.blocks)
+    model.to(cfg.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    meta = {
+        "train": asdict(cfg),
+        "model": model.config,
+        "db": db.fingerprint,
+        "name": cfg.name,
+        "label_edges": edges,
+    }
+    history, start, best, since_best = [], 0, np.inf, 0
+    ckpt = folder / "checkpoint.pt"
+    if resume and (state := load_checkpoint(ckpt, meta, model, opt, cfg.device)):
+        start, best, since_best, history = state
+    np.savez(folder / "split.npz", train=train_ids, val=val_ids)
+    part_names = (["seg"] if cfg.lambda_seg > 0 else []) + list(cfg.task_list)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, epoch])  # resumed epochs replay exactly
+        model.train()
+        sums = dict.fromkeys(["total", *part_names], 0.0)
+        perm = rng.permutation(len(train_ids))
+        for s in range(0, len(perm), cfg.batch):
+            idx = perm[s : s + cfg.batch]
+            x, d, boxes, y = _batch(*tr, lab_tr, idx, cfg, atlas, cfg.device)
+            if cfg.box_jitter:
+                boxes = distort_boxes(boxes, rng)
+            total, parts = _losses(model, x, d, boxes, y, cfg)
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            sums["total"] += float(total.detach()) * len(idx)
+            for k, v in parts.items():
+                sums[k] += float(v.detach()) * len(idx)
+        model.eval()
+        vsums = dict.fromkeys(sums, 0.0)
+        with torch.no_grad():
+            for s in range(0, len(val_ids), 16):
+                idx = np.arange(s, min(s + 16, len(val_ids)))
+                total, parts = _losses(
+                    model, *_batch(*va, lab_va, idx, cfg, atlas, cfg.device), cfg
+                )
+                vsums["total"] += float(total) * len(idx)
+                for k, v in parts.items():
+                    vsums[k] += float(v) * len(idx)
+        row = {"epoch": epoch + 1}
+        for k in sums:
+            row[f"train_{k}"] = sums[k] / len(train_ids)
+            row[f"val_{k}"] = vsums[k] / len(val_ids)
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        val = row["val_total"]
+        if val < best:
+            best, since_best = val, 0
+            torch.save(model.state_dict(), folder / "model.pt")
+        else:
+            since_best += 1
+        save_checkpoint(ckpt, model, opt, epoch + 1, best, since_best, history, meta)
+        if progress:
+            progress(cfg.name, epoch + 1, cfg.epochs, row)
+        if since_best >= cfg.patience:
+            break
+    write_curves(folder, history)
+    meta["history_epochs"] = len(history)
+    meta["best_val_loss"] = best
+    meta["final"] = history[-1]
+    (folder / "config.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+# -------------------------------------------------------------------------------- inference
+
+
+def multitask_dir(db, name: str) -> Path:
+    return db.index_dir / "models" / name
+
+
+def load_multitask(db, name: str = "multitask") -> tuple[MultitaskNet, dict]:
+    """A trained multitask model of ``db`` and its metadata (weights only: no code runs)."""
+    folder = multitask_dir(db, name)
+    weights, cfg_path = folder / "model.pt", folder / "config.json"
+    if not weights.is_file() or not cfg_path.is_file():
+        raise GliomatchError(
+            f"no trained {name} model in {folder.parent}; run "
+            f"`gliomatch train multitask --db {db.path}` first"
+        )
+    meta = json.loads(cfg_path.read_text())
+    if meta.get("db") != db.fingerprint:
+        raise GliomatchError(
+            f"model {folder} was trained on another database (fingerprint {meta.get('db')}, "
+            f"this one is {db.fingerprint}); retrain it for this database"
+        )
+    model = MultitaskNet(**meta["model"])
+    try:
+        model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise GliomatchError(
+            f"model {weights}: unreadable or incompatible ({exc}); retrain it"
+        ) from exc
+    model.eval()
+    return model, meta
+
+
+def embed_masks(model: MultitaskNet, masks, boxes, atlas=None, batch: int = 32) -> np.ndarray:
+    """Embeddings (n, 64) float32 of network inputs ``masks`` (n, 2, R, R, R) with boxes."""
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(masks), batch):
+            x = torch.from_numpy(np.asarray(masks[s : s + batch], dtype=np.float32))
+            if atlas is not None:
+                a = torch.from_numpy(atlas)[None, None].expand(len(x), -1, -1, -1, -1)
+                x = torch.cat([x, a], 1)
+            out.append(model.embed(x, boxes[s : s + batch]).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def model_atlas(db, model: MultitaskNet):
+    """The atlas input channel the model was trained with, or None."""
+    return _atlas_channel(db, model.resolution) if model.config["in_channels"] == 3 else None

@@ -1,0 +1,87 @@
+"""``multitask``: nearest tumors in the multitask-learned RoI embedding, searched with FAISS.
+
+The database is embedded once (both masks as the network's two input channels, RoI max pooling
+over each tumor's FLAIR bounding box) and indexed with a FAISS ``IndexFlatL2``; a query is
+embedded the same way. Any trained multitask model name (``multitask-size-noseg``...) is a
+strategy too, and ``multitask+rrM`` re-ranks the M nearest by exact Dice like the other learned
+codes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from gliomatch.search.base import Query, register_resolver, register_strategy
+from gliomatch.search.learned import LearnedStrategy
+
+__all__ = ["MultitaskStrategy"]
+
+
+@register_strategy("multitask", model="multitask")
+class MultitaskStrategy(LearnedStrategy):
+    """Euclidean nearest neighbours of the 64-D RoI-pooled embedding."""
+
+    def _meta(self):
+        from gliomatch.learn.multitask import multitask_dir
+
+        p = multitask_dir(self.db, self.model_name) / "model.pt"
+        stamp = p.stat().st_mtime_ns if p.is_file() else None
+        return {"strategy": self.name, "db": self.db.fingerprint, "n": len(self.db), "model": stamp}
+
+    def _model(self):
+        from gliomatch.learn.multitask import load_multitask, model_atlas
+
+        model, _ = load_multitask(self.db, self.model_name)
+        return model, model_atlas(self.db, model)
+
+    def _build(self, folder: Path) -> None:
+        from rich.progress import Progress
+
+        from gliomatch.learn.multitask import embed_masks, tumor_arrays
+
+        model, atlas = self._model()
+        out = []
+        with Progress(transient=True, disable=not self.progress) as bar:
+            task = bar.add_task(f"embedding database ({self.name})", total=len(self.db))
+            for start in range(0, len(self.db), 64):
+                ids = np.arange(start, min(start + 64, len(self.db)))
+                masks, _, boxes = tumor_arrays(self.db, ids, model.resolution, density=False)
+                out.append(embed_masks(model, masks, boxes, atlas))
+                bar.update(task, completed=ids[-1] + 1)
+        np.save(folder / "embeddings.npy", np.concatenate(out))
+        (folder / "codes.json").write_text(json.dumps({"resolution": model.resolution}))
+
+    def _load(self, folder: Path) -> None:
+        import faiss
+
+        self.model, self.atlas = self._model()
+        emb = np.ascontiguousarray(np.load(folder / "embeddings.npy"), dtype=np.float32)
+        self.index = faiss.IndexFlatL2(emb.shape[1])
+        self.index.add(emb)
+        self._exact = None
+
+    def embed_query(self, query: Query) -> np.ndarray:
+        from gliomatch.learn.multitask import embed_masks, query_arrays
+
+        masks, box = query_arrays(query.flair, query.t1gd, self.model.resolution)
+        return embed_masks(self.model, masks, box, self.atlas)
+
+    def distances(self, query: Query) -> np.ndarray:
+        n = len(self.db)
+        d, i = self.index.search(self.embed_query(query), n)
+        out = np.empty(n)
+        out[i[0]] = np.sqrt(np.maximum(d[0], 0))
+        return out
+
+
+def _resolve(name: str):
+    if re.fullmatch(r"multitask(-[a-z]+)+", name):
+        return MultitaskStrategy, {"model": name}
+    return None
+
+
+register_resolver(_resolve)
