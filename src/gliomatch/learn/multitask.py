@@ -54,7 +54,6 @@ __all__ = [
     "multitask_name",
     "parse_tasks",
     "query_arrays",
-    "split_ids",
     "tumor_arrays",
     "train_multitask",
 ]
@@ -280,35 +279,17 @@ class MultitaskConfig:
 
     def __post_init__(self):
         self.task_list = parse_tasks(self.tasks)
-        for name in ("epochs", "batch", "n_train", "n_val"):
-            if getattr(self, name) < 1:
-                raise GliomatchError(f"{name} must be >= 1, got {getattr(self, name)}")
+        from gliomatch.learn.train import check_settings
+
+        check_settings(self, ("epochs", "batch", "n_train", "n_val"))
         if self.lambda_seg < 0 or self.lambda_cls < 0:
             raise GliomatchError("loss weights must be >= 0")
         if self.lambda_seg == 0 and not self.task_list:
             raise GliomatchError("nothing to train: no classification task and lambda_seg = 0")
-        if self.device not in ("cpu", "cuda"):
-            raise GliomatchError(f"device must be cpu or cuda, got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise GliomatchError("--device cuda: no CUDA GPU is available here")
 
     @property
     def name(self) -> str:
         return multitask_name(self.task_list, self.lambda_seg)
-
-
-def split_ids(n: int, n_train: int, n_val: int, seed: int):
-    """Training, validation and held-out ids: a seeded permutation of the database."""
-    if n < 4:
-        raise GliomatchError(f"database has {n} tumors; training needs at least 4")
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = min(n_val, max(1, n // 10))
-    n_train = min(n_train, n - n_val)
-    return (
-        np.sort(order[:n_train]),
-        np.sort(order[n_train : n_train + n_val]),
-        np.sort(order[n_train + n_val :]),
-    )
 
 
 def _losses(model, x, dens, boxes, y, cfg):
@@ -335,7 +316,12 @@ def _batch(masks, dens, boxes, labels, idx, cfg, atlas, device):
 
 def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = True) -> dict:
     """Train the multitask network on ``db``; resumable; returns (and saves) its summary."""
-    from gliomatch.learn.train import load_checkpoint, save_checkpoint, write_curves
+    from gliomatch.learn.train import (
+        load_checkpoint,
+        save_checkpoint,
+        split_ids,
+        write_curves,
+    )
 
     torch.manual_seed(cfg.seed)
     folder = multitask_dir(db, cfg.name)

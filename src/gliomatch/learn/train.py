@@ -26,12 +26,14 @@ from gliomatch.learn.models import KINDS, MaskAutoencoder, build_model
 
 __all__ = [
     "TrainConfig",
+    "check_settings",
     "encode_masks",
     "load_checkpoint",
     "load_model",
     "model_dir",
     "model_name",
     "save_checkpoint",
+    "split_ids",
     "train",
     "write_curves",
 ]
@@ -47,6 +49,31 @@ def model_name(kind: str, latent: int | None = None, bits: int | None = None) ->
     if kind == "hash":
         return "hash" if bits in (None, 64) else f"hash{bits}"
     raise GliomatchError(f"unknown model kind {kind!r}; use one of {', '.join(KINDS)}")
+
+
+def check_settings(cfg, positive: tuple[str, ...]) -> None:
+    """Clear errors for training settings: the ``positive`` ones >= 1, a usable device."""
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise GliomatchError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.device not in ("cpu", "cuda"):
+        raise GliomatchError(f"device must be cpu or cuda, got {cfg.device!r}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise GliomatchError("--device cuda: no CUDA GPU is available here")
+
+
+def split_ids(n: int, n_train: int, n_val: int, seed: int):
+    """Training, validation and held-out ids: a seeded permutation of the database."""
+    if n < 4:
+        raise GliomatchError(f"database has {n} tumors; training needs at least 4")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(n_val, max(1, n // 10))
+    n_train = min(n_train, n - n_val)
+    return (
+        np.sort(order[:n_train]),
+        np.sort(order[n_train : n_train + n_val]),
+        np.sort(order[n_train + n_val :]),
+    )
 
 
 @dataclass
@@ -68,17 +95,11 @@ class TrainConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise GliomatchError(f"unknown model kind {self.kind!r}; use one of {KINDS}")
-        for name in ("epochs", "batch", "n_train", "n_val", "latent", "bits"):
-            if getattr(self, name) < 1:
-                raise GliomatchError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_settings(self, ("epochs", "batch", "n_train", "n_val", "latent", "bits"))
         if self.kind == "hash" and self.bits % 8:
             raise GliomatchError(f"bits must be a multiple of 8, got {self.bits}")
         if self.lr is None:
             self.lr = 3e-5 if self.kind == "vae" else 1e-5
-        if self.device not in ("cpu", "cuda"):
-            raise GliomatchError(f"device must be cpu or cuda, got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise GliomatchError("--device cuda: no CUDA GPU is available here")
 
     @property
     def name(self) -> str:
@@ -102,16 +123,6 @@ def masks_at(db, ids, modality: str, resolution: int) -> np.ndarray:
         f, t = db.masks(int(i))
         out[n] = downsample(t if modality == "t1gd" else f, resolution)
     return out
-
-
-def _split(db, cfg: TrainConfig):
-    n = len(db)
-    if n < 4:
-        raise GliomatchError(f"database has {n} tumors; training needs at least 4")
-    order = np.random.default_rng(cfg.seed).permutation(n)
-    n_val = min(cfg.n_val, max(1, n // 10))
-    n_train = min(cfg.n_train, n - n_val)
-    return np.sort(order[:n_train]), np.sort(order[n_train : n_train + n_val])
 
 
 def _loss(model, x, cfg, dice):
@@ -149,7 +160,7 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
     torch.manual_seed(cfg.seed)
     folder = model_dir(db, cfg.name, modality)
     folder.mkdir(parents=True, exist_ok=True)
-    train_ids, val_ids = _split(db, cfg)
+    train_ids, val_ids, _ = split_ids(len(db), cfg.n_train, cfg.n_val, cfg.seed)
     x_train = masks_at(db, train_ids, modality, cfg.input_resolution)
     x_val = masks_at(db, val_ids, modality, cfg.input_resolution)
     model = MaskAutoencoder(cfg.kind, cfg.input_resolution, cfg.code_size).to(cfg.device)
