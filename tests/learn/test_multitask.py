@@ -171,9 +171,11 @@ def test_resume_continues_training(trained):
     more = MultitaskConfig(
         epochs=7, batch=4, n_train=20, n_val=4, input_resolution=16, blocks=1, patience=50
     )
-    meta = train_multitask(db, more)
+    before = pd.read_csv(db.index_dir / "models" / "multitask" / "history.csv")
+    meta = train_multitask(db, more)  # one more epoch: continues, does not start again
     hist = pd.read_csv(db.index_dir / "models" / "multitask" / "history.csv")
     assert meta["history_epochs"] == 7 and hist.epoch.tolist() == list(range(1, 8))
+    pd.testing.assert_frame_equal(hist.iloc[:6], before)
 
 
 def test_errors(make_db, trained):

@@ -179,9 +179,9 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
         state = load_checkpoint(ckpt, meta, model, opt, cfg.device)
         if state:
             start, best, since_best, history = state
-    rng = np.random.default_rng(cfg.seed + 1)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed + 1, epoch])  # resumed epochs replay exactly
         model.train()
         perm = rng.permutation(len(x_train))
         losses = []
@@ -266,13 +266,27 @@ def save_checkpoint(path: Path, model, opt, epoch, best, since_best, history, me
     tmp.replace(path)  # an interrupted save never leaves a truncated checkpoint
 
 
+def _resume_key(meta) -> str:
+    if not isinstance(meta, dict):
+        return ""
+    train = {k: v for k, v in meta.get("train", {}).items() if k not in ("epochs", "patience")}
+    return json.dumps({**meta, "train": train}, sort_keys=True)
+
+
 def load_checkpoint(path: Path, meta: dict, model, opt, device: str):
     """Restore a checkpoint made with the same settings: ``(epoch, best, since_best,
-    history)``, or None when there is none or it belongs to other settings (start afresh)."""
+    history)``, or None when there is none or it belongs to other settings (start afresh).
+
+    The epoch budget and the patience may differ: asking for more (or fewer) epochs continues
+    the same training."""
     if not path.is_file():
         return None
     state = torch.load(path, weights_only=True, map_location=device)
-    if state.get("meta_json") != json.dumps(meta, sort_keys=True):
+    try:
+        saved = json.loads(state.get("meta_json", "null"))
+    except json.JSONDecodeError:
+        return None
+    if _resume_key(saved) != _resume_key(meta):
         return None
     missing = {k: v for k, v in model.state_dict().items() if k not in state["model"]}
     model.load_state_dict({**missing, **state["model"]})
