@@ -354,7 +354,7 @@ def bench_search_cmd(
         int, typer.Option(help="Time loop on at most this many tumors (scaled linearly).")
     ] = 2000,
     rerank: Annotated[
-        int, typer.Option(help="Also run learned strategies re-ranking this many candidates.")
+        int, typer.Option(help="Also run code-based strategies re-ranking this many candidates.")
     ] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per strategy.")] = False,
 ):
@@ -364,8 +364,15 @@ def bench_search_cmd(
 
     db = Database.open(db_path)
     names = [s.strip() for s in strategies.split(",") if s.strip()]
-    if rerank:
-        names += [f"{n}+rr{rerank}" for n in names if n in ("ae", "vae8", "vae1024", "hash")]
+    if rerank:  # every code-based strategy (learned codes, multitask embeddings) re-ranks
+        from gliomatch.search import get_strategy
+        from gliomatch.search.learned import LearnedStrategy
+
+        names += [
+            f"{n}+rr{rerank}"
+            for n in names
+            if "+rr" not in n and isinstance(get_strategy(n, db, progress=False), LearnedStrategy)
+        ]
     if queries < 1:
         raise GliomatchError(f"--queries must be >= 1, got {queries}")
     rows = bench_search(

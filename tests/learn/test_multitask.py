@@ -250,7 +250,9 @@ def test_cli_train_evaluate_and_bench(make_db, tmp_path):
             "--json",
             "--strategies",
             "exact,multitask-size-noseg",
+            "--rerank",
+            "3",
         ],
     )
     assert r.exit_code == 0, r.output
-    assert "multitask-size-noseg" in r.output
+    assert "multitask-size-noseg+rr3" in r.output and "exact+rr3" not in r.output
