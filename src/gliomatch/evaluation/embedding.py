@@ -220,7 +220,7 @@ def _plot_knn(path: Path, rows, model: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for t in TASKS:
+    for colour, t in enumerate(TASKS):
         for boxes, style in (("exact", "-"), ("distorted", ":")):
             pts = [
                 (r["k"], r["value"])
@@ -229,7 +229,8 @@ def _plot_knn(path: Path, rows, model: str) -> None:
             ]
             if pts:
                 k, v = zip(*pts, strict=True)
-                ax.plot(k, 100 * np.array(v), style, label=t if boxes == "exact" else None)
+                label = t if boxes == "exact" else None
+                ax.plot(k, 100 * np.array(v), style, color=f"C{colour}", label=label)
     ax.set_xlabel("K")
     ax.set_ylabel("KNN accuracy (%)")
     ax.set_title(f"{model}: label accuracy (dotted: distorted boxes)", fontsize=9)
