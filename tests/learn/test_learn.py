@@ -87,18 +87,37 @@ def test_training_reduces_loss_and_reloads(db, kind):
     # the weights file is a plain state dict: loadable without running code
     sd = torch.load(model_dir(db, cfg.name, "flair") / "model.pt", weights_only=True)
     assert isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())
+    if kind == "hash":  # saved with the thresholds of *its* weights: training-set medians
+        from gliomatch.learn.train import split_ids
+
+        train_ids = split_ids(len(db), cfg.n_train, cfg.n_val, cfg.seed)[0]
+        xt = torch.from_numpy(masks_at(db, train_ids, "flair", 16)).float().unsqueeze(1)
+        with torch.no_grad():
+            mu = m1.encode(xt)[0]
+        assert torch.allclose(m1.bihalf.threshold, mu.median(dim=0).values)
 
 
 def test_resume_training(db):
     cfg = TrainConfig(
         kind="ae", latent=8, epochs=2, input_resolution=16, n_train=8, n_val=4, batch=4, lr=1e-3
     )
+    import pandas as pd
+
     train(db, cfg, "t1gd")
+    first = pd.read_csv(model_dir(db, cfg.name, "t1gd") / "history.csv")
     cfg3 = TrainConfig(
         kind="ae", latent=8, epochs=3, input_resolution=16, n_train=8, n_val=4, batch=4, lr=1e-3
     )
     cfg3_meta = train(db, cfg3, "t1gd")
-    assert cfg3_meta["history_epochs"] == 3  # resumed from epoch 2 (same configuration)
+    assert cfg3_meta["history_epochs"] == 3
+    # resumed from epoch 2 (more epochs, same settings): the first two epochs are kept as they were
+    again = pd.read_csv(model_dir(db, cfg.name, "t1gd") / "history.csv")
+    pd.testing.assert_frame_equal(again.iloc[:2], first)
+    # other settings start afresh
+    other = TrainConfig(
+        kind="ae", latent=8, epochs=1, input_resolution=16, n_train=8, n_val=4, batch=4, lr=2e-3
+    )
+    assert train(db, other, "t1gd")["history_epochs"] == 1
 
 
 @pytest.fixture(scope="module")
