@@ -316,12 +316,7 @@ def _batch(masks, dens, boxes, labels, idx, cfg, atlas, device):
 
 def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = True) -> dict:
     """Train the multitask network on ``db``; resumable; returns (and saves) its summary."""
-    from gliomatch.learn.train import (
-        load_checkpoint,
-        save_checkpoint,
-        split_ids,
-        write_curves,
-    )
+    from gliomatch.learn.train import end_epoch, load_checkpoint, split_ids, write_curves
 
     torch.manual_seed(cfg.seed)
     folder = multitask_dir(db, cfg.name)
@@ -387,12 +382,9 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         val = row["val_total"]
-        if val < best:
-            best, since_best = val, 0
-            torch.save(model.state_dict(), folder / "model.pt")
-        else:
-            since_best += 1
-        save_checkpoint(ckpt, model, opt, epoch + 1, best, since_best, history, meta)
+        best, since_best = end_epoch(
+            folder, model, opt, epoch + 1, val, best, since_best, history, meta
+        )
         if progress:
             progress(cfg.name, epoch + 1, cfg.epochs, row)
         if since_best >= cfg.patience:

@@ -28,6 +28,7 @@ __all__ = [
     "TrainConfig",
     "check_settings",
     "encode_masks",
+    "end_epoch",
     "load_checkpoint",
     "load_model",
     "model_dir",
@@ -212,12 +213,9 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
                 "seconds": time.perf_counter() - t0,
             }
         )
-        if val < best:
-            best, since_best = val, 0
-            torch.save(model.state_dict(), folder / "model.pt")
-        else:
-            since_best += 1
-        save_checkpoint(ckpt, model, opt, epoch + 1, best, since_best, history, meta)
+        best, since_best = end_epoch(
+            folder, model, opt, epoch + 1, val, best, since_best, history, meta
+        )
         if progress:
             progress(modality, epoch + 1, cfg.epochs, history[-1])
         if since_best >= cfg.patience:
@@ -271,6 +269,18 @@ def _resume_key(meta) -> str:
         return ""
     train = {k: v for k, v in meta.get("train", {}).items() if k not in ("epochs", "patience")}
     return json.dumps({**meta, "train": train}, sort_keys=True)
+
+
+def end_epoch(folder: Path, model, opt, epoch, val, best, since_best, history, meta):
+    """Keep the best weights (``model.pt``), count the epochs without improvement, checkpoint;
+    returns the new ``(best, since_best)``."""
+    if val < best:
+        best, since_best = val, 0
+        torch.save(model.state_dict(), folder / "model.pt")
+    else:
+        since_best += 1
+    save_checkpoint(folder / "checkpoint.pt", model, opt, epoch, best, since_best, history, meta)
+    return best, since_best
 
 
 def load_checkpoint(path: Path, meta: dict, model, opt, device: str):
