@@ -918,6 +918,8 @@ def train(
 
     from gliomatch.database import Database
 
+    if kind not in ("ae", "vae", "hash", "multitask"):
+        raise GliomatchError(f"unknown model kind {kind!r}; use ae, vae, hash or multitask")
     db = Database.open(db_path)
     if kind == "multitask":
         from gliomatch.learn.multitask import MultitaskConfig, multitask_dir, train_multitask
@@ -938,7 +940,7 @@ def train(
             device=device,
         )
         with Progress(disable=json_out) as bar:
-            task = bar.add_task(mcfg.name, total=mcfg.epochs)
+            task = bar.add_task(f"{mcfg.name}: loading the tumors", total=mcfg.epochs)
 
             def mprogress(name, epoch, total, row):
                 bar.update(task, completed=epoch, description=f"{name} val {row['val_total']:.4f}")

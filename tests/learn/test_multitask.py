@@ -231,6 +231,8 @@ def test_cli_train_evaluate_and_bench(make_db, tmp_path):
     assert "multitask-size-noseg" in r.output
     r = runner.invoke(app, ["train", "multitask", *args, "--tasks", "colour"])
     assert r.exit_code != 0 and "unknown task" in r.output
+    r = runner.invoke(app, ["train", "multitsak", *args])
+    assert r.exit_code != 0 and "ae, vae, hash or multitask" in r.output
     out = tmp_path / "ev"
     r = runner.invoke(
         app,

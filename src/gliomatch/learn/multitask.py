@@ -200,13 +200,6 @@ class MultitaskNet(nn.Module):
 # ------------------------------------------------------------------------------------- data
 
 
-def _box_of(mask: np.ndarray) -> np.ndarray:
-    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if any(len(i) == 0 for i in idx):
-        raise GliomatchError("the FLAIR mask is empty: no bounding box to pool over")
-    return np.array([i[0] for i in idx] + [i[-1] + 1 for i in idx], dtype=np.float64)
-
-
 def _density_at(u: np.ndarray, resolution: int) -> np.ndarray:
     f = u.shape[0] // resolution
     if f * resolution == u.shape[0]:
@@ -218,11 +211,12 @@ def _density_at(u: np.ndarray, resolution: int) -> np.ndarray:
 
 def query_arrays(flair: np.ndarray, t1gd: np.ndarray, resolution: int):
     """Network input masks (1, 2, R, R, R) and box (1, 6) of a pair of atlas-grid masks."""
+    from gliomatch.search.engine import mask_bbox
     from gliomatch.search.strategies import downsample
 
     flair = np.asarray(flair, dtype=bool)
     t1gd = np.asarray(t1gd, dtype=bool) & flair
-    box = _box_of(flair) * resolution / flair.shape[0]
+    box = mask_bbox(flair) * resolution / flair.shape[0]
     chans = [downsample(flair, resolution), downsample(t1gd, resolution)]
     return np.stack(chans).astype(np.uint8)[None], box[None]
 
@@ -230,7 +224,7 @@ def query_arrays(flair: np.ndarray, t1gd: np.ndarray, resolution: int):
 def tumor_arrays(db, ids, resolution: int, density: bool = True):
     """(masks (n, 2, R, R, R) uint8, density (n, R, R, R) uint8 = round(255 u) or None,
     boxes (n, 6) float in R-voxels) of database tumors."""
-    from gliomatch.database.storage import decode
+    from gliomatch.database.storage import decode, masks_from_codes
     from gliomatch.search.strategies import downsample
 
     ids = np.asarray(ids, dtype=np.int64)
@@ -238,11 +232,12 @@ def tumor_arrays(db, ids, resolution: int, density: bool = True):
     masks = np.zeros((n, 2, r, r, r), np.uint8)
     dens = np.zeros((n, r, r, r), np.uint8) if density else None
     for row, i in enumerate(ids):
-        u = decode(db.codes(int(i)))
-        masks[row, 0] = downsample(u >= 0.2, r)
-        masks[row, 1] = downsample(u >= 0.6, r)
+        codes = db.codes(int(i))
+        flair, t1gd = masks_from_codes(codes)  # exact masks, as every strategy sees them
+        masks[row, 0] = downsample(flair, r)
+        masks[row, 1] = downsample(t1gd, r)
         if density:
-            dens[row] = np.rint(255 * np.clip(_density_at(u, r), 0, 1))
+            dens[row] = np.rint(255 * np.clip(_density_at(decode(codes), r), 0, 1))
     p = db.params.iloc[ids]
     cols = ["bbox_i0", "bbox_j0", "bbox_k0", "bbox_i1", "bbox_j1", "bbox_k1"]
     boxes = p[cols].to_numpy(np.float64) * r / db.resolution
@@ -406,6 +401,8 @@ def multitask_dir(db, name: str) -> Path:
 
 def load_multitask(db, name: str = "multitask") -> tuple[MultitaskNet, dict]:
     """A trained multitask model of ``db`` and its metadata (weights only: no code runs)."""
+    from gliomatch.learn.train import load_weights
+
     folder = multitask_dir(db, name)
     weights, cfg_path = folder / "model.pt", folder / "config.json"
     if not weights.is_file() or not cfg_path.is_file():
@@ -414,20 +411,7 @@ def load_multitask(db, name: str = "multitask") -> tuple[MultitaskNet, dict]:
             f"`gliomatch train multitask --db {db.path}` first"
         )
     meta = json.loads(cfg_path.read_text())
-    if meta.get("db") != db.fingerprint:
-        raise GliomatchError(
-            f"model {folder} was trained on another database (fingerprint {meta.get('db')}, "
-            f"this one is {db.fingerprint}); retrain it for this database"
-        )
-    model = MultitaskNet(**meta["model"])
-    try:
-        model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise GliomatchError(
-            f"model {weights}: unreadable or incompatible ({exc}); retrain it"
-        ) from exc
-    model.eval()
-    return model, meta
+    return load_weights(db, folder, meta, MultitaskNet(**meta["model"])), meta
 
 
 def embed_masks(model: MultitaskNet, masks, boxes, atlas=None, batch: int = 32) -> np.ndarray:

@@ -31,6 +31,7 @@ __all__ = [
     "end_epoch",
     "load_checkpoint",
     "load_model",
+    "load_weights",
     "model_dir",
     "model_name",
     "save_checkpoint",
@@ -348,12 +349,19 @@ def load_model(db, name: str, modality: str) -> MaskAutoencoder:
     else:  # training still running: the checkpoint holds the configuration
         state = torch.load(folder / "checkpoint.pt", weights_only=True)
         meta = json.loads(state["meta_json"])
-    if meta["db"] != db.fingerprint:
+    return load_weights(db, folder, meta, build_model(meta["model"]))
+
+
+def load_weights(db, folder: Path, meta: dict, model: torch.nn.Module) -> torch.nn.Module:
+    """``folder/model.pt`` into ``model`` (in eval mode), after checking that it was trained on
+    ``db``; a plain state dict read with ``weights_only=True``, so a foreign file cannot run
+    code."""
+    if meta.get("db") != db.fingerprint:
         raise GliomatchError(
-            f"model {folder} was trained on another database (fingerprint {meta['db']}, this "
-            f"one is {db.fingerprint}); retrain it for this database"
+            f"model {folder} was trained on another database (fingerprint {meta.get('db')}, "
+            f"this one is {db.fingerprint}); retrain it for this database"
         )
-    model = build_model(meta["model"])
+    weights = folder / "model.pt"
     try:
         model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
     except (RuntimeError, ValueError, OSError) as exc:

@@ -42,7 +42,8 @@ def dice_scores(inter_f, inter_t, nf, nt, qf, qt, w_t1gd, w_flair) -> np.ndarray
     return w_t1gd * d_t + w_flair * d_f, d_t, d_f
 
 
-def _bbox(mask: np.ndarray) -> np.ndarray:
+def mask_bbox(mask: np.ndarray) -> np.ndarray:
+    """Half-open bounding box ``(i0, j0, k0, i1, j1, k1)`` of a mask (zeros when empty)."""
     if not mask.any():
         return np.zeros(6, dtype=np.int32)
     out = []
@@ -88,7 +89,7 @@ class BlockIndex:
 
         def one(pair):
             f, t = pair
-            return encode_blocks(f, t), int(f.sum()), int((t & f).sum()), _bbox(f)
+            return encode_blocks(f, t), int(f.sum()), int((t & f).sum()), mask_bbox(f)
 
         def encoded():
             # bounded chunks: Executor.map would pull the whole iterable into memory at once
@@ -192,7 +193,7 @@ class BlockIndex:
     ):
         """Exact top-k ``(scores, ids)`` by branch and bound."""
         q = PackedQuery.pack(flair, t1gd)
-        ub = self.upper_bounds(q.nf, q.nt, _bbox(flair), w_t1gd, w_flair)
+        ub = self.upper_bounds(q.nf, q.nt, mask_bbox(flair), w_t1gd, w_flair)
         order = np.lexsort((np.arange(self.n), -ub))
         best_s = np.zeros(0)
         best_i = np.zeros(0, dtype=np.int64)

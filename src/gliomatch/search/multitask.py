@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gliomatch.search.base import Query, register_resolver, register_strategy
+from gliomatch.search.base import Query, Strategy, register_resolver, register_strategy
 from gliomatch.search.learned import LearnedStrategy
 
 __all__ = ["MultitaskStrategy"]
@@ -30,7 +30,7 @@ class MultitaskStrategy(LearnedStrategy):
 
         p = multitask_dir(self.db, self.model_name) / "model.pt"
         stamp = p.stat().st_mtime_ns if p.is_file() else None
-        return {"strategy": self.name, "db": self.db.fingerprint, "n": len(self.db), "model": stamp}
+        return {**Strategy._meta(self), "model": stamp}
 
     def _model(self):
         from gliomatch.learn.multitask import load_multitask, model_atlas
