@@ -896,6 +896,16 @@ def train(
         float | None, typer.Option(help="Adam lr (1e-5; VAE 3e-5; multitask 1e-3).")
     ] = None,
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 20,
+    lr_patience: Annotated[
+        int,
+        typer.Option(
+            help="ae/vae/hash: lr x 0.2 after this many epochs without improvement "
+            "(0: constant lr)."
+        ),
+    ] = 0,
+    gamma: Annotated[
+        float, typer.Option(help="hash: bi-half quantization pull (paper: 6; 0: plain STE).")
+    ] = 6.0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     modality: Annotated[str, typer.Option(help="t1gd, flair or both.")] = "both",
     tasks: Annotated[
@@ -974,6 +984,8 @@ def train(
         batch=batch or 2,
         lr=lr,
         patience=patience,
+        lr_patience=lr_patience,
+        gamma=gamma,
         device=device,
     )
     mods = ("t1gd", "flair") if modality == "both" else (modality,)

@@ -51,6 +51,13 @@ def test_bihalf_balanced_and_straight_through(n):
     g = torch.randn(n, 16)
     b.backward(g)
     assert torch.equal(z.grad, g)
+    # the paper's quantization pull: + gamma * (z - b) / numel
+    z2 = z.detach().clone().requires_grad_(True)
+    b2 = bihalf(z2, gamma=6.0)
+    assert torch.equal(b2, b)
+    b2.backward(g)
+    assert torch.allclose(z2.grad, g + 6.0 * (z - b).detach() / z.numel())
+    assert BiHalf(4).gamma == 6.0  # the published setting is the default
     layer = BiHalf(2).eval()
     assert torch.equal(layer(torch.tensor([[0.3, -0.2]])), torch.tensor([[1.0, -1.0]]))
     # calibrated thresholds make offset latents balanced over a dataset at inference
@@ -118,6 +125,18 @@ def test_resume_training(db):
         kind="ae", latent=8, epochs=1, input_resolution=16, n_train=8, n_val=4, batch=4, lr=2e-3
     )
     assert train(db, other, "t1gd")["history_epochs"] == 1
+
+
+def test_lr_schedule_survives_resume(db):
+    """lr x 0.2 after ``lr_patience`` epochs without improvement, the schedule's state kept
+    across an interruption (lr 1e-6: the validation loss is flat, so every epoch is a bad one)."""
+    import pandas as pd
+
+    kw = dict(kind="ae", latent=8, input_resolution=16, n_train=8, n_val=4, batch=4, lr=1e-6)
+    train(db, TrainConfig(epochs=2, lr_patience=1, **kw), "flair")
+    train(db, TrainConfig(epochs=5, lr_patience=1, **kw), "flair")
+    h = pd.read_csv(model_dir(db, "ae8", "flair") / "history.csv")
+    assert np.allclose(h.lr, [1e-6, 1e-6, 1e-6, 2e-7, 2e-7], rtol=1e-6, atol=0)
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +212,7 @@ def test_bad_train_config():
         TrainConfig(epochs=0)
     with pytest.raises(GliomatchError, match="multiple of 8"):
         TrainConfig(kind="hash", bits=12)
+    with pytest.raises(GliomatchError, match="gamma"):
+        TrainConfig(kind="hash", gamma=-1)
+    with pytest.raises(GliomatchError, match="lr_patience"):
+        TrainConfig(lr_patience=-2)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gliomatch.errors import GliomatchError
-from gliomatch.learn.bihalf import BiHalf
+from gliomatch.learn.bihalf import GAMMA, BiHalf
 
 __all__ = ["KINDS", "MaskAutoencoder", "build_model"]
 
@@ -33,7 +33,8 @@ def _levels(resolution: int) -> int:
 
 
 class MaskAutoencoder(nn.Module):
-    """``kind`` = ae (latent), vae (mean/log-variance, reparameterised) or hash (bi-half)."""
+    """``kind`` = ae (latent), vae (mean/log-variance, reparameterised) or hash (bi-half;
+    ``gamma`` is its quantization pull, a training setting outside the saved configuration)."""
 
     def __init__(
         self,
@@ -42,6 +43,7 @@ class MaskAutoencoder(nn.Module):
         latent: int = 1024,
         channels: int = 8,
         flat_channels: int = 4,
+        gamma: float = GAMMA,
     ):
         super().__init__()
         if kind not in KINDS:
@@ -70,7 +72,7 @@ class MaskAutoencoder(nn.Module):
         flat = flat_channels * BOTTOM**3
         self.to_latent = nn.Linear(flat, latent)
         self.to_logvar = nn.Linear(flat, latent) if kind == "vae" else None
-        self.bihalf = BiHalf(latent) if kind == "hash" else None
+        self.bihalf = BiHalf(latent, gamma) if kind == "hash" else None
         self.from_latent = nn.Linear(latent, flat)
         dec, c_in = (
             [

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from gliomatch.errors import GliomatchError
+from gliomatch.learn.bihalf import GAMMA
 from gliomatch.learn.models import KINDS, MaskAutoencoder, build_model
 
 __all__ = [
@@ -90,7 +91,9 @@ class TrainConfig:
     n_val: int = 150
     input_resolution: int = 32
     beta: float = 1e-3
+    gamma: float = GAMMA  # bi-half quantization pull (hash)
     patience: int = 20
+    lr_patience: int = 0  # > 0: lr x 0.2 after this many epochs without improvement
     device: str = "cpu"
     seed: int = 0
 
@@ -98,6 +101,10 @@ class TrainConfig:
         if self.kind not in KINDS:
             raise GliomatchError(f"unknown model kind {self.kind!r}; use one of {KINDS}")
         check_settings(self, ("epochs", "batch", "n_train", "n_val", "latent", "bits"))
+        if self.gamma < 0 or self.lr_patience < 0:
+            raise GliomatchError(
+                f"gamma and lr_patience must be >= 0, got {self.gamma} and {self.lr_patience}"
+            )
         if self.kind == "hash" and self.bits % 8:
             raise GliomatchError(f"bits must be a multiple of 8, got {self.bits}")
         if self.lr is None:
@@ -165,8 +172,15 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
     train_ids, val_ids, _ = split_ids(len(db), cfg.n_train, cfg.n_val, cfg.seed)
     x_train = masks_at(db, train_ids, modality, cfg.input_resolution)
     x_val = masks_at(db, val_ids, modality, cfg.input_resolution)
-    model = MaskAutoencoder(cfg.kind, cfg.input_resolution, cfg.code_size).to(cfg.device)
+    model = MaskAutoencoder(cfg.kind, cfg.input_resolution, cfg.code_size, gamma=cfg.gamma).to(
+        cfg.device
+    )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.2, patience=cfg.lr_patience)
+        if cfg.lr_patience
+        else None
+    )
     dice = DiceLoss(sigmoid=True)
     history, start, best, since_best = [], 0, np.inf, 0
     ckpt = folder / "checkpoint.pt"
@@ -178,7 +192,7 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
         "name": cfg.name,
     }
     if resume:
-        state = load_checkpoint(ckpt, meta, model, opt, cfg.device)
+        state = load_checkpoint(ckpt, meta, model, opt, cfg.device, sched)
         if state:
             start, best, since_best, history = state
     for epoch in range(start, cfg.epochs):
@@ -211,11 +225,14 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
                 "epoch": epoch + 1,
                 "train_loss": float(np.mean(losses)),
                 "val_loss": val,
+                "lr": opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - t0,
             }
         )
+        if sched:
+            sched.step(val)
         best, since_best = end_epoch(
-            folder, model, opt, epoch + 1, val, best, since_best, history, meta
+            folder, model, opt, epoch + 1, val, best, since_best, history, meta, sched
         )
         if progress:
             progress(modality, epoch + 1, cfg.epochs, history[-1])
@@ -249,11 +266,15 @@ def _calibrate(model: MaskAutoencoder, x_train: np.ndarray, device: str) -> None
     model.bihalf.calibrate(mu)
 
 
-def save_checkpoint(path: Path, model, opt, epoch, best, since_best, history, meta) -> None:
-    """The last epoch's state (weights, optimizer, early-stopping counters, history)."""
+def save_checkpoint(
+    path: Path, model, opt, epoch, best, since_best, history, meta, sched=None
+) -> None:
+    """The last epoch's state (weights, optimizer, lr schedule, early-stopping counters,
+    history)."""
     state = {
         "model": model.state_dict(),
         "opt": opt.state_dict(),
+        "sched": sched.state_dict() if sched else {},
         "epoch": epoch,
         "best": best,
         "since_best": since_best,
@@ -272,7 +293,7 @@ def _resume_key(meta) -> str:
     return json.dumps({**meta, "train": train}, sort_keys=True)
 
 
-def end_epoch(folder: Path, model, opt, epoch, val, best, since_best, history, meta):
+def end_epoch(folder: Path, model, opt, epoch, val, best, since_best, history, meta, sched=None):
     """Keep the best weights (``model.pt``), count the epochs without improvement, checkpoint;
     returns the new ``(best, since_best)``."""
     if val < best:
@@ -280,11 +301,13 @@ def end_epoch(folder: Path, model, opt, epoch, val, best, since_best, history, m
         torch.save(model.state_dict(), folder / "model.pt")
     else:
         since_best += 1
-    save_checkpoint(folder / "checkpoint.pt", model, opt, epoch, best, since_best, history, meta)
+    save_checkpoint(
+        folder / "checkpoint.pt", model, opt, epoch, best, since_best, history, meta, sched
+    )
     return best, since_best
 
 
-def load_checkpoint(path: Path, meta: dict, model, opt, device: str):
+def load_checkpoint(path: Path, meta: dict, model, opt, device: str, sched=None):
     """Restore a checkpoint made with the same settings: ``(epoch, best, since_best,
     history)``, or None when there is none or it belongs to other settings (start afresh).
 
@@ -302,6 +325,8 @@ def load_checkpoint(path: Path, meta: dict, model, opt, device: str):
     missing = {k: v for k, v in model.state_dict().items() if k not in state["model"]}
     model.load_state_dict({**missing, **state["model"]})
     opt.load_state_dict(state["opt"])
+    if sched and state.get("sched"):
+        sched.load_state_dict(state["sched"])
     return (
         int(state["epoch"]),
         float(state["best"]),
