@@ -37,9 +37,7 @@ class _BiHalfFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        z, codes = ctx.saved_tensors
-        if ctx.gamma == 0:
-            return grad, None  # plain straight-through estimator
+        z, codes = ctx.saved_tensors  # gamma = 0: the plain straight-through estimator
         return grad + ctx.gamma * (z - codes) / z.numel(), None
 
 
