@@ -904,8 +904,11 @@ def train(
         ),
     ] = 0,
     gamma: Annotated[
-        float, typer.Option(help="hash: bi-half quantization pull (paper: 6; 0: plain STE).")
-    ] = 6.0,
+        float | None,
+        typer.Option(
+            help="hash: bi-half quantization pull (default: the paper's 6; 0: plain STE)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     modality: Annotated[str, typer.Option(help="t1gd, flair or both.")] = "both",
     tasks: Annotated[
@@ -985,8 +988,8 @@ def train(
         lr=lr,
         patience=patience,
         lr_patience=lr_patience,
-        gamma=gamma,
         device=device,
+        **({} if gamma is None else {"gamma": gamma}),
     )
     mods = ("t1gd", "flair") if modality == "both" else (modality,)
     results = {}

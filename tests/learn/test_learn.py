@@ -216,3 +216,35 @@ def test_bad_train_config():
         TrainConfig(kind="hash", gamma=-1)
     with pytest.raises(GliomatchError, match="lr_patience"):
         TrainConfig(lr_patience=-2)
+
+
+def test_cli_train_hash_options(db):
+    """`gliomatch train hash --gamma/--lr-patience` reach the training, bad values a clear error."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from gliomatch.cli import app
+
+    runner = CliRunner()
+    args = ["train", "hash", "--db", str(db.path), "--epochs", "1", "--input-resolution", "16"]
+    args += [
+        "--n-train",
+        "8",
+        "--n-val",
+        "4",
+        "--batch",
+        "4",
+        "--bits",
+        "16",
+        "--modality",
+        "flair",
+    ]
+    r = runner.invoke(app, [*args, "--gamma", "2.5", "--lr-patience", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    settings = json.loads(r.output)["flair"]["train"]
+    assert settings["gamma"] == 2.5 and settings["lr_patience"] == 3
+    r = runner.invoke(app, [*args, "--json"])
+    assert json.loads(r.output)["flair"]["train"]["gamma"] == 6.0  # the paper's default
+    r = runner.invoke(app, [*args, "--gamma", "-1"])
+    assert r.exit_code != 0 and "gamma and lr_patience must be >= 0" in r.output
