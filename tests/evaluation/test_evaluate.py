@@ -171,3 +171,20 @@ def test_evaluate_cli(db, tmp_path):
         ],
     )
     assert r.exit_code == 1 and "unknown" in r.output
+
+
+def test_real_cohort_empty_after_registration_names_the_patient(db, tmp_path):
+    """A patient whose warped FLAIR is empty stops the cohort with its id, not a bare error."""
+    import nibabel as nib
+
+    atlas = db.atlas()
+    p = make_patient(atlas, tmp_path / "p0", density=db.density(0), seed=0)
+    csv = tmp_path / "cohort.csv"
+    csv.write_text(f"patient_id,t1,seg\nlost,{p.t1},{p.seg}\n")
+    cache = tmp_path / "regcache"
+    (cache / "lost").mkdir(parents=True)
+    empty = atlas.to_nifti(np.zeros(atlas.shape, np.float32))
+    for name in ("flair_atlas.nii.gz", "t1gd_atlas.nii.gz"):  # a cached, failed registration
+        nib.save(empty, str(cache / "lost" / name))
+    with pytest.raises(GliomatchError, match="patient lost: FLAIR .* mask is empty"):
+        real_queries(db, csv, cache, registration="affine")

@@ -78,7 +78,14 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
             nib.save(atlas.to_nifti(t), str(tp))
         f = nib.load(str(fp)).get_fdata() > 0.5
         t = nib.load(str(tp)).get_fdata() > 0.5
-        out.append(EvalQuery(rec["patient_id"], "real", Query.from_masks(f, t, db.shape), None))
+        try:
+            query = Query.from_masks(f, t, db.shape)
+        except GliomatchError as exc:
+            raise GliomatchError(
+                f"patient {rec['patient_id']}: {exc} after registration to the atlas (check the "
+                f"registration in {pdir}, or remove the patient from the cohort)"
+            ) from exc
+        out.append(EvalQuery(rec["patient_id"], "real", query, None))
         if progress:
             progress(n, len(cohort))
     return out
