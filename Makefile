@@ -1,29 +1,46 @@
-# `make demo` and `make test` create .venv when missing, install everything, then run.
+# `make demo` and `make test` create .venv when missing and install everything from the lock
+# file (requirements.lock, every package pinned with its hashes), then run.
+# `make lock` re-resolves the lock after a change of pyproject.toml or requirements-build.in.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION ?= 0.13.9
+LOCK := requirements.lock
 STAMP := $(VENV)/.installed
+# Where the CPU build of torch (2.13.0+cpu) is found: a folder of wheels or an index URL.
+# On the project's machines it is /opt/wheels; elsewhere point it at PyTorch's CPU index.
+TORCH_WHEELS ?= /opt/wheels
+TORCH_SRC := $(if $(findstring ://,$(TORCH_WHEELS)),--extra-index-url $(TORCH_WHEELS),--find-links $(TORCH_WHEELS))
+PYTEST_WORKERS ?= 2
 
-.PHONY: install test demo lint bench clean
+.PHONY: install lock test demo lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): $(LOCK) pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# CPU build of torch first: a looser requirement would pull several GB of CUDA packages
-	$(PY) -m pip install --quiet torch==2.13.0
-	# pyradiomics builds from source and needs numpy and versioneer in the build environment
-	$(PY) -m pip install --quiet numpy versioneer
-	$(PY) -m pip install --quiet --no-build-isolation pyradiomics
-	$(PY) -m pip install --quiet -e '.[dev]'
+	test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	# pyradiomics and docopt come only as source: they are built without isolation, so their
+	# build requirements (numpy, versioneer, setuptools, wheel) go in first, at the locked versions
+	$(UV) pip install --quiet --python $(PY) -c $(LOCK) numpy versioneer setuptools wheel
+	$(UV) pip sync --quiet --python $(PY) $(TORCH_SRC) --no-build-isolation --require-hashes $(LOCK)
+	$(UV) pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
 
+lock: $(VENV)/bin/python
+	test -x $(UV) || $(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(UV) pip compile pyproject.toml requirements-build.in --extra dev $(TORCH_SRC) \
+		--python-version 3.11 --generate-hashes --quiet -o $(LOCK)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
 lint: $(STAMP)
-	$(PY) -m ruff check src tests
+	$(VENV)/bin/ruff check src tests
 
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 demo: $(STAMP)
 	$(VENV)/bin/gliomatch demo --out out/demo

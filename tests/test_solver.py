@@ -38,19 +38,72 @@ def test_fast_equals_reference_on_box(stepping):
         assert np.abs(a - b).max() <= 1e-4
 
 
-@pytest.mark.parametrize("stepping", STEPPINGS)
-def test_pure_diffusion_conserves_mass(atlas32, stepping):
-    d = Domain.from_atlas(atlas32)
-    sim = simulate(d, 0.45, 0.5, 0.5, 1.5, 0.0, [0.0, 200.0, 800.0], stepping=stepping)
+#: Unit round-off of float32 (2^-24).
+U32 = float(np.finfo(np.float32).eps) / 2
+#: Roundings in one cell update ``a c + b o + c * sum_6 f (n - c)``: 6 differences, 6 products,
+#: 5 sums, 3 products and 2 sums (the logistic step is exact for rho = 0: g = 1).
+OPS_PER_UPDATE = 22
+
+
+def mass_roundoff_bound(domain, dw, sim, stepping):
+    """Worst-case relative mass change of pure diffusion from float32 round-off alone.
+
+    Each cell update is a sum of terms whose magnitudes add up to at most
+    ``(|a| + |b| + 12 |c| f_max) |u|`` (each cell is the centre of 6 faces and the neighbour of
+    at most 6), and a sum of ``n`` rounded operations errs by at most ``n u`` times that
+    (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002, ch. 3). Summed over cells,
+    one stage changes the mass by at most ``n u (|a| + |b| + 12 |c| f_max) M``; over all stages
+    the relative change is at most that times the number of stage evaluations.
+    """
+    from gliomatch.solver.core import _stage_coefficients, time_step
+
+    dt, stages = time_step(domain, dw, 0.0, stepping=stepping)
+    coeffs = _stage_coefficients(stages, dw * dt / domain.spacing**2)
+    fmax = domain.max_face
+    per_stage = max(abs(a) + abs(b) + 12 * abs(c) * fmax for a, b, c in coeffs)
+    return sim.info["evaluations"] * OPS_PER_UPDATE * U32 * per_stage
+
+
+def relative_mass_drift(sim):
     masses = [float(u.astype(np.float64).sum()) for u in sim.densities]
-    assert masses[0] > 0
-    for m in masses[1:]:
-        assert m == pytest.approx(masses[0], rel=1e-5)
+    return max(abs(m - masses[0]) for m in masses) / masses[0]
+
+
+@pytest.mark.parametrize("method", ["fast", "reference"])
+@pytest.mark.parametrize("stepping", STEPPINGS)
+def test_pure_diffusion_conserves_mass(atlas32, stepping, method):
+    d = Domain.from_atlas(atlas32)
+    times = [0.0, 200.0, 800.0]
+    sim = simulate(d, 0.45, 0.5, 0.5, 1.5, 0.0, times, stepping=stepping, method=method)
+    assert sim.densities[0].sum() > 0
+    bound = mass_roundoff_bound(d, 1.5, sim, stepping)
+    assert bound < 1e-3  # a bound tight enough to catch a real leak
+    assert relative_mass_drift(sim) <= bound
     # nothing enters CSF or leaves the brain
     for u in sim.densities:
         assert np.all(u[~atlas32.tissue] == 0)
     # and it did spread
     assert (sim.densities[-1] > 1e-3).sum() > 5 * (sim.densities[0] > 1e-3).sum()
+
+
+@pytest.mark.parametrize("stepping", STEPPINGS)
+def test_mass_check_catches_a_leaking_scheme(stepping):
+    """Open one face of the box to the (never updated, zero) padding: an absorbing boundary.
+    The same round-off bound that holds for the conserving scheme must reject it. (The
+    reference applies the face coefficients as given; the fast kernel closes the grid border
+    by construction, so it cannot be made to leak this way.)"""
+    import dataclasses
+
+    tight = _box((20, 12, 12), spacing=2.0)
+    fx = tight.fx.copy()
+    fx[1, 1:-1, 1:-1] = 1.0  # the face between padding plane 0 and the first tissue plane
+    leaky = dataclasses.replace(tight, fx=fx)
+    kw = dict(stepping=stepping, method="reference")
+    times = [0.0, 100.0, 400.0]
+    for d, leaks in ((tight, False), (leaky, True)):
+        sim = simulate(d, 0.2, 0.5, 0.5, 1.0, 0.0, times, **kw)
+        bound = mass_roundoff_bound(d, 1.0, sim, stepping)
+        assert (relative_mass_drift(sim) > bound) == leaks
 
 
 def test_reaction_follows_logistic():
