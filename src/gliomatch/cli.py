@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -30,27 +31,71 @@ app.add_typer(bench_app, name="bench")
 
 
 def _fail(msg: str, code: int = 1):
-    typer.echo(f"error: {msg}", err=True)
+    typer.echo(f"error: {' '.join(str(msg).split())}", err=True)
     raise typer.Exit(code)
 
 
+#: Where users report a failure gliomatch did not expect.
+REPORT_TO = "the gliomatch issue tracker"
+
+
+def _os_error(exc: OSError) -> str:
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename if exc.filename is not None else ""
+    return f"{what.lower()}: {where}" if where else what.lower()
+
+
 def handle_errors(fn):
-    """Turn bad-input errors into a one-line message and exit code 1 (no traceback)."""
+    """Every failure becomes one ``error:`` line and exit code 1, never a traceback.
+
+    Expected failures (bad input, I/O, a corrupt or foreign file) say what was wrong; an
+    unexpected one says so and where to report it (``GLIOMATCH_DEBUG=1`` shows the traceback).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
         except GliomatchError as exc:
             _fail(str(exc))
         except FileNotFoundError as exc:
             _fail(f"file not found: {exc.filename or exc}")
         except PermissionError as exc:
             _fail(f"permission denied: {exc.filename or exc}")
+        except OSError as exc:  # read-only file system, disk full, a file in the way, ...
+            _fail(_os_error(exc))
+        except MemoryError:
+            _fail("out of memory")
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except Exception as exc:
+            if os.environ.get("GLIOMATCH_DEBUG"):
+                raise
+            _fail(
+                f"unexpected internal error ({type(exc).__name__}: {exc}). This is a bug: please "
+                f"report it to {REPORT_TO} with the command you ran "
+                "(GLIOMATCH_DEBUG=1 shows the traceback)"
+            )
 
     return wrapper
+
+
+def _finite(obj):
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _json(obj) -> str:
+    """JSON for --json output: an undefined number (NaN, infinity) is ``null``, so the output
+    is always valid JSON."""
+    return json.dumps(_finite(obj), allow_nan=False)
 
 
 ResolutionOpt = Annotated[
@@ -124,7 +169,7 @@ def simulate(
         "files": files,
     }
     if json_out:
-        typer.echo(json.dumps(summary))
+        typer.echo(_json(summary))
         return
     typer.echo(f"seed (mm, world): {summary['seed_mm']}")
     typer.echo(f"whole tumor (u >= 0.2): {summary['flair_cm3']:.2f} cm^3")
@@ -146,7 +191,7 @@ def atlas_info(
 
     info = load_atlas(atlas, resolution).info()
     if json_out:
-        typer.echo(json.dumps(info))
+        typer.echo(_json(info))
         return
     typer.echo(f"source:      {info['source']}")
     typer.echo(f"grid:        {' x '.join(map(str, info['shape']))} voxels")
@@ -195,7 +240,7 @@ def bench_solver_cmd(
         f"{r['copy_gb_per_s']:.1f} GB/s memory copy on this machine"
     )
     if json_out:
-        typer.echo(json.dumps(r))
+        typer.echo(_json(r))
 
 
 @bench_app.command("build")
@@ -222,7 +267,7 @@ def bench_build_cmd(
         f"{r['bytes_per_tumor'] / 1e3:.1f} kB per tumor"
     )
     if json_out:
-        typer.echo(json.dumps(r))
+        typer.echo(_json(r))
 
 
 StrategyOpt = Annotated[str, typer.Option(help="Search strategy: loop, exact, ds64, ds32, ...")]
@@ -270,7 +315,7 @@ def search(
     elapsed = time.perf_counter() - t0
     rows = describe_matches(db, q, scores, ids)  # both Dice terms at full resolution
     if json_out:
-        typer.echo(json.dumps({"strategy": strategy, "seconds": elapsed, "matches": rows}))
+        typer.echo(_json({"strategy": strategy, "seconds": elapsed, "matches": rows}))
         return
     typer.echo(
         f"{strategy}: top {len(rows)} of {len(db)} in {elapsed * 1000:.1f} ms "
@@ -387,7 +432,7 @@ def bench_search_cmd(
     )
     if json_out:
         for r in rows:
-            typer.echo(json.dumps(r))
+            typer.echo(_json(r))
         return
     typer.echo(f"{len(db)} tumors at {db.resolution}^3, {rows[0]['queries']} held-out queries")
     typer.echo(
@@ -444,7 +489,7 @@ def _demo_db(n: int, resolution: int, db_path: Path | None, quiet: bool):
 def _print_result(res, json_out: bool, extra: dict | None = None):
     if json_out:
         typer.echo(
-            json.dumps(
+            _json(
                 {
                     "out": str(res.out),
                     "matches": res.matches[:5],
@@ -737,7 +782,7 @@ def bench_infer_cmd(
     )
     if json_out:
         typer.echo(
-            json.dumps(
+            _json(
                 {
                     **t,
                     "registration": registration,
@@ -821,7 +866,7 @@ def evaluate(
             typer.echo(f"KNN curves: {out / 'knn.png'}; t-SNE: {out / 'tsne.png'}")
         if synthetic == 0 and real is None:
             if json_out:
-                typer.echo(json.dumps(mt))
+                typer.echo(_json(mt))
             return
     with Progress(disable=json_out) as bar:
         tasks = {}
@@ -855,7 +900,7 @@ def evaluate(
             log=lambda m: None,
         )
     if json_out:
-        typer.echo(json.dumps(summary))
+        typer.echo(_json(summary))
         return
     typer.echo((out / "table_strategies.md").read_text())
     for kind, v in summary["plausibility"].items():
@@ -934,14 +979,14 @@ def train(
     if kind not in ("ae", "vae", "hash", "multitask"):
         raise GliomatchError(f"unknown model kind {kind!r}; use ae, vae, hash or multitask")
     db = Database.open(db_path)
+    # options left out take the configuration's defaults (given ones, 0 included, are checked)
+    given = {k: v for k, v in (("epochs", epochs), ("batch", batch), ("lr", lr)) if v is not None}
     if kind == "multitask":
         from gliomatch.learn.multitask import MultitaskConfig, multitask_dir, train_multitask
 
         mcfg = MultitaskConfig(
             tasks=tasks,
-            epochs=epochs or 30,
-            lr=lr or 1e-3,
-            batch=batch or 8,
+            **given,
             n_train=n_train,
             n_val=n_val,
             input_resolution=input_resolution,
@@ -960,7 +1005,7 @@ def train(
 
             r = train_multitask(db, mcfg, progress=mprogress)
         if json_out:
-            typer.echo(json.dumps(r))
+            typer.echo(_json(r))
             return
         f = r["final"]
         parts = ", ".join(
@@ -980,15 +1025,13 @@ def train(
         kind=kind,
         latent=latent,
         bits=bits,
-        epochs=epochs or 120,
         input_resolution=input_resolution,
         n_train=n_train,
         n_val=n_val,
-        batch=batch or 2,
-        lr=lr,
         patience=patience,
         lr_patience=lr_patience,
         device=device,
+        **given,
         **({} if gamma is None else {"gamma": gamma}),
     )
     mods = ("t1gd", "flair") if modality == "both" else (modality,)
@@ -1006,7 +1049,7 @@ def train(
         for m in mods:
             results[m] = run(db, cfg, m, progress=progress)
     if json_out:
-        typer.echo(json.dumps(results))
+        typer.echo(_json(results))
         return
     for m, r in results.items():
         typer.echo(
@@ -1081,7 +1124,7 @@ def db_build(
     m = db.manifest
     if json_out:
         typer.echo(
-            json.dumps(
+            _json(
                 {
                     **m["counts"],
                     "disk_bytes": m["disk_bytes"],
@@ -1131,7 +1174,7 @@ def db_info(
     db = Database.open(db_path)
     info = _db_info(db)
     if json_out:
-        typer.echo(json.dumps(info))
+        typer.echo(_json(info))
         return
     typer.echo(
         f"{info['path']}: {info['tumors']} tumors at {info['resolution']}^3 "

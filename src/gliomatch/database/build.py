@@ -32,11 +32,12 @@ from gliomatch.database.storage import (
     T1GD_LEVEL,
     encode,
     hash_tree,
-    write_json_atomic,
+    write_manifest,
     write_parquet_atomic,
     write_shard,
 )
 from gliomatch.errors import GliomatchError
+from gliomatch.files import sha256_file, stale_temporaries, write_json_atomic
 from gliomatch.solver.core import SCHEME
 
 __all__ = ["BuildConfig", "build_database", "held_out_tumors", "run_shard", "trajectory_tumors"]
@@ -231,7 +232,7 @@ def held_out_tumors(db, n: int, *, seed_offset: int = 1_000_003, one_per_traject
     Returns a list of ``(row, codes)``. Deterministic in the database's seed and ``seed_offset``.
     With ``one_per_trajectory`` each query comes from its own trajectory (independent queries).
     """
-    cfg = BuildConfig.from_dict(json.loads((Path(db.path) / "config.json").read_text()))
+    cfg = BuildConfig.from_dict(db.manifest["build_config"])
     seed = cfg.seed + seed_offset
     out, traj = [], 0
     while len(out) < n:
@@ -242,9 +243,35 @@ def held_out_tumors(db, n: int, *, seed_offset: int = 1_000_003, one_per_traject
                 kept = [kept[pick]]
             out.extend(kept[: n - len(out)])
         traj += 1
-        if traj > 1000 * n + 1000:
-            raise GliomatchError("could not simulate enough tumors passing the size filter")
+        check_progress(traj, len(out), n, cfg)
     return out
+
+
+#: Trajectories after which a build (or a query sampler) that has kept no tumor stops.
+NO_PROGRESS_TRAJECTORIES = 64
+#: At most this many trajectories per wanted tumor (the published filter keeps ~1 in 1.2).
+MAX_TRAJECTORIES_PER_TUMOR = 50
+
+
+def check_progress(trajectories: int, kept: int, n: int, cfg: BuildConfig) -> None:
+    """Stop a sampling loop that cannot reach ``n`` kept tumors: a clear error, not a full
+    disk. Raised when no tumor passed the size filter after ``NO_PROGRESS_TRAJECTORIES``
+    trajectories, or when more than ``MAX_TRAJECTORIES_PER_TUMOR`` per tumor were needed."""
+    f = cfg.size_filter
+    hint = (
+        f"the size filter (whole tumor {f.flair_min_cm3:g}-{f.flair_max_cm3:g} cm^3, core >= "
+        f"{f.t1gd_min_cm3:g} cm^3) rejects nearly every simulated tumor for these parameter "
+        "ranges; widen --flair-min/--flair-max/--t1gd-min or the ranges"
+    )
+    if kept == 0 and trajectories >= NO_PROGRESS_TRAJECTORIES:
+        raise GliomatchError(
+            f"no tumor kept after {trajectories} trajectories "
+            f"({trajectories * cfg.sampling.snapshots} snapshots): {hint}"
+        )
+    if trajectories > MAX_TRAJECTORIES_PER_TUMOR * n + NO_PROGRESS_TRAJECTORIES:
+        raise GliomatchError(
+            f"only {kept} of {n} tumors kept after {trajectories} trajectories: {hint}"
+        )
 
 
 _COLUMNS = [
@@ -307,7 +334,7 @@ def _prepare_folder(path: Path, cfg: BuildConfig) -> None:
                 f"(found {', '.join(sorted(foreign)[:3]) or 'shards/'}); use an empty folder"
             )
         write_json_atomic(cfg_path, cfg.to_dict())
-    for stale in (path / "shards").glob(".tmp-*"):  # half-written shards of a killed build
+    for stale in stale_temporaries(path / "shards"):  # half-written shards of a killed build
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -360,6 +387,7 @@ def _finalize(path: Path, cfg: BuildConfig, done: dict[int, dict], n: int, t_bui
     disk = sum(p.stat().st_size for p in (path / "shards").rglob("*") if p.is_file())
     simulated = sum(done[s]["trajectories"] for s in range(m))
     rejected = sum(done[s]["rejected"] for s in range(m))
+    write_parquet_atomic(path / "tumors.parquet", table)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -387,6 +415,7 @@ def _finalize(path: Path, cfg: BuildConfig, done: dict[int, dict], n: int, t_bui
             "units": {"dw": "mm^2/day", "rho": "1/day", "t_end": "day"},
         },
         "sampling": {**cfg.sampling.to_dict(), "seed": cfg.seed, "shard_size": cfg.shard_size},
+        "build_config": cfg.to_dict(),
         "size_filter": cfg.size_filter.to_dict(),
         "counts": {
             "tumors": int(len(table)),
@@ -397,10 +426,27 @@ def _finalize(path: Path, cfg: BuildConfig, done: dict[int, dict], n: int, t_bui
         "disk_bytes": int(disk),
         "build_seconds_this_run": round(t_build, 2),
         "shards": shards,
+        "table_sha256": sha256_file(path / "tumors.parquet"),
+        "files": {},  # derived indexes and models: recorded when they are built
     }
-    write_parquet_atomic(path / "tumors.parquet", table)
-    write_json_atomic(path / "manifest.json", manifest)
+    old = _old_manifest(path)
+    if old and old["shards"] == shards and old["counts"]["tumors"] == len(table):
+        manifest["files"] = old.get("files", {})  # same content: its indexes stay valid
+    elif (path / "index").is_dir():  # indexes and models of another content are stale
+        shutil.rmtree(path / "index", ignore_errors=True)
+    write_manifest(path, manifest)
     return Database.open(path)
+
+
+def _old_manifest(path: Path) -> dict | None:
+    from gliomatch.database.storage import Database
+
+    if not (path / "manifest.json").is_file():
+        return None
+    try:
+        return Database.open(path).manifest
+    except GliomatchError:
+        return None
 
 
 def build_database(
@@ -432,6 +478,13 @@ def build_database(
     t0 = time.perf_counter()
     _space(cfg.atlas, cfg.resolution, cfg.ratio)  # validates the atlas before any work
     _prepare_folder(path, cfg)
+    old = _old_manifest(path)
+    if old and n < old["counts"]["tumors"]:
+        raise GliomatchError(
+            f"database {path} holds {old['counts']['tumors']} tumors; --n {n} would drop "
+            f"{old['counts']['tumors'] - n} of them. Use --n {old['counts']['tumors']} or more "
+            "to keep or grow it, or another folder for a smaller database"
+        )
     done = _done_shards(path)
     if workers is None:
         # measured (bench build, 128^3, 2 cores): one process whose numba kernels use both
@@ -471,12 +524,18 @@ def _all_below_done(done, s):
     return all(k in done for k in range(s))
 
 
+def _check_done(done: dict[int, dict], n: int, cfg: BuildConfig) -> None:
+    trajectories = sum(d["trajectories"] for d in done.values())
+    check_progress(trajectories, sum(d["kept"] for d in done.values()), n, cfg)
+
+
 def _run_serial(path, cfg, n, done, bar):
     s = 0
     while _prefix(done, n) is None:
         if s not in done:
             done[s] = run_shard(cfg.to_dict(), s, str(path))
             bar.update(done)
+            _check_done(done, n, cfg)
         s += 1
 
 
@@ -527,6 +586,7 @@ def _run_dask(path, cfg, n, done, bar, workers, scheduler):
             bar.update(done)
             if _prefix(done, n) is not None:
                 break
+            _check_done(done, n, cfg)
             before = set(futures)
             submit()
             for f in set(futures) - before:

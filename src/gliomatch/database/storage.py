@@ -4,10 +4,13 @@ A database is a directory::
 
     DB/
       manifest.json        format, atlas, thresholds, sampling, size filter, counts, checksums
+                           (of the table, every shard, every index and model file, and of
+                           itself: ``manifest_sha256``)
       config.json          the build settings (a resumed build must match them)
       tumors.parquet       one row per tumor (id, theta, volumes, centre of mass, bounding box)
       shards/sNNNNN/       one completed shard, written atomically (temporary name, then rename)
-        densities.zarr     uint8 densities, one tumor per chunk, zstd-compressed
+        densities.zarr     uint8 densities, one tumor per chunk, zstd-compressed, each chunk
+                           with a CRC-32C checksum verified on every read
         tumors.parquet     that shard's rows (local index)
         shard.json         counts (simulated, kept, rejected)
       index/               derived search indexes (rebuildable from the above)
@@ -18,6 +21,8 @@ Densities are stored as uint8 codes ``q`` with ``u ~ (q + 0.5) / 250`` and the t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -31,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
+from gliomatch.files import file_digests, sha256_file, write_json_atomic
 
 __all__ = [
     "FORMAT",
@@ -42,7 +48,10 @@ __all__ = [
 ]
 
 FORMAT = "gliomatch-tumor-db"
-FORMAT_VERSION = 1
+#: 2: CRC-32C per density chunk, checksums of the table, indexes, models and manifest.
+FORMAT_VERSION = 2
+#: Manifest keys every reader relies on.
+MANIFEST_KEYS = ("atlas", "counts", "shards", "sampling", "size_filter", "table_sha256")
 SCALE = 250
 FLAIR_LEVEL, T1GD_LEVEL = 0.2, 0.6
 FLAIR_CODE, T1GD_CODE = 50, 150
@@ -103,10 +112,16 @@ def hash_tree(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of a manifest's canonical JSON, without its own ``manifest_sha256`` entry."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    """Write ``manifest.json`` atomically, sealed with its own checksum."""
+    manifest = {**manifest, "manifest_sha256": manifest_digest(manifest)}
+    write_json_atomic(Path(path) / "manifest.json", manifest)
 
 
 def write_parquet_atomic(path: Path, df: pd.DataFrame) -> None:
@@ -136,13 +151,16 @@ def write_shard(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    arr = zarr.open_array(
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    arr = zarr.create_array(
         store=str(tmp / "densities.zarr"),
-        mode="w",
         shape=(len(codes), *shape),
         chunks=(1, *shape),
         dtype="uint8",
         fill_value=0,
+        compressors=[ZstdCodec(level=3), Crc32cCodec()],
+        zarr_format=3,
     )
     for i, q in enumerate(codes):
         arr[i] = q
@@ -197,11 +215,24 @@ class Database:
                 f"database {mpath}: format version {manifest.get('format_version')} is not "
                 f"supported (this gliomatch reads version {FORMAT_VERSION}); rebuild it"
             )
+        if manifest.get("manifest_sha256") != manifest_digest(manifest):
+            raise GliomatchError(
+                f"database {mpath}: checksum mismatch (the manifest is corrupted or was edited); "
+                "restore it from a backup or rebuild the database"
+            )
+        missing = [k for k in MANIFEST_KEYS if k not in manifest]
+        if missing:
+            raise GliomatchError(f"database {mpath}: missing entries {', '.join(missing)}")
         tpath = path / "tumors.parquet"
+        if not tpath.is_file():
+            raise GliomatchError(f"database {tpath}: missing")
+        if sha256_file(tpath) != manifest["table_sha256"]:
+            raise GliomatchError(
+                f"database {tpath}: checksum mismatch (corrupted or modified); "
+                "run `gliomatch db verify` and rebuild the database"
+            )
         try:
             table = pd.read_parquet(tpath)
-        except FileNotFoundError as exc:
-            raise GliomatchError(f"database {tpath}: missing") from exc
         except Exception as exc:
             raise GliomatchError(f"database {tpath}: unreadable parquet ({exc})") from exc
         if len(table) != manifest["counts"]["tumors"]:
@@ -264,6 +295,69 @@ class Database:
             )
         return atlas
 
+    # ------------------------------------------------------------------ derived files
+    @contextlib.contextmanager
+    def _manifest_lock(self):
+        with open(self.path / ".manifest.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def record_files(self, key: str, folder: Path, names: list[str] | None = None) -> None:
+        """List the SHA-256 of every file below ``folder`` (an index or a model; only
+        ``names`` when given) in the manifest under ``files[key]``, so that
+        :meth:`check_files` and ``db verify`` can detect corruption."""
+        folder = Path(folder)
+        if names is None:
+            digests = file_digests(folder)
+        else:
+            digests = {n: sha256_file(folder / n) for n in names}
+        with self._manifest_lock():
+            fresh = Database.open(self.path).manifest  # another process may have added entries
+            fresh.setdefault("files", {})[key] = digests
+            write_manifest(self.path, fresh)
+        self.manifest = json.loads((self.path / "manifest.json").read_text())
+
+    def forget_files(self, key: str) -> None:
+        """Drop ``files[key]`` from the manifest (its folder was removed)."""
+        with self._manifest_lock():
+            fresh = Database.open(self.path).manifest
+            if fresh.get("files", {}).pop(key, None) is not None:
+                write_manifest(self.path, fresh)
+        self.manifest = json.loads((self.path / "manifest.json").read_text())
+
+    def recorded_files(self, key: str) -> dict | None:
+        """The checksums recorded for ``key`` (None when it was never recorded)."""
+        return self.manifest.get("files", {}).get(key)
+
+    def check_files(self, key: str, folder: Path, *, complete: bool = True) -> None:
+        """Raise :class:`GliomatchError` unless ``folder`` holds the files recorded for
+        ``key``, byte for byte (and no others, when ``complete``)."""
+        expected = self.recorded_files(key)
+        if expected is None:
+            raise GliomatchError(
+                f"{folder}: not listed in the database manifest (made by another gliomatch or "
+                "copied in); rebuild it"
+            )
+        folder = Path(folder)
+        present = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        if not complete:
+            present = sorted(set(present) & set(expected))
+        if present != sorted(expected):
+            extra = sorted(set(present) - set(expected))
+            lost = sorted(set(expected) - set(present))
+            raise GliomatchError(
+                f"{folder}: files differ from the manifest (missing {lost or 'none'}, "
+                f"unexpected {extra or 'none'}); rebuild it"
+            )
+        for rel, digest in expected.items():
+            if sha256_file(folder / rel) != digest:
+                raise GliomatchError(
+                    f"{folder / rel}: checksum mismatch (corrupted or modified); rebuild it"
+                )
+
     # ------------------------------------------------------------------ densities
     def _array(self, shard: int):
         import zarr
@@ -275,6 +369,11 @@ class Database:
                 arr = zarr.open_array(store=str(p), mode="r")
             except Exception as exc:
                 raise GliomatchError(f"database shard {p}: unreadable ({exc})") from exc
+            if tuple(arr.shape[1:]) != self.shape or arr.dtype != np.uint8:
+                raise GliomatchError(
+                    f"database shard {p}: holds {arr.dtype} arrays of shape {arr.shape[1:]}, "
+                    f"expected uint8 {self.shape} (corrupted metadata); run `gliomatch db verify`"
+                )
             self._arrays[shard] = arr
         return arr
 
@@ -290,13 +389,19 @@ class Database:
         i = self._check_id(i)
         row = self._table.iloc[i]
         arr = self._array(int(row["shard"]))
+        name = f"s{int(row['shard']):05d}"
         try:
-            return np.asarray(arr[int(row["local"])])
-        except Exception as exc:
+            q = np.asarray(arr[int(row["local"])])
+        except Exception as exc:  # a CRC-32C mismatch, a truncated or undecodable chunk
             raise GliomatchError(
-                f"database shard s{int(row['shard']):05d}: cannot read tumor {i} ({exc}); "
-                "run `gliomatch db verify`"
+                f"database shard {name}: cannot read tumor {i} ({exc}); run `gliomatch db verify`"
             ) from exc
+        if not q.any():  # a deleted chunk reads as the fill value; no stored tumor is empty
+            raise GliomatchError(
+                f"database shard {name}: tumor {i}'s density chunk is missing; "
+                "run `gliomatch db verify`"
+            )
+        return q
 
     def density(self, i: int) -> np.ndarray:
         """Approximate cell density (float32) of tumor ``i`` on the atlas grid."""

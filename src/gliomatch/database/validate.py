@@ -13,7 +13,10 @@ __all__ = ["verify"]
 def verify(db: Database, *, progress=None) -> dict:
     """Check a database thoroughly; raise :class:`GliomatchError` naming the first bad file.
 
+    * the manifest's own checksum and the table's (checked when the database opens);
     * every shard's files match the manifest's SHA-256;
+    * every index and model file listed in the manifest matches its SHA-256, and no index
+      folder is unlisted;
     * the table's (shard, local) pairs exist in the shard arrays, with the right grid;
     * each tumor's stored masks reproduce the table's FLAIR/T1Gd volumes exactly.
     """
@@ -24,6 +27,22 @@ def verify(db: Database, *, progress=None) -> dict:
             raise GliomatchError(f"database shard {p}: missing")
         if hash_tree(p) != entry["sha256"]:
             raise GliomatchError(f"database shard {p}: checksum mismatch (corrupted or modified)")
+    for key, names in db.manifest.get("files", {}).items():
+        folder = db.path / "index" / key
+        if not folder.is_dir():
+            raise GliomatchError(f"database index {folder}: listed in the manifest but missing")
+        db.check_files(key, folder, complete=not key.startswith("models/"))
+    index = db.path / "index"
+    if index.is_dir():
+        for folder in sorted(index.iterdir()):
+            hidden = folder.name.startswith(".")  # a killed build's temporary: never read
+            if folder.is_dir() and not hidden and folder.name != "models" and (
+                db.recorded_files(folder.name) is None
+            ):
+                raise GliomatchError(
+                    f"database index {folder}: not listed in the manifest (copied in, or left "
+                    "by an interrupted build); delete it or rebuild it with `gliomatch db index`"
+                )
     table = db.params
     vox = db.manifest["atlas"]["spacing_mm"] ** 3 / 1000.0
     if not np.array_equal(table["id"].to_numpy(), np.arange(len(table))):

@@ -389,6 +389,9 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
     meta["best_val_loss"] = best
     meta["final"] = history[-1]
     (folder / "config.json").write_text(json.dumps(meta, indent=2))
+    from gliomatch.learn.train import record_model
+
+    record_model(db, folder)
     return meta
 
 
@@ -410,8 +413,14 @@ def load_multitask(db, name: str = "multitask") -> tuple[MultitaskNet, dict]:
             f"no trained {name} model in {folder.parent}; run "
             f"`gliomatch train multitask --db {db.path}` first"
         )
-    meta = json.loads(cfg_path.read_text())
-    return load_weights(db, folder, meta, MultitaskNet(**meta["model"])), meta
+    from gliomatch.learn.train import read_json
+
+    meta = read_json(cfg_path, "model settings")
+    try:
+        net = MultitaskNet(**meta["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GliomatchError(f"model settings {cfg_path}: unusable ({exc}); retrain it") from exc
+    return load_weights(db, folder, meta, net), meta
 
 
 def embed_masks(model: MultitaskNet, masks, boxes, atlas=None, batch: int = 32) -> np.ndarray:

@@ -54,11 +54,44 @@ def model_name(kind: str, latent: int | None = None, bits: int | None = None) ->
     raise GliomatchError(f"unknown model kind {kind!r}; use one of {', '.join(KINDS)}")
 
 
+def load_state(path: Path, what: str = "model file", map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` with one clear error for a broken or hostile
+    file (an empty file, a pickle that would run code, a truncated archive...)."""
+    try:
+        return torch.load(path, weights_only=True, map_location=map_location)
+    except FileNotFoundError:
+        raise GliomatchError(f"{what} {path}: not found") from None
+    except Exception as exc:  # UnpicklingError, EOFError, RuntimeError, zip errors, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GliomatchError(
+            f"{what} {path}: not a loadable weights file ({type(exc).__name__}: {reason[:200]}); "
+            "it was refused without running any of its code. Retrain the model"
+        ) from exc
+
+
+def read_json(path: Path, what: str):
+    """JSON from ``path``; one clear error when it is missing or broken."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise GliomatchError(f"{what} {path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GliomatchError(f"{what} {path}: not valid JSON ({exc})") from exc
+
+
+def record_model(db, folder: Path) -> None:
+    """List a finished model's weights and settings with their checksums in the manifest."""
+    db.record_files(f"models/{folder.name}", folder, names=["model.pt", "config.json"])
+
+
 def check_settings(cfg, positive: tuple[str, ...]) -> None:
     """Clear errors for training settings: the ``positive`` ones >= 1, a usable device."""
     for name in positive:
         if getattr(cfg, name) < 1:
             raise GliomatchError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    lr = getattr(cfg, "lr", None)
+    if lr is not None and not (np.isfinite(lr) and 0 < lr < 1):
+        raise GliomatchError(f"lr (learning rate) must be in (0, 1), got {lr}")
     if cfg.device not in ("cpu", "cuda"):
         raise GliomatchError(f"device must be cpu or cuda, got {cfg.device!r}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -239,12 +272,13 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
         if since_best >= cfg.patience:
             break
     write_curves(folder, history)
-    best_model = load_model(db, cfg.name, modality)
+    best_model = load_weights(db, folder, meta, build_model(meta["model"]), verify=False)
     meta["history_epochs"] = len(history)
     meta["best_val_loss"] = best
     meta["recon_dice_val"] = recon_dice(best_model, x_val)
     meta["recon_dice_train_sample"] = recon_dice(best_model, x_train[:150])
     (folder / "config.json").write_text(json.dumps(meta, indent=2))
+    record_model(db, folder)
     return meta
 
 
@@ -315,10 +349,10 @@ def load_checkpoint(path: Path, meta: dict, model, opt, device: str, sched=None)
     the same training."""
     if not path.is_file():
         return None
-    state = torch.load(path, weights_only=True, map_location=device)
+    state = load_state(path, "training checkpoint", map_location=device)
     try:
         saved = json.loads(state.get("meta_json", "null"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, AttributeError, TypeError):
         return None
     if _resume_key(saved) != _resume_key(meta):
         return None
@@ -370,26 +404,33 @@ def load_model(db, name: str, modality: str) -> MaskAutoencoder:
             f"`gliomatch train {name.rstrip('0123456789')} --db {db.path}` first"
         )
     if cfg_path.is_file():
-        meta = json.loads(cfg_path.read_text())
+        meta = read_json(cfg_path, "model settings")
+        verify = True
     else:  # training still running: the checkpoint holds the configuration
-        state = torch.load(folder / "checkpoint.pt", weights_only=True)
+        state = load_state(folder / "checkpoint.pt", "training checkpoint")
         meta = json.loads(state["meta_json"])
-    return load_weights(db, folder, meta, build_model(meta["model"]))
+        verify = False
+    return load_weights(db, folder, meta, build_model(meta["model"]), verify=verify)
 
 
-def load_weights(db, folder: Path, meta: dict, model: torch.nn.Module) -> torch.nn.Module:
+def load_weights(
+    db, folder: Path, meta: dict, model: torch.nn.Module, *, verify: bool = True
+) -> torch.nn.Module:
     """``folder/model.pt`` into ``model`` (in eval mode), after checking that it was trained on
-    ``db``; a plain state dict read with ``weights_only=True``, so a foreign file cannot run
-    code."""
-    if meta.get("db") != db.fingerprint:
+    ``db`` and (``verify``) that its files match the checksums in the database manifest; a
+    plain state dict read with ``weights_only=True``, so a foreign file cannot run code."""
+    if not isinstance(meta, dict) or meta.get("db") != db.fingerprint:
         raise GliomatchError(
             f"model {folder} was trained on another database (fingerprint {meta.get('db')}, "
             f"this one is {db.fingerprint}); retrain it for this database"
         )
+    if verify:
+        db.check_files(f"models/{folder.name}", folder, complete=False)
     weights = folder / "model.pt"
+    state = load_state(weights)
     try:
-        model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
-    except (RuntimeError, ValueError, OSError) as exc:
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise GliomatchError(
             f"model {weights}: unreadable or incompatible with this gliomatch ({exc}); retrain it"
         ) from exc

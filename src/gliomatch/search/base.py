@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import abc
 import json
+import os
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gliomatch.errors import GliomatchError
+from gliomatch.files import stale_temporaries
 
 __all__ = [
     "THETA",
     "Query",
+    "RerankStrategy",
     "Strategy",
     "available_strategies",
     "describe_matches",
@@ -101,6 +106,13 @@ class Query:
             raise GliomatchError(f"FLAIR {f.shape} and T1Gd {t.shape} masks differ in shape")
         if not f.any():
             raise GliomatchError("FLAIR (whole tumor) mask is empty: nothing to match")
+        outside = int(np.count_nonzero(t & ~f))
+        if outside:
+            warnings.warn(
+                f"{outside} T1Gd voxels lie outside the FLAIR mask; the tumor core is part of "
+                "the whole tumor, so the search uses T1Gd inside FLAIR only",
+                stacklevel=2,
+            )
         return cls(f, t)
 
     @classmethod
@@ -143,6 +155,10 @@ def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return scores[order], ids[order]
 
 
+#: Largest score weight (scores stay finite and comparable).
+MAX_WEIGHT = 1e6
+
+
 class Strategy(abc.ABC):
     """Base class: subclasses set ``name`` and implement ``_build``, ``_load``, ``_search``."""
 
@@ -152,8 +168,8 @@ class Strategy(abc.ABC):
 
     def __init__(self, db, *, w_t1gd: float = 1.0, w_flair: float = 1.0, progress: bool = True):
         for nm, w in (("w_t1gd", w_t1gd), ("w_flair", w_flair)):
-            if not np.isfinite(w) or w < 0:
-                raise GliomatchError(f"{nm} must be a finite weight >= 0, got {w}")
+            if not np.isfinite(w) or not 0 <= w <= MAX_WEIGHT:
+                raise GliomatchError(f"{nm} must be a weight in [0, {MAX_WEIGHT:g}], got {w}")
         if w_t1gd == 0 and w_flair == 0:
             raise GliomatchError("at least one of w_t1gd, w_flair must be > 0")
         self.db = db
@@ -165,44 +181,65 @@ class Strategy(abc.ABC):
     # ---------------------------------------------------------------- index files
     @property
     def index_path(self) -> Path:
-        return self.db.index_dir / self.name
+        return self.db.path / "index" / self.name
 
     def _meta(self) -> dict:
         return {"strategy": self.name, "db": self.db.fingerprint, "n": len(self.db)}
 
     def is_built(self) -> bool:
         meta = self.index_path / "meta.json"
-        if not meta.is_file():
+        if not meta.is_file() or self.db.recorded_files(self.name) is None:
             return False
         try:
             saved = json.loads(meta.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return False
-        return all(saved.get(k) == v for k, v in self._meta().items())
+        return isinstance(saved, dict) and all(saved.get(k) == v for k, v in self._meta().items())
 
     def build(self) -> Strategy:
-        """Build the index from the database and save it (atomically) under ``index/``."""
-        import os
-        import shutil
-
+        """Build the index from the database and save it (atomically) under ``index/``; its
+        files' checksums go into the database manifest."""
         if self.needs_index:
-            tmp = self.index_path.with_name(f".tmp-{self.name}-{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self._build(tmp)
-            (tmp / "meta.json").write_text(json.dumps(self._meta()))
-            shutil.rmtree(self.index_path, ignore_errors=True)
-            os.replace(tmp, self.index_path)
+            index_dir = self.db.path / "index"
+            tmp = index_dir / f".tmp-{self.name}-{os.getpid()}"
+            try:
+                index_dir.mkdir(exist_ok=True)
+                for stale in stale_temporaries(index_dir):  # left by a killed build
+                    shutil.rmtree(stale, ignore_errors=True)
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                self._build(tmp)
+                (tmp / "meta.json").write_text(json.dumps(self._meta()))
+                shutil.rmtree(self.index_path, ignore_errors=True)
+                os.replace(tmp, self.index_path)
+                self.db.record_files(self.name, self.index_path)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise GliomatchError(
+                    f"cannot write the {self.name} index in {index_dir} "
+                    f"({exc.strerror or exc}); build it where the database is writable "
+                    f"(`gliomatch db index DB --strategy {self.name}`) or free some space"
+                ) from exc
         self._loaded = False
         return self
 
     def ensure_ready(self) -> Strategy:
+        """Build the index if needed, check its files against the manifest, load it."""
         if self._loaded:
             return self
         if self.needs_index:
             if not self.is_built():
                 self.build()
-            self._load(self.index_path)
+            self.db.check_files(self.name, self.index_path)
+            try:
+                self._load(self.index_path)
+            except GliomatchError:
+                raise
+            except Exception as exc:  # a file that passed its checksum yet does not load
+                raise GliomatchError(
+                    f"index {self.index_path}: unreadable ({type(exc).__name__}: {exc}); "
+                    f"rebuild it with `gliomatch db index DB --strategy {self.name}`"
+                ) from exc
         self._loaded = True
         return self
 
@@ -235,6 +272,39 @@ class Strategy(abc.ABC):
     def _search(self, query: Query, k: int): ...
 
 
+class RerankStrategy(Strategy):
+    """Any strategy's ``m`` best candidates re-scored with the exact full-resolution Dice
+    (like FAISS's ``IndexRefineFlat``): the exact best among those ``m``. Named
+    ``NAME+rrM``."""
+
+    needs_index = False
+
+    def __init__(self, base: Strategy, m: int, **kw):
+        if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
+            raise GliomatchError(f"re-ranking needs a positive candidate count, got {m!r}")
+        super().__init__(base.db, w_t1gd=base.w_t1gd, w_flair=base.w_flair, **kw)
+        self.base, self.m = base, int(m)
+        self.name = f"{base.name}+rr{self.m}"
+        self._exact = None
+
+    def ensure_ready(self) -> Strategy:
+        if not self._loaded:
+            self.base.ensure_ready()
+            self._exact = get_strategy(
+                "exact", self.db, w_t1gd=self.w_t1gd, w_flair=self.w_flair, progress=False
+            ).ensure_ready()
+            self._loaded = True
+        return self
+
+    def _search(self, query: Query, k: int):
+        from gliomatch.search.engine import PackedQuery
+
+        _, cand = self.base.search(query, max(k, min(self.m, len(self.db))))
+        packed = PackedQuery.pack(query.flair, query.t1gd)
+        scores = self._exact.index.scores(cand, packed, self.w_t1gd, self.w_flair)[0]
+        return top_k(scores, np.asarray(cand, dtype=np.int64), k)
+
+
 _REGISTRY: dict[str, type[Strategy]] = {}
 #: Functions name -> (class, options) or None, for families of names (e.g. trained models).
 _RESOLVERS: list = []
@@ -264,11 +334,15 @@ def get_strategy(name: str, db, **options) -> Strategy:
 
     ``NAME+rrM`` is strategy NAME re-ranking its M best candidates by exact Dice.
     """
+    if not isinstance(name, str) or not name.strip():
+        raise GliomatchError("no strategy name given")
     if "+rr" in name:
-        base, _, m = name.partition("+rr")
-        if not m.isdigit():
-            raise GliomatchError(f"bad strategy name {name!r}; use e.g. ae+rr100")
-        return get_strategy(base, db, rerank=int(m), **options)
+        base, _, m = name.rpartition("+rr")
+        if not m.isdigit() or int(m) < 1 or not base:
+            raise GliomatchError(
+                f"bad strategy name {name!r}: NAME+rrM re-ranks the M best of NAME, e.g. ae+rr100"
+            )
+        return RerankStrategy(get_strategy(base, db, **options), int(m))
     for resolve in _RESOLVERS:
         found = None if name in _REGISTRY else resolve(name)
         if found is not None:

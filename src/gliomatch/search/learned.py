@@ -9,8 +9,9 @@ way at search time.
 * Hash codes: ``Hamming_T1Gd + Hamming_FLAIR`` is the Hamming distance of the concatenated codes,
   so one ``IndexBinaryFlat`` answers it directly.
 
-``rerank=M`` (beyond the papers) re-scores the M nearest codes with the exact full-resolution
-Dice of the block index, so the answer is the exact best among those M.
+``NAME+rrM`` (beyond the papers; :class:`~gliomatch.search.base.RerankStrategy`) re-scores
+the M nearest codes with the exact full-resolution Dice of the block index, so the answer is the
+exact best among those M.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gliomatch.errors import GliomatchError
-from gliomatch.search.base import Query, Strategy, register_resolver, register_strategy, top_k
+from gliomatch.search.base import Query, Strategy, register_resolver, register_strategy
 
 __all__ = ["LearnedStrategy"]
 
@@ -34,12 +35,9 @@ __all__ = ["LearnedStrategy"]
 class LearnedStrategy(Strategy):
     """Nearest codes of a trained model pair (T1Gd and FLAIR)."""
 
-    def __init__(self, db, *, model: str = "ae", rerank: int = 0, **kw):
+    def __init__(self, db, *, model: str = "ae", **kw):
         self.model_name = model
         self.name = model
-        self.rerank = int(rerank)
-        if self.rerank < 0:
-            raise GliomatchError(f"rerank must be >= 0, got {rerank}")
         super().__init__(db, **kw)
 
     def _meta(self):
@@ -94,7 +92,6 @@ class LearnedStrategy(Strategy):
                 idx = faiss.IndexFlatL2(x.shape[1])
                 idx.add(np.ascontiguousarray(x, dtype=np.float32))
                 self.indexes[m] = idx
-        self._exact = None
 
     def encode_query(self, query: Query) -> dict:
         from gliomatch.learn.train import encode_masks
@@ -126,23 +123,8 @@ class LearnedStrategy(Strategy):
 
     def _search(self, query: Query, k: int):
         dist = self.distances(query)
-        ids = np.arange(len(dist))
-        if not self.rerank:
-            order = np.lexsort((ids, dist))[:k]
-            return -dist[order], ids[order]
-        m = max(k, min(self.rerank, len(dist)))
-        cand = np.lexsort((ids, dist))[:m]
-        if self._exact is None:
-            from gliomatch.search.base import get_strategy
-
-            self._exact = get_strategy(
-                "exact", self.db, w_t1gd=self.w_t1gd, w_flair=self.w_flair, progress=False
-            ).ensure_ready()
-        from gliomatch.search.engine import PackedQuery
-
-        packed = PackedQuery.pack(query.flair, query.t1gd)
-        scores = self._exact.index.scores(cand, packed, self.w_t1gd, self.w_flair)[0]
-        return top_k(scores, cand, k)
+        order = np.lexsort((np.arange(len(dist)), dist))[:k]
+        return -dist[order], order
 
 
 def _resolve(name: str):

@@ -62,7 +62,6 @@ class MultitaskStrategy(LearnedStrategy):
         emb = np.ascontiguousarray(np.load(folder / "embeddings.npy"), dtype=np.float32)
         self.index = faiss.IndexFlatL2(emb.shape[1])
         self.index.add(emb)
-        self._exact = None
 
     def embed_query(self, query: Query) -> np.ndarray:
         from gliomatch.learn.multitask import embed_masks, query_arrays
