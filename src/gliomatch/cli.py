@@ -409,6 +409,8 @@ def bench_search_cmd(
 
     db = Database.open(db_path)
     names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if not names:
+        raise GliomatchError(f"--strategies {strategies!r} names no strategy")
     if rerank:  # every code-based strategy (learned codes, multitask embeddings) re-ranks
         from gliomatch.search import get_strategy
         from gliomatch.search.learned import LearnedStrategy
@@ -535,7 +537,13 @@ def infer(
     seg: Annotated[Path | None, typer.Option(help="BraTS label map (1/2/4 or 1/2/3).")] = None,
     flair_mask: Annotated[Path | None, typer.Option(help="Binary whole-tumor mask.")] = None,
     t1gd_mask: Annotated[Path | None, typer.Option(help="Binary tumor-core mask.")] = None,
-    labels: Annotated[str, typer.Option(help="auto, brats2021 or brats2023.")] = "auto",
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="Label convention of --seg: auto, brats2013, brats2021, brats2023, brats2024 "
+            "or predictgbm (see the README's table)."
+        ),
+    ] = "auto",
     db: Annotated[Path | None, typer.Option(help="Database (default: the demo database).")] = None,
     k: Annotated[int, typer.Option(help="Number of matches.")] = 15,
     strategy: StrategyOpt = "exact",
@@ -550,6 +558,7 @@ def infer(
     from gliomatch.pipeline import infer as run_infer
     from gliomatch.pipeline import load_patient
 
+    _check_k(k)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         inputs = load_patient(
@@ -583,7 +592,7 @@ def infer_batch(
     csv: Annotated[
         Path,
         typer.Argument(
-            help="Cohort CSV: patient_id, t1|t1c|wm, seg or "
+            help="Cohort CSV: patient_id, t1|t1c|wm, seg (+ optional labels) or "
             "flair_mask+t1gd_mask (paths relative to it)."
         ),
     ],
@@ -593,87 +602,34 @@ def infer_batch(
     strategy: StrategyOpt = "exact",
     registration: RegOpt = "syn",
 ):
-    """Run `infer` for every row of a cohort CSV (resumable) and write summary.csv."""
-    import pandas as pd
-
+    """Run `infer` for every row of a cohort CSV (resumable) and write summary.csv; a failed
+    row is recorded there and the others go on (exit code 1 if any failed)."""
+    from gliomatch.cohort import infer_cohort, read_cohort
     from gliomatch.database import Database
-    from gliomatch.pipeline import infer as run_infer
-    from gliomatch.pipeline import load_patient
 
-    cohort = read_cohort(csv)
+    _check_k(k)
+    rows = read_cohort(csv)
     database = Database.open(db)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for n, rec in enumerate(cohort, 1):
-        pid = rec["patient_id"]
-        pdir = out / pid
-        if (pdir / "matches.json").is_file():
-            typer.echo(f"[{n}/{len(cohort)}] {pid}: done before, skipped")
-            summary = json.loads((pdir / "matches.json").read_text())
-        else:
-            typer.echo(f"[{n}/{len(cohort)}] {pid}")
-            try:
-                inputs = load_patient(
-                    **{kk: rec[kk] for kk in ("t1", "t1c", "wm", "seg", "flair_mask", "t1gd_mask")}
-                )
-                run_infer(inputs, database, pdir, k=k, strategy=strategy, registration=registration)
-            except GliomatchError as exc:
-                typer.echo(f"  error: {exc}", err=True)
-                rows.append({"patient_id": pid, "status": f"error: {exc}"})
-                continue
-            summary = json.loads((pdir / "matches.json").read_text())
-        b = summary["matches"][0]
-        rows.append(
-            {
-                "patient_id": pid,
-                "status": "ok",
-                "best_id": b["id"],
-                "score": b["score"],
-                "dice_t1gd": b["dice_t1gd"],
-                "dice_flair": b["dice_flair"],
-                **b["theta"],
-                "registration_quality": summary["registration_quality"],
-                "seconds": summary["timing"]["total_s"],
-            }
-        )
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "summary.csv", index=False)
+    get_strategy_checked(strategy, database)
+    table = infer_cohort(
+        rows, database, out, k=k, strategy=strategy, registration=registration, log=typer.echo
+    )
     typer.echo(table.to_string(index=False))
-    if any(r["status"] != "ok" for r in rows):
+    typer.echo(f"summary: {out / 'summary.csv'}")
+    if (table["status"] != "ok").any():
         raise typer.Exit(1)
 
 
-def read_cohort(csv: Path) -> list[dict]:
-    """Rows of a cohort CSV with paths resolved against the CSV's folder; clear errors."""
-    import pandas as pd
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise GliomatchError(f"--k must be >= 1, got {k}")
 
-    if not csv.is_file():
-        raise GliomatchError(f"cohort CSV {csv}: file not found")
-    try:
-        table = pd.read_csv(csv, dtype=str).fillna("")
-    except Exception as exc:
-        raise GliomatchError(f"cohort CSV {csv}: cannot read ({exc})") from exc
-    if "patient_id" not in table.columns:
-        raise GliomatchError(f"cohort CSV {csv}: missing column patient_id")
-    anat = [c for c in ("t1", "t1c", "wm") if c in table.columns]
-    if not anat:
-        raise GliomatchError(f"cohort CSV {csv}: needs a t1, t1c or wm column")
-    if "seg" not in table.columns and not {"flair_mask", "t1gd_mask"} <= set(table.columns):
-        raise GliomatchError(f"cohort CSV {csv}: needs a seg column or flair_mask and t1gd_mask")
-    rows = []
-    for _, r in table.iterrows():
-        rec = {"patient_id": r["patient_id"]}
-        if not rec["patient_id"]:
-            raise GliomatchError(f"cohort CSV {csv}: a row has no patient_id")
-        for c in ("t1", "t1c", "wm", "seg", "flair_mask", "t1gd_mask"):
-            v = r.get(c, "")
-            rec[c] = None if not v else (csv.parent / v if not Path(v).is_absolute() else Path(v))
-            if rec[c] is not None and not rec[c].is_file():
-                raise GliomatchError(
-                    f"cohort CSV {csv}: patient {rec['patient_id']}: {c} file {rec[c]} not found"
-                )
-        rows.append(rec)
-    return rows
+
+def get_strategy_checked(name: str, db):
+    """The strategy, resolved now: a bad name fails before any slow work."""
+    from gliomatch.search import get_strategy
+
+    return get_strategy(name, db, progress=False)
 
 
 @app.command()
@@ -740,7 +696,7 @@ def run_demo(*, n, resolution, out, seed, registration, db_path=None, quiet=Fals
     patient = make_patient(atlas, Path(out) / "patient", theta=truth, seed=seed)
     if not quiet:
         typer.echo(f"synthetic patient in {patient.folder} (hidden parameters in truth.json)")
-    inputs = load_patient(t1=patient.t1, seg=patient.seg)
+    inputs = load_patient(t1=patient.t1, seg=patient.seg, labels="brats2021")
     res = run_infer(
         inputs,
         db,
@@ -841,6 +797,8 @@ def evaluate(
                 typer.echo(f"skipping {s}: {exc}", err=True)
     else:
         names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if not names:
+        raise GliomatchError(f"--strategies {strategies!r} names no strategy")
     if synthetic < 0:
         raise GliomatchError(f"--synthetic must be >= 0, got {synthetic}")
     if synthetic == 0 and real is None and not multitask:

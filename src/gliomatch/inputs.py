@@ -1,15 +1,29 @@
-"""Reading and checking patient inputs: anatomy, BraTS label maps, binary masks.
+"""Reading and checking patient inputs: anatomy, tumor label maps, binary masks.
 
-BraTS label conventions (whole tumor = FLAIR hyperintensity, tumor core = T1Gd):
+Tumor label conventions (whole tumor = FLAIR hyperintensity, tumor core = T1Gd; a label listed
+under "never" is known but belongs to neither, e.g. a resection cavity):
 
-===========  =====================  ==========  ===========================
-convention   labels                 FLAIR       T1Gd (tumor core)
-===========  =====================  ==========  ===========================
-brats2021    1 NCR, 2 ED, 4 ET      1, 2, 4     1, 4
-brats2023    1 NETC, 2 SNFH, 3 ET   1, 2, 3     1, 3
-===========  =====================  ==========  ===========================
+==========  ==========================================  =============  ========  =====
+convention  labels                                      FLAIR          T1Gd      never
+==========  ==========================================  =============  ========  =====
+brats2013   1 necrosis, 2 edema, 3 non-enhancing,       1, 2, 3, 4     1, 3, 4
+            4 enhancing (BraTS 2013-2016)
+brats2021   1 necrosis/non-enhancing core, 2 edema,     1, 2, 4        1, 4
+            4 enhancing (BraTS 2017-2021)
+brats2023   1 non-enhancing core, 2 edema (SNFH),       1, 2, 3        1, 3
+            3 enhancing (BraTS 2023 glioma)
+brats2024   1 non-enhancing core, 2 edema (SNFH),       1, 2, 3        1, 3      4
+            3 enhancing, 4 resection cavity (BraTS
+            2024 post-treatment)
+predictgbm  1 necrotic, 2 edema, 3 enhancing            1, 2, 3        1, 3
+            (PREDICT-GBM)
+==========  ==========================================  =============  ========  =====
 
-``auto`` picks 2021 when label 4 is present, 2023 when label 3 is present (both: an error).
+``auto`` picks a convention only when exactly one family fits the labels present (labels
+{1, 2, 4}: brats2021; {1, 2, 3} read the same way by brats2023, brats2024 and predictgbm:
+brats2023) and otherwise refuses, listing the conventions that fit. A map holding only 0 and 1
+is a binary mask, not a label map: it is refused in ``auto`` with a pointer to
+``--flair-mask``/``--t1gd-mask``.
 """
 
 from __future__ import annotations
@@ -26,9 +40,21 @@ from gliomatch.errors import GliomatchError
 __all__ = ["LABEL_SCHEMES", "binary_mask", "load_nifti", "masks_from_labels", "on_grid"]
 
 LABEL_SCHEMES = {
-    "brats2021": {"flair": (1, 2, 4), "t1gd": (1, 4)},
-    "brats2023": {"flair": (1, 2, 3), "t1gd": (1, 3)},
+    "brats2013": {"flair": (1, 2, 3, 4), "t1gd": (1, 3, 4), "never": ()},
+    "brats2021": {"flair": (1, 2, 4), "t1gd": (1, 4), "never": ()},
+    "brats2023": {"flair": (1, 2, 3), "t1gd": (1, 3), "never": ()},
+    "brats2024": {"flair": (1, 2, 3), "t1gd": (1, 3), "never": (4,)},
+    "predictgbm": {"flair": (1, 2, 3), "t1gd": (1, 3), "never": ()},
 }
+#: When several conventions fit and read the labels identically, ``auto`` names this one.
+_PREFERENCE = ("brats2021", "brats2023", "predictgbm", "brats2013", "brats2024")
+#: What each convention calls a label, for error messages.
+_MEANING = {
+    "brats2013": {4: "enhancing"},
+    "brats2021": {4: "enhancing"},
+    "brats2024": {4: "cavity"},
+}
+LABEL_CHOICES = ("auto", *LABEL_SCHEMES)
 #: Affines that differ by less than this (mm, per entry) are "the same grid, header noise".
 AFFINE_TOLERANCE_MM = 0.5
 
@@ -43,6 +69,14 @@ def load_nifti(path, name: str) -> nib.Nifti1Image:
         data = np.asarray(img.dataobj)
     except Exception as exc:
         raise GliomatchError(f"{name} {path}: cannot read as NIfTI ({exc})") from exc
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise GliomatchError(
+            f"{name} {path}: a {type(img).__name__} file, not NIfTI; convert it to .nii.gz "
+            "first (e.g. mri_convert, or nibabel: nib.save(nib.Nifti1Image(img.get_fdata(), "
+            "img.affine), 'out.nii.gz'))"
+        )
+    if data.dtype.kind not in "biuf":
+        raise GliomatchError(f"{name} {path}: unsupported voxel type {data.dtype}")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -95,33 +129,78 @@ def on_grid(
     )
 
 
+def _fitting(values: set[int]) -> list[str]:
+    return [
+        name
+        for name, sc in LABEL_SCHEMES.items()
+        if values <= {0, *sc["flair"], *sc["never"]}
+    ]
+
+
+def _reading(name: str, values: set[int]) -> tuple:
+    sc = LABEL_SCHEMES[name]
+    return tuple((v in sc["flair"], v in sc["t1gd"]) for v in sorted(values))
+
+
 def masks_from_labels(labels: np.ndarray, scheme: str = "auto", *, name: str = "segmentation"):
-    """(FLAIR, T1Gd) boolean masks from a BraTS label map; returns ``(flair, t1gd, scheme)``."""
+    """(FLAIR, T1Gd) boolean masks from a tumor label map; returns ``(flair, t1gd, scheme)``.
+
+    See the module notes for the conventions and how ``auto`` chooses.
+    """
     lab = np.asarray(labels)
+    if lab.dtype.kind not in "biuf":
+        raise GliomatchError(f"{name}: labels must be integers, got {lab.dtype}")
     if lab.dtype.kind == "f":
         if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
             raise GliomatchError(f"{name}: labels must be integers")
     values = set(np.unique(lab).astype(int).tolist())
-    if scheme == "auto":
-        if 4 in values and 3 in values:
-            raise GliomatchError(
-                f"{name}: holds both labels 3 and 4; pass --labels brats2021 or brats2023"
-            )
-        scheme = "brats2023" if 3 in values else "brats2021"
-    if scheme not in LABEL_SCHEMES:
+    tumor = values - {0}
+    if scheme not in LABEL_CHOICES:
         raise GliomatchError(
-            f"unknown label scheme {scheme!r}; use auto, {', '.join(LABEL_SCHEMES)}"
+            f"unknown label convention {scheme!r}; use one of {', '.join(LABEL_CHOICES)}"
         )
-    allowed = {0, *LABEL_SCHEMES[scheme]["flair"]}
+    if not tumor:
+        raise GliomatchError(f"{name}: the tumor is empty (no tumor label anywhere)")
+    if scheme == "auto":
+        if tumor == {1}:
+            raise GliomatchError(
+                f"{name}: holds only 0 and 1, a binary mask rather than a tumor label map; pass "
+                "a whole-tumor mask as --flair-mask and a core mask as --t1gd-mask (or name the "
+                "convention with --labels if it really is a label map)"
+            )
+        fits = _fitting(values)
+        if not fits:
+            raise GliomatchError(
+                f"{name}: labels {sorted(tumor)} fit no known convention "
+                f"({', '.join(LABEL_SCHEMES)}); relabel it or pass binary masks"
+            )
+        readings = {_reading(f, values) for f in fits}
+        if len(readings) > 1:
+            named = ", ".join(
+                f + (f" (4 = {_MEANING[f][4]})" if 4 in tumor and f in _MEANING else "")
+                for f in fits
+            )
+            hint = " (a BraTS 2017-2021 map: --labels brats2021)" if "brats2021" in fits else ""
+            raise GliomatchError(
+                f"{name}: labels {sorted(tumor)} fit several conventions that read them "
+                f"differently: {named}; pass --labels with the right one{hint}"
+            )
+        scheme = next(p for p in _PREFERENCE if p in fits)
+    sc = LABEL_SCHEMES[scheme]
+    allowed = {0, *sc["flair"], *sc["never"]}
     unknown = sorted(values - allowed)
     if unknown:
         raise GliomatchError(
-            f"{name}: unexpected labels {unknown} for {scheme} (expected {sorted(allowed)})"
+            f"{name}: unexpected labels {unknown} for {scheme} (expected {sorted(allowed)}); "
+            f"conventions that fit: {', '.join(_fitting(values)) or 'none'}"
         )
-    flair = np.isin(lab, LABEL_SCHEMES[scheme]["flair"])
-    t1gd = np.isin(lab, LABEL_SCHEMES[scheme]["t1gd"])
+    flair = np.isin(lab, sc["flair"])
+    t1gd = np.isin(lab, sc["t1gd"])
     if not flair.any():
-        raise GliomatchError(f"{name}: the tumor is empty (no tumor label anywhere)")
+        raise GliomatchError(
+            f"{name}: no tumor label of {scheme} present (only {sorted(tumor)}, which are "
+            "never tumor in that convention)"
+        )
     return flair, t1gd, scheme
 
 

@@ -135,6 +135,8 @@ def infer(
     from gliomatch.registration import register, warp_masks_to_atlas, warp_to_patient
     from gliomatch.search import Query, describe_matches, get_strategy
 
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise GliomatchError(f"k must be a positive integer, got {k!r}")
     say = progress or (lambda stage: None)
     out = Path(out)
     try:

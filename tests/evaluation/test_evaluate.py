@@ -1,5 +1,6 @@
 import json
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,15 +101,15 @@ def test_resume_uses_cache(db, queries, tmp_path):
     assert [p.stat().st_mtime_ns for p in cached] == stamp
 
 
-def test_real_cohort_of_synthetic_patients(db, tmp_path):
+def test_real_cohort_of_synthetic_patients(db, tmp_path, monkeypatch):
     atlas = db.atlas()
-    lines = ["patient_id,t1,seg"]
+    lines = ["patient_id,t1,seg,labels"]
     for j in range(2):
         row = db.params.iloc[j]
         p = make_patient(
             atlas, tmp_path / f"p{j}", density=db.density(j), theta={"dw": float(row.dw)}, seed=j
         )
-        lines.append(f"p{j},{p.t1},{p.seg}")
+        lines.append(f"p{j},{p.t1},{p.seg},brats2021")
     csv = tmp_path / "cohort.csv"
     csv.write_text("\n".join(lines) + "\n")
     qs = real_queries(db, csv, tmp_path / "regcache", registration="affine")
@@ -117,8 +118,26 @@ def test_real_cohort_of_synthetic_patients(db, tmp_path):
         db, tmp_path / "ev", queries=qs, strategies=["exact"], loop_check=0, log=lambda m: None
     )
     assert s["plausibility"]["real"]["n"] == 2
-    # cached registration: a second pass does not register again
-    assert (tmp_path / "regcache" / "p0" / "flair_atlas.nii.gz").is_file()
+    # cached registration: a second pass does not register again ...
+    import gliomatch.registration as registration
+
+    calls = []
+    real_register = registration.register
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real_register(*a, **kw)
+
+    monkeypatch.setattr(registration, "register", counting)
+    again = real_queries(db, csv, tmp_path / "regcache", registration="affine")
+    assert calls == []
+    assert all(np.array_equal(a.query.flair, b.query.flair) for a, b in zip(qs, again, strict=True))
+    # ... but a patient whose files changed is registered again, never served stale masks
+    seg = nib.load(tmp_path / "p0" / "seg.nii.gz")
+    moved = np.roll(np.asarray(seg.dataobj), 2, axis=0)
+    nib.save(nib.Nifti1Image(moved, seg.affine), tmp_path / "p0" / "seg.nii.gz")
+    real_queries(db, csv, tmp_path / "regcache", registration="affine")
+    assert calls == [1]
 
 
 def test_bad_cohort_csv(db, tmp_path):
@@ -173,18 +192,18 @@ def test_evaluate_cli(db, tmp_path):
     assert r.exit_code == 1 and "unknown" in r.output
 
 
-def test_real_cohort_empty_after_registration_names_the_patient(db, tmp_path):
+def test_real_cohort_empty_after_registration_names_the_patient(db, tmp_path, monkeypatch):
     """A patient whose warped FLAIR is empty stops the cohort with its id, not a bare error."""
-    import nibabel as nib
 
     atlas = db.atlas()
     p = make_patient(atlas, tmp_path / "p0", density=db.density(0), seed=0)
     csv = tmp_path / "cohort.csv"
-    csv.write_text(f"patient_id,t1,seg\nlost,{p.t1},{p.seg}\n")
+    csv.write_text(f"patient_id,t1,seg,labels\nlost,{p.t1},{p.seg},brats2021\n")
     cache = tmp_path / "regcache"
-    (cache / "lost").mkdir(parents=True)
-    empty = atlas.to_nifti(np.zeros(atlas.shape, np.float32))
-    for name in ("flair_atlas.nii.gz", "t1gd_atlas.nii.gz"):  # a cached, failed registration
-        nib.save(empty, str(cache / "lost" / name))
+    import gliomatch.registration as registration
+
+    empty = np.zeros(atlas.shape, bool)  # a registration that loses the tumor
+    monkeypatch.setattr(registration, "register", lambda *a, **kw: None)
+    monkeypatch.setattr(registration, "warp_masks_to_atlas", lambda *a, **kw: (empty, empty))
     with pytest.raises(GliomatchError, match="patient lost: FLAIR .* mask is empty"):
         real_queries(db, csv, cache, registration="affine")

@@ -37,7 +37,7 @@ def patient(db, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(db, patient, tmp_path_factory):
-    inputs = load_patient(t1=patient.t1, seg=patient.seg)
+    inputs = load_patient(t1=patient.t1, seg=patient.seg, labels="brats2021")
     return infer(inputs, db, tmp_path_factory.mktemp("out"), k=5)
 
 
@@ -81,34 +81,70 @@ def test_outputs(result, patient, db):
     assert set(p["spread_over_top_k"]) == {"x_mm", "y_mm", "z_mm", "dw", "rho", "t_end"}
 
 
-@pytest.mark.parametrize(
-    "labels, scheme, flair, core",
-    [
-        ({1, 2, 4}, "brats2021", {1, 2, 4}, {1, 4}),
-        ({1, 2, 3}, "brats2023", {1, 2, 3}, {1, 3}),
-        ({2}, "brats2021", {2}, set()),
-    ],
-)
-def test_brats_labels(labels, scheme, flair, core):
-    lab = np.zeros((6, 6, 6), np.uint8)
-    for v in labels:
-        lab[v, v, v] = v
-    f, t, s = masks_from_labels(lab)
-    assert s == scheme
-    assert {int(lab[tuple(i)]) for i in np.argwhere(f)} == flair
-    assert {int(lab[tuple(i)]) for i in np.argwhere(t)} == core
-
-
-@pytest.mark.parametrize(
-    "values, message",
-    [({1, 3, 4}, "both labels 3 and 4"), ({5}, "unexpected labels"), (set(), "empty")],
-)
-def test_bad_labels(values, message):
+def _label_map(values):
     lab = np.zeros((6, 6, 6), np.uint8)
     for v in values:
-        lab[v % 6, 1, 1] = v
+        lab[v, v % 6, 1] = v
+    return lab
+
+
+def _read(lab, f, t):
+    return {int(v) for v in lab[f]}, {int(v) for v in lab[t]}
+
+
+# (convention, labels present, FLAIR labels, T1Gd labels)
+CONVENTIONS = [
+    ("brats2013", {1, 2, 3, 4}, {1, 2, 3, 4}, {1, 3, 4}),
+    ("brats2021", {1, 2, 4}, {1, 2, 4}, {1, 4}),
+    ("brats2023", {1, 2, 3}, {1, 2, 3}, {1, 3}),
+    ("brats2024", {1, 2, 3, 4}, {1, 2, 3}, {1, 3}),  # 4 = resection cavity, never tumor
+    ("predictgbm", {1, 2, 3}, {1, 2, 3}, {1, 3}),
+]
+
+
+@pytest.mark.parametrize("scheme, present, flair, core", CONVENTIONS)
+def test_every_label_convention(scheme, present, flair, core):
+    lab = _label_map(present)
+    f, t, s = masks_from_labels(lab, scheme)
+    assert s == scheme
+    assert _read(lab, f, t) == (flair, core)
+
+
+@pytest.mark.parametrize(
+    "present, scheme",
+    [({1, 2, 3}, "brats2023"), ({2, 3}, "brats2023"), ({2}, "brats2021"), ({1, 2}, "brats2021")],
+)
+def test_auto_picks_only_an_unambiguous_reading(present, scheme):
+    assert masks_from_labels(_label_map(present))[2] == scheme
+
+
+@pytest.mark.parametrize(
+    "present, message",
+    [
+        ({1, 2, 4}, "brats2013 .*brats2021 .*brats2024"),  # 4: enhancing or cavity?
+        ({1, 2, 3, 4}, "brats2013 .*brats2024"),
+        ({1}, "binary mask.*--flair-mask"),
+        ({5}, "fit no known convention"),
+        (set(), "empty"),
+    ],
+)
+def test_auto_refuses_and_lists_the_conventions_that_fit(present, message):
     with pytest.raises(GliomatchError, match=message):
-        masks_from_labels(lab)
+        masks_from_labels(_label_map(present))
+
+
+@pytest.mark.parametrize(
+    "scheme, present, message",
+    [
+        ("brats2021", {1, 2, 3, 4}, "unexpected labels \\[3\\].*brats2013"),
+        ("brats2023", {1, 2, 4}, "unexpected labels \\[4\\]"),
+        ("brats2024", {4}, "never tumor"),
+        ("brats1999", {1, 2}, "unknown label convention"),
+    ],
+)
+def test_named_convention_refuses_labels_it_lacks(scheme, present, message):
+    with pytest.raises(GliomatchError, match=message):
+        masks_from_labels(_label_map(present), scheme)
 
 
 def _save(arr, affine, path):
@@ -162,7 +198,7 @@ def test_bad_inputs_cli(patient, db, tmp_path):
                     )
                 ),
             ],
-            "unexpected labels",
+            "fit no known convention",
         ),
         (["--seg", str(patient.seg)], "exactly one anatomical"),
         (["--t1", str(patient.t1)], "--seg"),
@@ -195,7 +231,7 @@ def test_header_noise_and_core_outside(patient, tmp_path):
 
 def test_infer_batch(db, patient, tmp_path):
     csv = tmp_path / "cohort.csv"
-    csv.write_text(f"patient_id,t1,seg\np1,{patient.t1},{patient.seg}\n")
+    csv.write_text(f"patient_id,t1,seg,labels\np1,{patient.t1},{patient.seg},brats2021\n")
     args = [
         "infer-batch",
         str(csv),
@@ -211,8 +247,8 @@ def test_infer_batch(db, patient, tmp_path):
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "b" / "summary.csv").is_file()
-    r = runner.invoke(app, args)  # resumable: the finished patient is skipped
-    assert r.exit_code == 0 and "skipped" in r.output
+    r = runner.invoke(app, args)  # resumable: the finished patient is reused
+    assert r.exit_code == 0 and "reused" in r.output
     bad = tmp_path / "bad.csv"
     bad.write_text("id,t1\nx,a.nii.gz\n")
     r = runner.invoke(

@@ -27,7 +27,7 @@ def verify(db: Database, *, progress=None) -> dict:
             raise GliomatchError(f"database shard {p}: missing")
         if hash_tree(p) != entry["sha256"]:
             raise GliomatchError(f"database shard {p}: checksum mismatch (corrupted or modified)")
-    for key, names in db.manifest.get("files", {}).items():
+    for key in db.manifest.get("files", {}):
         folder = db.path / "index" / key
         if not folder.is_dir():
             raise GliomatchError(f"database index {folder}: listed in the manifest but missing")

@@ -47,11 +47,14 @@ def synthetic_queries(db, n: int, seed: int = 0) -> list[EvalQuery]:
 def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=None):
     """A cohort (see ``gliomatch infer-batch``) registered and warped to atlas space.
 
-    The warped masks are cached per patient in ``cache`` (registration runs once).
+    The warped masks are cached per patient in ``cache``, keyed by the patient's input files
+    (SHA-256), label convention, registration kind and the atlas: registration runs once, and
+    a changed input is registered again.
     """
     import nibabel as nib
 
-    from gliomatch.cli import read_cohort
+    from gliomatch.cohort import input_digest, read_cohort
+    from gliomatch.files import cache_key, confined_child
     from gliomatch.pipeline import load_patient
     from gliomatch.registration import register, warp_masks_to_atlas
 
@@ -59,12 +62,18 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
     atlas = db.atlas()
     out = []
     for n, rec in enumerate(cohort, 1):
-        pdir = cache / rec["patient_id"]
+        if rec.error:
+            raise GliomatchError(f"cohort {csv}: patient {rec.patient_id}: {rec.error}")
+        key = cache_key(
+            inputs=input_digest(rec),
+            labels=rec.labels,
+            registration=registration,
+            atlas=atlas.checksum,
+        )
+        pdir = confined_child(cache, rec.patient_id, "patient_id") / key
         fp, tp = pdir / "flair_atlas.nii.gz", pdir / "t1gd_atlas.nii.gz"
         if not (fp.is_file() and tp.is_file()):
-            inputs = load_patient(
-                **{k: rec[k] for k in ("t1", "t1c", "wm", "seg", "flair_mask", "t1gd_mask")}
-            )
+            inputs = load_patient(**rec.patient_kwargs())
             reg = register(
                 inputs.anatomy,
                 atlas,
@@ -74,21 +83,38 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
             )
             f, t = warp_masks_to_atlas(inputs.flair, inputs.t1gd, inputs.anatomy.affine, atlas, reg)
             pdir.mkdir(parents=True, exist_ok=True)
-            nib.save(atlas.to_nifti(f), str(fp))
             nib.save(atlas.to_nifti(t), str(tp))
+            nib.save(atlas.to_nifti(f), str(fp))  # last: its presence marks a complete entry
         f = nib.load(str(fp)).get_fdata() > 0.5
         t = nib.load(str(tp)).get_fdata() > 0.5
         try:
             query = Query.from_masks(f, t, db.shape)
         except GliomatchError as exc:
             raise GliomatchError(
-                f"patient {rec['patient_id']}: {exc} after registration to the atlas (check the "
+                f"patient {rec.patient_id}: {exc} after registration to the atlas (check the "
                 f"registration in {pdir}, or remove the patient from the cohort)"
             ) from exc
-        out.append(EvalQuery(rec["patient_id"], "real", query, None))
+        out.append(EvalQuery(rec.patient_id, "real", query, None))
         if progress:
             progress(n, len(cohort))
     return out
+
+
+def query_digest(q: Query) -> str:
+    """SHA-256 of a query's two masks (their shape and bits)."""
+    import hashlib
+
+    h = hashlib.sha256(str(q.flair.shape).encode())
+    h.update(np.packbits(q.flair).tobytes())
+    h.update(np.packbits(q.t1gd & q.flair).tobytes())
+    return h.hexdigest()
+
+
+def _strategy_key(strat) -> object:
+    """What a strategy's answers depend on besides the query: its index settings and models
+    (a re-ranking wrapper: those of the strategy it wraps)."""
+    inner = getattr(strat, "base", strat)
+    return [inner._meta(), getattr(strat, "m", None)]
 
 
 def _full_scores(exact, q: Query):
@@ -122,8 +148,11 @@ def evaluate(
     out = Path(out)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
+    if not strategies:
+        raise GliomatchError("no strategy to evaluate")
     strats = {name: get_strategy(name, db, progress=False) for name in strategies}
     exact = get_strategy("exact", db, progress=False).ensure_ready()
+    strat_keys = {name: _strategy_key(strat) for name, strat in strats.items()}
     for strat in strats.values():
         strat.ensure_ready()
         if queries:
@@ -131,9 +160,15 @@ def evaluate(
     params = db.params
     records = []
     truth_rows = {}
+    from gliomatch.files import cache_key
+
+    weights = (exact.w_t1gd, exact.w_flair)
     for n, eq in enumerate(queries, 1):
         full = None  # exact scores of every tumor for this query (the ground-truth ranking)
-        cpath = cache / "truth" / f"{eq.qid}.json"
+        # every cached result is keyed by all it depends on: the database, the query's masks,
+        # k and the weights (and, per strategy, its index settings and trained models)
+        qkey = dict(db=db.fingerprint, query=query_digest(eq.query), k=k, weights=weights)
+        cpath = cache / "truth" / f"{eq.qid}-{cache_key(**qkey)}.json"
         if cpath.is_file():
             truth_rows[eq.qid] = json.loads(cpath.read_text())
         else:
@@ -150,7 +185,8 @@ def evaluate(
             cpath.write_text(json.dumps(row))
             truth_rows[eq.qid] = row
         for name, strat in strats.items():
-            spath = cache / name / f"{eq.qid}.json"
+            skey = cache_key(**qkey, strategy=name, index=strat_keys[name])
+            spath = cache / name / f"{eq.qid}-{skey}.json"
             if spath.is_file():
                 rec = json.loads(spath.read_text())
             else:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from gliomatch.errors import GliomatchError
 from gliomatch.search.base import Query, Strategy, register_resolver, register_strategy
 
 __all__ = ["LearnedStrategy"]

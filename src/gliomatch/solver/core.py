@@ -53,6 +53,10 @@ MAX_STAGES = 24
 #: Cells with u > ACTIVE_EPS bound the active region of the fast solver.
 ACTIVE_EPS = 1e-8
 DEFAULT_SEED_SIGMA_MM = 1.5
+#: Most stage evaluations one run may take by default: the published parameter ranges need at
+#: most ~10^4 (D_w 1.5 mm^2/d, rho 0.2 /d, T 1500 d at 128^3), so this is ~100x headroom and
+#: stops a mistyped parameter (D_w = 1e6) from running for hours without a word.
+MAX_EVALUATIONS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -294,6 +298,7 @@ def simulate(
     reaction_cfl: float = 0.1,
     stepping: str = "rkl1",
     u0: np.ndarray | None = None,
+    max_evaluations: int = MAX_EVALUATIONS,
 ) -> Simulation:
     """Simulate tumor growth from a seed and return the density at each of ``times``.
 
@@ -324,6 +329,9 @@ def simulate(
         RKL1 super-time-stepping (default) or forward Euler (see the module notes).
     u0 : ndarray, optional
         Initial density on the unpadded grid instead of a seed (x, y, z are then only reported).
+    max_evaluations : int
+        Refuse a run that would take more stage evaluations than this (see
+        :data:`MAX_EVALUATIONS`).
 
     Returns
     -------
@@ -354,6 +362,14 @@ def simulate(
         raise GliomatchError("initial density is zero everywhere in tissue")
 
     dt, stages = time_step(domain, dw, rho, cfl=cfl, reaction_cfl=reaction_cfl, stepping=stepping)
+    needed = math.ceil(float(targets[-1]) / dt) * stages
+    if needed > max_evaluations:
+        raise GliomatchError(
+            f"this run would take ~{needed:.3g} solver stages (D_w {dw:g} mm^2/day, rho "
+            f"{rho:g} /day, {float(targets[-1]):g} days on {domain.spacing:g} mm voxels; the "
+            f"limit is {max_evaluations:.3g}); the published ranges are D_w 0.02-1.5 mm^2/day "
+            "and rho 0.002-0.2 /day: check the units"
+        )
     dt_e = time_step(domain, dw, 0.0, cfl=cfl, stepping="euler")[0]
     h2 = domain.spacing**2
     stop_voxels = math.inf

@@ -1,0 +1,174 @@
+"""Cohorts: a CSV of patients, read row by row, and ``infer`` over all of them (resumable).
+
+A cohort CSV has a ``patient_id`` column, one anatomy column (``t1``, ``t1c`` or ``wm``), the
+tumor as ``seg`` (a label map, with an optional ``labels`` column naming its convention) or as
+``flair_mask`` + ``t1gd_mask``; relative paths are relative to the CSV's folder.
+
+A problem with one row (an unusable patient id, a duplicate id, a missing file) is recorded for
+that row and the others go on; only a CSV that cannot be read at all is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from gliomatch.errors import GliomatchError
+from gliomatch.files import cache_key, confined_child, sha256_file, write_json_atomic
+
+__all__ = ["CohortRow", "infer_cohort", "input_digest", "read_cohort"]
+
+FILE_COLUMNS = ("t1", "t1c", "wm", "seg", "flair_mask", "t1gd_mask")
+
+
+@dataclass
+class CohortRow:
+    """One patient of a cohort: its files, or the reason it cannot be run."""
+
+    patient_id: str
+    files: dict = field(default_factory=dict)
+    labels: str = "auto"
+    error: str | None = None
+
+    def patient_kwargs(self) -> dict:
+        return {**{c: self.files.get(c) for c in FILE_COLUMNS}, "labels": self.labels}
+
+
+def read_cohort(csv: Path) -> list[CohortRow]:
+    """Rows of a cohort CSV with paths resolved against the CSV's folder.
+
+    Raises :class:`GliomatchError` only when the CSV itself is unusable (unreadable, columns
+    missing); a bad row carries its ``error`` instead.
+    """
+    csv = Path(csv)
+    if not csv.is_file():
+        raise GliomatchError(f"cohort CSV {csv}: file not found")
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise GliomatchError(f"cohort CSV {csv}: cannot read ({exc})") from exc
+    if "patient_id" not in table.columns:
+        raise GliomatchError(f"cohort CSV {csv}: missing column patient_id")
+    if not any(c in table.columns for c in ("t1", "t1c", "wm")):
+        raise GliomatchError(f"cohort CSV {csv}: needs a t1, t1c or wm column")
+    if "seg" not in table.columns and not {"flair_mask", "t1gd_mask"} <= set(table.columns):
+        raise GliomatchError(f"cohort CSV {csv}: needs a seg column or flair_mask and t1gd_mask")
+    rows, seen = [], set()
+    for n, r in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
+        pid = str(r.get("patient_id", "")).strip()
+        row = CohortRow(pid or f"<line {n}>", labels=str(r.get("labels", "") or "auto").strip())
+        rows.append(row)
+        try:
+            confined_child(Path("."), pid, "patient_id")
+        except GliomatchError as exc:
+            row.error = f"line {n}: {exc}"
+            continue
+        if pid in seen:
+            row.error = f"line {n}: patient_id {pid!r} appears more than once"
+            continue
+        seen.add(pid)
+        for c in FILE_COLUMNS:
+            v = str(r.get(c, "") or "").strip()
+            if not v:
+                continue
+            p = Path(v) if Path(v).is_absolute() else csv.parent / v
+            if not p.is_file():
+                row.error = f"{c} file {p} not found"
+                break
+            row.files[c] = p
+    return rows
+
+
+def input_digest(row: CohortRow) -> dict:
+    """SHA-256 of each of the row's input files (a result is reused only for the same files)."""
+    return {c: sha256_file(p) for c, p in sorted(row.files.items())}
+
+
+def infer_cohort(
+    rows: list[CohortRow],
+    db,
+    out: Path,
+    *,
+    k: int = 15,
+    strategy: str = "exact",
+    registration: str = "syn",
+    log=None,
+) -> pd.DataFrame:
+    """Run ``infer`` for every row into ``out/<patient_id>`` and write ``out/summary.csv``.
+
+    Resumable: a patient whose folder holds a result made from the same input files, database,
+    strategy, k and registration is not run again; any other result there is redone. Every
+    failure is recorded in its row (``status``) and the cohort goes on.
+    """
+    from gliomatch.pipeline import infer, load_patient
+
+    say = log or (lambda msg: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for n, row in enumerate(rows, 1):
+        head = f"[{n}/{len(rows)}] {row.patient_id}"
+        rec = {"patient_id": row.patient_id}
+        try:
+            if row.error:
+                raise GliomatchError(row.error)
+            pdir = confined_child(out, row.patient_id, "patient_id")
+            key = cache_key(
+                inputs=input_digest(row),
+                labels=row.labels,
+                db=db.fingerprint,
+                strategy=strategy,
+                k=k,
+                registration=registration,
+            )
+            summary = _previous(pdir, key)
+            if summary is not None:
+                say(f"{head}: done before with the same inputs and settings, reused")
+            else:
+                say(head)
+                inputs = load_patient(**row.patient_kwargs())
+                infer(inputs, db, pdir, k=k, strategy=strategy, registration=registration)
+                summary = json.loads((pdir / "matches.json").read_text())
+                summary["cache_key"] = key
+                write_json_atomic(pdir / "matches.json", summary)
+            best = summary["matches"][0]
+            rec.update(
+                status="ok",
+                best_id=best["id"],
+                score=best["score"],
+                dice_t1gd=best["dice_t1gd"],
+                dice_flair=best["dice_flair"],
+                **best["theta"],
+                registration_quality=summary["registration_quality"],
+                seconds=summary["timing"]["total_s"],
+            )
+        except (GliomatchError, OSError) as exc:
+            rec["status"] = f"error: {exc}"
+        except Exception as exc:  # e.g. an ANTs failure: record it, keep the cohort going
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            rec["status"] = (
+                f"error: unexpected {type(exc).__name__}: {exc} "
+                f"(at {Path(where.filename).name}:{where.lineno})"
+            )
+        if rec["status"] != "ok":
+            say(f"{head}: {rec['status']}")
+        records.append(rec)
+    table = pd.DataFrame(records)
+    table.to_csv(out / "summary.csv", index=False)
+    return table
+
+
+def _previous(pdir: Path, key: str) -> dict | None:
+    """The earlier result in ``pdir`` if it was made with ``key``, else None."""
+    path = pdir / "matches.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("cache_key") == key else None
