@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -307,7 +308,11 @@ def search(
                 f"{name} mask {path}: its affine differs from the database atlas grid; "
                 "the masks must be in atlas space (use `gliomatch infer` for patient scans)"
             )
-    q = Query.from_masks(f, t, db.shape)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = Query.from_masks(f, t, db.shape)
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
     strat = get_strategy(strategy, db, w_t1gd=w_t1gd, w_flair=w_flair, progress=not json_out)
     strat.ensure_ready()
     t0 = time.perf_counter()
@@ -371,14 +376,17 @@ def db_index(
 
     db = Database.open(db_path)
     strat = get_strategy(strategy, db)
+    strat = getattr(strat, "base", strat)  # NAME+rrM: the index is NAME's (and exact's)
+    if strategy != strat.name:
+        get_strategy("exact", db).ensure_ready()
     if not strat.needs_index:
-        typer.echo(f"{strategy} needs no index")
+        typer.echo(f"{strat.name} needs no index")
         return
     t0 = time.perf_counter()
     strat.build()
     size = sum(p.stat().st_size for p in strat.index_path.rglob("*") if p.is_file())
     typer.echo(
-        f"{strategy} index: {size / 1e6:.1f} MB in {strat.index_path} "
+        f"{strat.name} index: {size / 1e6:.1f} MB in {strat.index_path} "
         f"({time.perf_counter() - t0:.1f} s)"
     )
 

@@ -130,11 +130,7 @@ def on_grid(
 
 
 def _fitting(values: set[int]) -> list[str]:
-    return [
-        name
-        for name, sc in LABEL_SCHEMES.items()
-        if values <= {0, *sc["flair"], *sc["never"]}
-    ]
+    return [name for name, sc in LABEL_SCHEMES.items() if values <= {0, *sc["flair"], *sc["never"]}]
 
 
 def _reading(name: str, values: set[int]) -> tuple:

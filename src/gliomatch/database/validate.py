@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from gliomatch.database.storage import Database, hash_tree, masks_from_codes
@@ -20,6 +22,16 @@ def verify(db: Database, *, progress=None) -> dict:
     * the table's (shard, local) pairs exist in the shard arrays, with the right grid;
     * each tumor's stored masks reproduce the table's FLAIR/T1Gd volumes exactly.
     """
+    cfg_path = db.path / "config.json"
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GliomatchError(f"database {cfg_path}: unreadable ({exc})") from exc
+    if config != db.manifest.get("build_config"):
+        raise GliomatchError(
+            f"database {cfg_path}: differs from the build settings in the manifest "
+            "(corrupted or edited); restore it from the manifest's build_config"
+        )
     shards_dir = db.path / "shards"
     for entry in db.manifest["shards"]:
         p = shards_dir / entry["name"]
@@ -36,8 +48,11 @@ def verify(db: Database, *, progress=None) -> dict:
     if index.is_dir():
         for folder in sorted(index.iterdir()):
             hidden = folder.name.startswith(".")  # a killed build's temporary: never read
-            if folder.is_dir() and not hidden and folder.name != "models" and (
-                db.recorded_files(folder.name) is None
+            if (
+                folder.is_dir()
+                and not hidden
+                and folder.name != "models"
+                and (db.recorded_files(folder.name) is None)
             ):
                 raise GliomatchError(
                     f"database index {folder}: not listed in the manifest (copied in, or left "
