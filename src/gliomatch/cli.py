@@ -483,7 +483,10 @@ def _demo_db(n: int, resolution: int, db_path: Path | None, quiet: bool):
     from gliomatch.atlas import cache_dir
     from gliomatch.database import BuildConfig, Database, build_database
 
-    path = db_path or cache_dir() / "demo" / f"db-r{resolution}"
+    from gliomatch.database.storage import FORMAT_VERSION
+
+    # the cache folder names the format: an older demo database is rebuilt, not refused
+    path = db_path or cache_dir() / "demo" / f"db-r{resolution}-v{FORMAT_VERSION}"
     if (path / "manifest.json").is_file():
         db = Database.open(path)
         if len(db) == n:
