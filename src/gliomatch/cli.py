@@ -482,7 +482,6 @@ def _demo_db(n: int, resolution: int, db_path: Path | None, quiet: bool):
     """The demo database (built once, cached, resumed/grown to ``n``)."""
     from gliomatch.atlas import cache_dir
     from gliomatch.database import BuildConfig, Database, build_database
-
     from gliomatch.database.storage import FORMAT_VERSION
 
     # the cache folder names the format: an older demo database is rebuilt, not refused
