@@ -41,7 +41,7 @@ TISSUE_THRESHOLD = 0.5
 #: Smallest field of view (mm) of the cubic grid; 192 mm / 128 = 1.5 mm voxels.
 MIN_FOV_MM = 192.0
 _MAPS = ("t1", "wm", "gm", "csf")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: entries carry the atlas checksum, verified on load
 
 
 def cache_dir() -> Path:
@@ -303,11 +303,12 @@ def _user_maps(folder: Path):
 
 
 def _user_key(folder: Path) -> str:
+    """Cache key of a user atlas: the content (SHA-256) of its four maps."""
+    from gliomatch.files import sha256_file
+
     h = hashlib.sha256()
     for name in _MAPS:
-        p = _find_map(folder, name)
-        st = p.stat()
-        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(f"{name}:{sha256_file(_find_map(folder, name))}".encode())
     return "user-" + h.hexdigest()[:16]
 
 
@@ -316,7 +317,9 @@ def _cached(key: str, resolution: int, make, source: str, use_cache: bool) -> At
     if use_cache and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
-                return Atlas(**{k: z[k] for k in (*_MAPS, "affine")}, source=source)
+                cached = Atlas(**{k: z[k] for k in (*_MAPS, "affine")}, source=source)
+                if cached.checksum == str(z["checksum"]):
+                    return cached
         except Exception:
             pass  # a damaged cache entry is rebuilt below
     atlas = make()
@@ -325,7 +328,12 @@ def _cached(key: str, resolution: int, make, source: str, use_cache: bool) -> At
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, affine=atlas.affine, **{k: getattr(atlas, k) for k in _MAPS})
+                np.savez(
+                    f,
+                    affine=atlas.affine,
+                    checksum=np.array(atlas.checksum),
+                    **{k: getattr(atlas, k) for k in _MAPS},
+                )
             os.replace(tmp, path)
         except OSError:
             pass  # caching is an optimisation; an unwritable cache is not an error

@@ -442,3 +442,19 @@ def test_12_absurd_simulation_is_refused_at_once(tmp_path):
     )  # fmt: skip
     one_error_line(code, output, "solver stages", "check the units")
     assert time.perf_counter() - t0 < 30
+
+
+def test_damaged_atlas_cache_entry_is_rebuilt(tmp_path, monkeypatch):
+    """A cached atlas whose maps were altered (yet still a valid .npz) is not used."""
+    from gliomatch.atlas import cache_dir, mni152_atlas
+
+    monkeypatch.setenv("GLIOMATCH_CACHE", str(tmp_path))
+    good = mni152_atlas(32)
+    entry = next((cache_dir() / "atlas").glob("mni152-2009-r32-*.npz"))
+    with np.load(entry) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["wm"] = arrays["wm"] * 0.5  # plausible, but not the atlas
+    np.savez(entry, **arrays)
+    again = mni152_atlas(32)
+    assert again.checksum == good.checksum
+    assert np.array_equal(again.wm, good.wm)
