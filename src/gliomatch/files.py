@@ -21,6 +21,7 @@ __all__ = [
     "file_digests",
     "sha256_file",
     "stale_temporaries",
+    "worker_pool",
     "write_json_atomic",
 ]
 
@@ -104,3 +105,30 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def worker_pool(workers: int):
+    """A process pool whose workers end when this process ends, even when it is killed
+    (``SIGKILL`` included, on Linux): a killed index build leaves no orphaned workers."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(
+        max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to send SIGTERM to this worker when its parent dies (prctl
+    PR_SET_PDEATHSIG); where that is unavailable, nothing changes."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)

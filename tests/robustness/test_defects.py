@@ -458,3 +458,51 @@ def test_damaged_atlas_cache_entry_is_rebuilt(tmp_path, monkeypatch):
     again = mni152_atlas(32)
     assert again.checksum == good.checksum
     assert np.array_equal(again.wm, good.wm)
+
+
+def test_12_killed_parent_leaves_no_orphaned_workers(tmp_path):
+    """A process building with a worker pool is killed with SIGKILL: its workers end too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    pids = tmp_path / "pids.txt"
+    script.write_text(
+        "import os, sys, time\n"
+        "from gliomatch.files import worker_pool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = worker_pool(2)\n"
+        "    futures = [pool.submit(time.sleep, 60) for _ in range(2)]\n"
+        "    time.sleep(1.0)\n"
+        f"    open({str(pids)!r}, 'w').write(' '.join(str(p) for p in pool._processes))\n"
+        "    time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.time() + 30
+    while not (pids.is_file() and pids.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.1)
+    workers = [int(p) for p in pids.read_text().split()]
+    assert len(workers) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    alive = workers
+    while alive and time.time() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in workers if _running(p)]
+    assert alive == []
+
+
+def _running(pid):
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return os.path.exists(f"/proc/{pid}")

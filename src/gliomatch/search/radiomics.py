@@ -14,12 +14,12 @@ has all features 0.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from gliomatch.files import worker_pool
 from gliomatch.search.base import Query, Strategy, register_strategy, top_k
 
 __all__ = ["FEATURES", "RadiomicsStrategy", "database_features", "shape_features"]
@@ -93,7 +93,7 @@ def database_features(db, *, workers: int = 2, progress=None) -> pd.DataFrame:
         results = map(_tumor_features, args)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers)
+        pool = worker_pool(workers)
         results = pool.map(_tumor_features, args)
     try:
         for part in results:

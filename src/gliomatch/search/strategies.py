@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from gliomatch.files import worker_pool
 from gliomatch.search.base import Query, Strategy, register_strategy, top_k
 from gliomatch.search.engine import BlockIndex, dice_scores
 
@@ -80,7 +80,7 @@ class LoopStrategy(Strategy):
         if self.workers == 1 or len(chunks) == 1:
             parts = [_loop_counts(a) for a in args]
         else:
-            with ProcessPoolExecutor(max_workers=self.workers) as pool:
+            with worker_pool(self.workers) as pool:
                 parts = list(pool.map(_loop_counts, args))
         c = np.concatenate(parts)
         scores = dice_scores(
