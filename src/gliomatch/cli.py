@@ -144,6 +144,7 @@ def simulate(
     import nibabel as nib
 
     from gliomatch.atlas import load_atlas
+    from gliomatch.masks import threshold
     from gliomatch.solver import simulate as run
 
     out = _out_path(out)
@@ -153,9 +154,9 @@ def simulate(
     nib.save(a.to_nifti(u), str(out))
     files = [str(out)]
     if masks:
-        for level, name in ((0.2, "flair"), (0.6, "t1gd")):
+        for name, m in zip(("flair", "t1gd"), threshold(u), strict=True):
             p = _sibling(out, name)
-            nib.save(a.to_nifti(u >= level), str(p))
+            nib.save(a.to_nifti(m), str(p))
             files.append(str(p))
     v = a.voxel_volume_cm3
     summary = {
@@ -163,8 +164,8 @@ def simulate(
         "dw_mm2_per_day": dw,
         "rho_per_day": rho,
         "t_end_days": t_end,
-        "flair_cm3": float((u >= 0.2).sum() * v),
-        "t1gd_cm3": float((u >= 0.6).sum() * v),
+        "flair_cm3": float(threshold(u)[0].sum() * v),
+        "t1gd_cm3": float(threshold(u)[1].sum() * v),
         "steps": sim.steps,
         "run_s": sim.elapsed_s,
         "files": files,
@@ -692,9 +693,9 @@ def run_demo(*, n, resolution, out, seed, registration, db_path=None, quiet=Fals
     import nibabel as nib
 
     from gliomatch.database.build import held_out_tumors
+    from gliomatch.masks import dice, threshold
     from gliomatch.pipeline import infer as run_infer
     from gliomatch.pipeline import load_patient
-    from gliomatch.search import dice
     from gliomatch.synthetic import make_patient
 
     db = _demo_db(n, resolution, db_path, quiet)
@@ -716,7 +717,8 @@ def run_demo(*, n, resolution, out, seed, registration, db_path=None, quiet=Fals
     )
     pred = nib.load(res.files["density_patient"]).get_fdata()
     true = nib.load(patient.density_true).get_fdata()
-    return res, truth, dice(pred >= 0.2, true >= 0.2), dice(pred >= 0.6, true >= 0.6)
+    (pf, pt), (tf, tt) = threshold(pred), threshold(true)
+    return res, truth, dice(pf, tf), dice(pt, tt)
 
 
 @bench_app.command("infer")

@@ -24,6 +24,7 @@ from scipy.spatial.transform import Rotation
 
 from gliomatch.atlas import Atlas
 from gliomatch.errors import GliomatchError
+from gliomatch.masks import threshold
 
 __all__ = ["SyntheticPatient", "make_patient"]
 
@@ -122,8 +123,7 @@ def make_patient(
     noise = ndimage.gaussian_filter(rng.normal(size=shape), 1.0)
     noise *= boundary_noise / (noise.std() + 1e-12)
     noisy = u + noise * (u > 0.05)
-    flair = noisy >= 0.2
-    core = noisy >= 0.6
+    flair, core = threshold(noisy)
     necrosis = noisy >= 0.97
     seg = np.zeros(shape, np.uint8)
     seg[flair] = 2

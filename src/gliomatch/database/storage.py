@@ -31,12 +31,21 @@ from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 
-import numba
 import numpy as np
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
 from gliomatch.files import file_digests, sha256_file, write_json_atomic
+from gliomatch.masks import (  # noqa: F401  (the encoding is part of the format)
+    FLAIR_CODE,
+    FLAIR_LEVEL,
+    SCALE,
+    T1GD_CODE,
+    T1GD_LEVEL,
+    decode,
+    encode,
+    masks_from_codes,
+)
 
 __all__ = [
     "FORMAT",
@@ -52,54 +61,6 @@ FORMAT = "gliomatch-tumor-db"
 FORMAT_VERSION = 2
 #: Manifest keys every reader relies on.
 MANIFEST_KEYS = ("atlas", "counts", "shards", "sampling", "size_filter", "table_sha256")
-SCALE = 250
-FLAIR_LEVEL, T1GD_LEVEL = 0.2, 0.6
-FLAIR_CODE, T1GD_CODE = 50, 150
-
-
-def encode(u: np.ndarray) -> np.ndarray:
-    """uint8 codes of a density in [0, 1] that keep the 0.2 and 0.6 thresholds exact.
-
-    ``q = floor(250 u)``, then nudged across a threshold code where rounding put it on the
-    wrong side, so that ``q >= 50`` iff ``u >= 0.2`` and ``q >= 150`` iff ``u >= 0.6``.
-    """
-    u = np.ascontiguousarray(u, dtype=np.float32)
-    return _encode(u.ravel()).reshape(u.shape)
-
-
-@numba.njit(cache=True)
-def _encode(u):
-    out = np.empty(u.shape[0], np.uint8)
-    f, t = np.float32(FLAIR_LEVEL), np.float32(T1GD_LEVEL)
-    for n in range(u.shape[0]):
-        v = u[n]
-        q = int(np.floor(np.float64(v) * SCALE))
-        q = min(max(q, 0), SCALE)
-        if v >= f:
-            q = max(q, FLAIR_CODE)
-        else:
-            q = min(q, FLAIR_CODE - 1)
-        if v >= t:
-            q = max(q, T1GD_CODE)
-        else:
-            q = min(q, T1GD_CODE - 1)
-        out[n] = q
-    return out
-
-
-def decode(q: np.ndarray) -> np.ndarray:
-    """Approximate density (float32) from codes; exact on the 0.2 / 0.6 thresholds."""
-    q = np.asarray(q)
-    u = (q.astype(np.float32) + np.float32(0.5)) / np.float32(SCALE)
-    u = np.where(q == 0, np.float32(0), u)
-    return np.minimum(u, np.float32(1)).astype(np.float32)
-
-
-def masks_from_codes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(FLAIR, T1Gd) boolean masks (u >= 0.2, u >= 0.6) from codes."""
-    return q >= FLAIR_CODE, q >= T1GD_CODE
-
-
 def hash_tree(path: Path) -> str:
     """SHA-256 over the relative names and bytes of every file below ``path`` (sorted)."""
     h = hashlib.sha256()

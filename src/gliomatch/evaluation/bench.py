@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from gliomatch.atlas import load_atlas
+from gliomatch.masks import threshold
 from gliomatch.solver import Domain, simulate
 
 __all__ = ["bench_build", "bench_solver"]
@@ -51,8 +52,8 @@ def bench_solver(
         "max_abs_diff": float(np.abs(u - ref.densities[0]).max()),
         "warmup_s": warmup,
         "tissue_voxels": cells,
-        "flair_cm3": float((u >= 0.2).sum() * a.voxel_volume_cm3),
-        "t1gd_cm3": float((u >= 0.6).sum() * a.voxel_volume_cm3),
+        "flair_cm3": float(threshold(u)[0].sum() * a.voxel_volume_cm3),
+        "t1gd_cm3": float(threshold(u)[1].sum() * a.voxel_volume_cm3),
         **kernel,
     }
 
@@ -156,8 +157,8 @@ def _variants(db, n_total: int, size: int):
 
     Each database tumor is read once and all its copies are made from it.
     """
-    from gliomatch.database.storage import masks_from_codes
-    from gliomatch.search.strategies import downsample
+    from gliomatch.masks import masks_from_codes
+    from gliomatch.masks import downsample
 
     n = len(db)
     per_base = -(-n_total // n)
@@ -261,7 +262,7 @@ def bench_search(
             size = strat.grid_size
             tb = time.perf_counter()
             big = BlockIndex.from_masks(_variants(db, int(scale), size), (size,) * 3)
-            from gliomatch.search.strategies import downsample
+            from gliomatch.masks import downsample
 
             slat = []
             big.search(

@@ -211,8 +211,7 @@ def _density_at(u: np.ndarray, resolution: int) -> np.ndarray:
 
 def query_arrays(flair: np.ndarray, t1gd: np.ndarray, resolution: int):
     """Network input masks (1, 2, R, R, R) and box (1, 6) of a pair of atlas-grid masks."""
-    from gliomatch.search.engine import mask_bbox
-    from gliomatch.search.strategies import downsample
+    from gliomatch.masks import downsample, mask_bbox
 
     flair = np.asarray(flair, dtype=bool)
     t1gd = np.asarray(t1gd, dtype=bool) & flair
@@ -224,8 +223,8 @@ def query_arrays(flair: np.ndarray, t1gd: np.ndarray, resolution: int):
 def tumor_arrays(db, ids, resolution: int, density: bool = True):
     """(masks (n, 2, R, R, R) uint8, density (n, R, R, R) uint8 = round(255 u) or None,
     boxes (n, 6) float in R-voxels) of database tumors."""
-    from gliomatch.database.storage import decode, masks_from_codes
-    from gliomatch.search.strategies import downsample
+    from gliomatch.masks import decode, masks_from_codes
+    from gliomatch.masks import downsample
 
     ids = np.asarray(ids, dtype=np.int64)
     n, r = len(ids), resolution

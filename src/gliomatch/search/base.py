@@ -26,6 +26,7 @@ import numpy as np
 
 from gliomatch.errors import GliomatchError
 from gliomatch.files import stale_temporaries
+from gliomatch.masks import dice, masks_from_codes
 
 __all__ = [
     "THETA",
@@ -39,30 +40,6 @@ __all__ = [
     "register_strategy",
     "top_k",
 ]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice coefficient of two boolean masks (1.0 when both are empty).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> dice(np.array([1, 1, 0], bool), np.array([1, 0, 0], bool))
-    0.6666666666666666
-    """
-    a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
-    if a.shape != b.shape:
-        raise GliomatchError(f"masks of different shapes {a.shape} and {b.shape}")
-    return dice_from_counts(np.count_nonzero(a & b), np.count_nonzero(a), np.count_nonzero(b))
-
-
-def dice_from_counts(inter, na, nb):
-    """Dice from intersection and sizes; the one formula every strategy uses (same rounding)."""
-    na, nb = int(na), int(nb)
-    if na + nb == 0:
-        return 1.0
-    return 2.0 * int(inter) / (na + nb)
 
 
 def _as_mask(arr, name: str, shape) -> np.ndarray:
@@ -118,8 +95,6 @@ class Query:
     @classmethod
     def from_codes(cls, codes: np.ndarray) -> Query:
         """The query made of a database tumor's own masks."""
-        from gliomatch.database.storage import masks_from_codes
-
         f, t = masks_from_codes(codes)
         return cls(f, t)
 

@@ -25,34 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gliomatch.masks import dice_scores, mask_bbox
 from gliomatch.search.blocks import encode_blocks, intersections, query_blocks
 
 __all__ = ["BlockIndex", "PackedQuery", "dice_scores"]
-
-
-def dice_scores(inter_f, inter_t, nf, nt, qf, qt, w_t1gd, w_flair) -> np.ndarray:
-    """Combined scores from intersections and sizes (the formula every strategy shares)."""
-    inter_f = np.asarray(inter_f, dtype=np.float64)
-    inter_t = np.asarray(inter_t, dtype=np.float64)
-    den_f = np.asarray(nf, dtype=np.float64) + float(qf)
-    den_t = np.asarray(nt, dtype=np.float64) + float(qt)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d_f = np.where(den_f == 0, 1.0, 2.0 * inter_f / den_f)
-        d_t = np.where(den_t == 0, 1.0, 2.0 * inter_t / den_t)
-    return w_t1gd * d_t + w_flair * d_f, d_t, d_f
-
-
-def mask_bbox(mask: np.ndarray) -> np.ndarray:
-    """Half-open bounding box ``(i0, j0, k0, i1, j1, k1)`` of a mask (zeros when empty)."""
-    if not mask.any():
-        return np.zeros(6, dtype=np.int32)
-    out = []
-    for ax in range(3):
-        nz = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0]
-        out.append((nz[0], nz[-1] + 1))
-    return np.array(
-        [out[0][0], out[1][0], out[2][0], out[0][1], out[1][1], out[2][1]], dtype=np.int32
-    )
 
 
 @dataclass(frozen=True)

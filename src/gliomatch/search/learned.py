@@ -94,7 +94,7 @@ class LearnedStrategy(Strategy):
 
     def encode_query(self, query: Query) -> dict:
         from gliomatch.learn.train import encode_masks
-        from gliomatch.search.strategies import downsample
+        from gliomatch.masks import downsample
 
         out = {}
         for m, mask in (("t1gd", query.t1gd & query.flair), ("flair", query.flair)):

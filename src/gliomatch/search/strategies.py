@@ -16,22 +16,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from gliomatch.files import worker_pool
+from gliomatch.masks import dice_scores, downsample, masks_from_codes, threshold
 from gliomatch.search.base import Query, Strategy, register_strategy, top_k
-from gliomatch.search.engine import BlockIndex, dice_scores
+from gliomatch.search.engine import BlockIndex
 
 __all__ = ["DownsampledStrategy", "ExactStrategy", "LoopStrategy", "downsample"]
-
-
-def downsample(mask: np.ndarray, size: int) -> np.ndarray:
-    """Order-0 (nearest-neighbour) zoom of a boolean mask to ``size`` voxels per side."""
-    if mask.shape[0] == size:
-        return np.asarray(mask, dtype=bool)
-    factor = size / mask.shape[0]
-    out = ndimage.zoom(mask.astype(np.uint8), factor, order=0)
-    return out.astype(bool)
 
 
 # ----------------------------------------------------------------------------------- loop
@@ -49,9 +40,7 @@ def _loop_counts(args):
         db = _WORKER_DB[path] = Database.open(path)
     out = np.zeros((len(ids), 4), dtype=np.int64)
     for n, i in enumerate(ids):
-        u = db.density(int(i))
-        f = u >= 0.2
-        t = u >= 0.6
+        f, t = threshold(db.density(int(i)))
         out[n] = (
             np.count_nonzero(f & flair),
             np.count_nonzero(t & t1gd),
@@ -112,8 +101,6 @@ class _BlockStrategy(Strategy):
         return {**super()._meta(), "grid": self.grid_size}
 
     def _masks(self):
-        from gliomatch.database.storage import masks_from_codes
-
         s = self.grid_size
         for _, codes in self.db.iter_batches(batch_size=32):
             for q in codes:
