@@ -276,7 +276,7 @@ StrategyOpt = Annotated[str, typer.Option(help="Search strategy: loop, exact, ds
 
 
 def _load_mask(path: Path, name: str):
-    from gliomatch.inputs import load_nifti
+    from gliomatch.patient.inputs import load_nifti
 
     img = load_nifti(path, f"{name} mask")
     return np.asarray(img.dataobj), img.affine
@@ -566,8 +566,8 @@ def infer(
     import warnings
 
     from gliomatch.database import Database
-    from gliomatch.pipeline import infer as run_infer
-    from gliomatch.pipeline import load_patient
+    from gliomatch.patient.pipeline import infer as run_infer
+    from gliomatch.patient.pipeline import load_patient
 
     _check_k(k)
     with warnings.catch_warnings(record=True) as caught:
@@ -615,8 +615,8 @@ def infer_batch(
 ):
     """Run `infer` for every row of a cohort CSV (resumable) and write summary.csv; a failed
     row is recorded there and the others go on (exit code 1 if any failed)."""
-    from gliomatch.cohort import infer_cohort, read_cohort
     from gliomatch.database import Database
+    from gliomatch.patient.cohort import infer_cohort, read_cohort
 
     _check_k(k)
     rows = read_cohort(csv)
@@ -694,9 +694,9 @@ def run_demo(*, n, resolution, out, seed, registration, db_path=None, quiet=Fals
 
     from gliomatch.database.build import held_out_tumors
     from gliomatch.masks import dice, threshold
-    from gliomatch.pipeline import infer as run_infer
-    from gliomatch.pipeline import load_patient
-    from gliomatch.synthetic import make_patient
+    from gliomatch.patient.pipeline import infer as run_infer
+    from gliomatch.patient.pipeline import load_patient
+    from gliomatch.patient.synthetic import make_patient
 
     db = _demo_db(n, resolution, db_path, quiet)
     atlas = db.atlas()

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from gliomatch.cli import app
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.harness import evaluate, real_queries, synthetic_queries
+from gliomatch.patient.synthetic import make_patient
 from gliomatch.search import Strategy, register_strategy
-from gliomatch.synthetic import make_patient
 
 runner = CliRunner()
 
@@ -119,7 +119,7 @@ def test_real_cohort_of_synthetic_patients(db, tmp_path, monkeypatch):
     )
     assert s["plausibility"]["real"]["n"] == 2
     # cached registration: a second pass does not register again ...
-    import gliomatch.registration as registration
+    import gliomatch.patient.registration as registration
 
     calls = []
     real_register = registration.register
@@ -200,7 +200,7 @@ def test_real_cohort_empty_after_registration_names_the_patient(db, tmp_path, mo
     csv = tmp_path / "cohort.csv"
     csv.write_text(f"patient_id,t1,seg,labels\nlost,{p.t1},{p.seg},brats2021\n")
     cache = tmp_path / "regcache"
-    import gliomatch.registration as registration
+    import gliomatch.patient.registration as registration
 
     empty = np.zeros(atlas.shape, bool)  # a registration that loses the tumor
     monkeypatch.setattr(registration, "register", lambda *a, **kw: None)

@@ -65,7 +65,7 @@ def masks(base_db, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def patient(base_db, tmp_path_factory):
-    from gliomatch.synthetic import make_patient
+    from gliomatch.patient.synthetic import make_patient
 
     return make_patient(
         base_db.atlas(), tmp_path_factory.mktemp("patient"), density=base_db.density(1), seed=4

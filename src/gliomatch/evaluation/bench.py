@@ -157,8 +157,7 @@ def _variants(db, n_total: int, size: int):
 
     Each database tumor is read once and all its copies are made from it.
     """
-    from gliomatch.masks import masks_from_codes
-    from gliomatch.masks import downsample
+    from gliomatch.masks import downsample, masks_from_codes
 
     n = len(db)
     per_base = -(-n_total // n)

@@ -53,10 +53,10 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
     """
     import nibabel as nib
 
-    from gliomatch.cohort import input_digest, read_cohort
     from gliomatch.files import cache_key, confined_child
-    from gliomatch.pipeline import load_patient
-    from gliomatch.registration import register, warp_masks_to_atlas
+    from gliomatch.patient.cohort import input_digest, read_cohort
+    from gliomatch.patient.pipeline import load_patient
+    from gliomatch.patient.registration import register, warp_masks_to_atlas
 
     cohort = read_cohort(Path(csv))
     atlas = db.atlas()

@@ -223,8 +223,7 @@ def query_arrays(flair: np.ndarray, t1gd: np.ndarray, resolution: int):
 def tumor_arrays(db, ids, resolution: int, density: bool = True):
     """(masks (n, 2, R, R, R) uint8, density (n, R, R, R) uint8 = round(255 u) or None,
     boxes (n, 6) float in R-voxels) of database tumors."""
-    from gliomatch.masks import decode, masks_from_codes
-    from gliomatch.masks import downsample
+    from gliomatch.masks import decode, downsample, masks_from_codes
 
     ids = np.asarray(ids, dtype=np.int64)
     n, r = len(ids), resolution

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from gliomatch.errors import GliomatchError
-from gliomatch.inputs import binary_mask, load_nifti, masks_from_labels, on_grid
+from gliomatch.patient.inputs import binary_mask, load_nifti, masks_from_labels, on_grid
 from gliomatch.search.base import THETA as PARAMS
 
 __all__ = ["InferResult", "PatientInputs", "infer", "load_patient"]
@@ -132,7 +132,7 @@ def infer(
     progress=None,
 ) -> InferResult:
     """Run the whole pipeline for one patient; write everything into ``out``."""
-    from gliomatch.registration import register, warp_masks_to_atlas, warp_to_patient
+    from gliomatch.patient.registration import register, warp_masks_to_atlas, warp_to_patient
     from gliomatch.search import Query, describe_matches, get_strategy
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -204,7 +204,7 @@ def infer(
     t = time.perf_counter()
     if report:
         say("report")
-        from gliomatch.report import write_report
+        from gliomatch.patient.report import write_report
 
         files["report"] = str(
             write_report(

@@ -104,7 +104,7 @@ def infer_cohort(
     strategy, k and registration is not run again; any other result there is redone. Every
     failure is recorded in its row (``status``) and the cohort goes on.
     """
-    from gliomatch.pipeline import infer, load_patient
+    from gliomatch.patient.pipeline import infer, load_patient
 
     say = log or (lambda msg: None)
     out = Path(out)

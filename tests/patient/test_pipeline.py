@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from gliomatch.cli import app
 from gliomatch.errors import GliomatchError
-from gliomatch.inputs import masks_from_labels
-from gliomatch.pipeline import infer, load_patient
+from gliomatch.patient.inputs import masks_from_labels
+from gliomatch.patient.pipeline import infer, load_patient
+from gliomatch.patient.synthetic import make_patient
 from gliomatch.search import dice
-from gliomatch.synthetic import make_patient
 
 runner = CliRunner()
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "tcga-fg-6692"
@@ -265,8 +265,8 @@ def test_infer_batch(db, patient, tmp_path):
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/tcga-fg-6692 not present")
 def test_real_clinical_scan_registers(atlas64, tmp_path):
     """Raw, skull-on, 5.5 mm-slice clinical T1 registers without crashing."""
-    from gliomatch.inputs import load_nifti
-    from gliomatch.registration import register, warp_to_atlas
+    from gliomatch.patient.inputs import load_nifti
+    from gliomatch.patient.registration import register, warp_to_atlas
 
     img = load_nifti(SHARED / "t1.nii.gz", "T1")
     with warnings.catch_warnings():
