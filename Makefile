@@ -36,8 +36,10 @@ lock: $(VENV)/bin/python
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
+# ruff, and the import-linter layers contract of pyproject.toml (the architecture, checked)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/lint-imports
 
 # Two pytest workers, each with single-threaded numba and torch: on 2 cores this is ~30 % faster
 # than one process whose kernels use both cores (measured), and it never oversubscribes.
