@@ -61,6 +61,8 @@ FORMAT = "gliomatch-tumor-db"
 FORMAT_VERSION = 2
 #: Manifest keys every reader relies on.
 MANIFEST_KEYS = ("atlas", "counts", "shards", "sampling", "size_filter", "table_sha256")
+
+
 def hash_tree(path: Path) -> str:
     """SHA-256 over the relative names and bytes of every file below ``path`` (sorted)."""
     h = hashlib.sha256()

@@ -11,6 +11,7 @@ from gliomatch.search.base import (
     describe_matches,
     dice,
     get_strategy,
+    ready_strategies,
     register_strategy,
     top_k,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "describe_matches",
     "dice",
     "get_strategy",
+    "ready_strategies",
     "register_strategy",
     "top_k",
 ]

@@ -37,6 +37,7 @@ __all__ = [
     "describe_matches",
     "dice",
     "get_strategy",
+    "ready_strategies",
     "register_strategy",
     "top_k",
 ]
@@ -140,6 +141,9 @@ class Strategy(abc.ABC):
     name: str = ""
     #: True when the strategy's index must be built before searching.
     needs_index: bool = True
+    #: True for strategies that rank compressed codes (learned codes, embeddings): re-ranking
+    #: their candidates with the exact Dice (``NAME+rrM``) is what makes them exact-ish.
+    compressed: bool = False
 
     def __init__(self, db, *, w_t1gd: float = 1.0, w_flair: float = 1.0, progress: bool = True):
         for nm, w in (("w_t1gd", w_t1gd), ("w_flair", w_flair)):
@@ -302,6 +306,19 @@ def register_strategy(name: str, cls: type[Strategy] | None = None, **defaults):
 
 def available_strategies() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def ready_strategies(db, names=None) -> dict[str, str | None]:
+    """For each registered strategy (or ``names``): None when it is ready to search ``db`` (its
+    index is built if needed), else why not (e.g. an untrained model)."""
+    out = {}
+    for name in names or available_strategies():
+        try:
+            get_strategy(name, db, progress=False).ensure_ready()
+            out[name] = None
+        except GliomatchError as exc:
+            out[name] = str(exc)
+    return out
 
 
 def get_strategy(name: str, db, **options) -> Strategy:

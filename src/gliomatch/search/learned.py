@@ -34,6 +34,8 @@ __all__ = ["LearnedStrategy"]
 class LearnedStrategy(Strategy):
     """Nearest codes of a trained model pair (T1Gd and FLAIR)."""
 
+    compressed = True
+
     def __init__(self, db, *, model: str = "ae", **kw):
         self.model_name = model
         self.name = model

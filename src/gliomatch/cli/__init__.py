@@ -1,0 +1,15 @@
+"""The ``gliomatch`` command line: ``gliomatch <noun> <verb>``, one module per noun.
+
+A command parses its options, calls one library function and prints; every failure becomes one
+``error:`` line (:func:`gliomatch.cli.common.handle_errors`). Progress bars (rich) live here
+only: the library reports progress through a ``progress(done, total, description)`` callback.
+"""
+
+from gliomatch.cli import atlas, bench, db, evaluate, infer, search, simulate, train  # noqa: F401
+from gliomatch.cli.apps import app
+
+__all__ = ["app", "main"]
+
+
+def main():  # pragma: no cover - console entry point
+    app()

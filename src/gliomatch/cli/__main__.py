@@ -1,0 +1,5 @@
+"""``python -m gliomatch.cli``: the same as the ``gliomatch`` command."""
+
+from gliomatch.cli import main
+
+main()

@@ -1,0 +1,195 @@
+"""`gliomatch bench solver | build | search | infer`: fast paths against references."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gliomatch.cli.apps import bench_app
+from gliomatch.cli.common import (
+    AtlasOpt,
+    RegOpt,
+    ResolutionOpt,
+    as_json,
+    handle_errors,
+    strategy_names,
+)
+from gliomatch.errors import GliomatchError
+
+
+@bench_app.command("solver")
+@handle_errors
+def bench_solver_cmd(
+    resolution: ResolutionOpt = 128,
+    dw: Annotated[float, typer.Option(help="D_w (mm^2/day).")] = 0.3,
+    rho: Annotated[float, typer.Option(help="rho (1/day).")] = 0.05,
+    t_end: Annotated[float, typer.Option(help="T_end (days).")] = 300.0,
+    atlas: AtlasOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Last line is a JSON object.")] = False,
+):
+    """Time the numba solver against the whole-grid NumPy reference on the same problem."""
+    from gliomatch.evaluation.bench import bench_solver
+
+    r = bench_solver(resolution=resolution, dw=dw, rho=rho, t_end=t_end, atlas=atlas)
+    typer.echo(
+        f"problem: {r['resolution']}^3 ({r['spacing_mm']:.2f} mm), D_w {dw} mm^2/d, "
+        f"rho {rho} /d, T {t_end} d: {r['steps']} steps of {r['dt_days']:.3f} d"
+    )
+    typer.echo(
+        f"fast (numba):       {r['fast_s']:8.3f} s  (first call {r['warmup_s']:.2f} s "
+        "incl. compile/cache load)"
+    )
+    typer.echo(f"reference (numpy):  {r['reference_s']:8.3f} s")
+    typer.echo(f"speed-up:           {r['speedup']:8.1f} x")
+    typer.echo(f"max |diff|:         {r['max_abs_diff']:.2e}")
+    typer.echo(
+        f"kernel: {r['kernel_ns_per_cell']:.2f} ns per tissue cell, "
+        f"{r['kernel_gb_per_s']:.1f} GB/s of compulsory traffic (20 B/cell) vs "
+        f"{r['copy_gb_per_s']:.1f} GB/s memory copy on this machine"
+    )
+    if json_out:
+        typer.echo(as_json(r))
+
+
+@bench_app.command("build")
+@handle_errors
+def bench_build_cmd(
+    n: Annotated[int, typer.Option(help="Tumors to keep.")] = 500,
+    resolution: ResolutionOpt = 128,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: all cores).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Keep the database here (default: temp).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Last line is a JSON object.")] = False,
+):
+    """Build a database and report tumors/min, simulations/min, rejection rate, bytes/tumor."""
+    from gliomatch.evaluation.bench import bench_build
+
+    r = bench_build(n=n, resolution=resolution, workers=workers, out=out, progress=not json_out)
+    typer.echo(
+        f"{r['n']} tumors at {resolution}^3 in {r['wall_s']:.1f} s: "
+        f"{r['tumors_per_min']:.1f} tumors/min, {r['simulations_per_min']:.1f} "
+        f"simulations/min, rejection rate {100 * r['rejection_rate']:.1f} %, "
+        f"{r['bytes_per_tumor'] / 1e3:.1f} kB per tumor"
+    )
+    if json_out:
+        typer.echo(as_json(r))
+
+
+@bench_app.command("search")
+@handle_errors
+def bench_search_cmd(
+    db_path: Annotated[Path, typer.Option("--db", help="Database folder.")],
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = (
+        "loop,exact,ds64,ds32"
+    ),
+    queries: Annotated[int, typer.Option(help="Held-out query tumors.")] = 20,
+    k: Annotated[int, typer.Option(help="k of the top-k.")] = 15,
+    scale: Annotated[
+        int | None, typer.Option(help="Also time indexes padded to this many entries.")
+    ] = None,
+    loop_max: Annotated[
+        int, typer.Option(help="Time loop on at most this many tumors (scaled linearly).")
+    ] = 2000,
+    rerank: Annotated[
+        int, typer.Option(help="Also run code-based strategies re-ranking this many candidates.")
+    ] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per strategy.")] = False,
+):
+    """Latency and top-1/5/15 preservation of search strategies on held-out tumors."""
+    from gliomatch.database import Database
+    from gliomatch.evaluation.bench import bench_search
+    from gliomatch.search import get_strategy
+
+    db = Database.open(db_path)
+    names = strategy_names(strategies)
+    if rerank:  # every strategy of compressed codes (learned, multitask embeddings) re-ranks
+        names += [
+            f"{n}+rr{rerank}" for n in names if get_strategy(n, db, progress=False).compressed
+        ]
+    if queries < 1:
+        raise GliomatchError(f"--queries must be >= 1, got {queries}")
+    rows = bench_search(
+        db,
+        names,
+        queries=queries,
+        k=k,
+        scale=scale,
+        loop_max=loop_max,
+        progress=not json_out,
+        log=(lambda m: None) if json_out else typer.echo,
+    )
+    if json_out:
+        for r in rows:
+            typer.echo(as_json(r))
+        return
+    typer.echo(f"{len(db)} tumors at {db.resolution}^3, {rows[0]['queries']} held-out queries")
+    typer.echo(
+        f"{'strategy':>10} {'median':>10} {'p95':>10} {'speed-up':>9} {'top1':>6} "
+        f"{'top5':>6} {'top15':>6} {'index':>9}"
+    )
+    for r in rows:
+        sp = f"{r['speedup_vs_loop']:.0f}x" if r["speedup_vs_loop"] else "-"
+        typer.echo(
+            f"{r['strategy']:>10} {r['median_s'] * 1e3:8.2f}ms {r['p95_s'] * 1e3:8.2f}ms "
+            f"{sp:>9} {100 * r['top1']:5.1f}% {100 * r['top5']:5.1f}% "
+            f"{100 * r['top15']:5.1f}% {r['index_bytes'] / 1e6:7.1f}MB"
+        )
+        if r.get("index_build_s"):
+            typer.echo(f"{'':>10} index built in {r['index_build_s']:.1f} s")
+        if "scaled_to" in r:
+            sp = r.get("scaled_speedup_vs_loop")
+            typer.echo(
+                f"{'':>10} at {r['scaled_to']} entries: median "
+                f"{r['scaled_median_s'] * 1e3:.2f} ms, p95 {r['scaled_p95_s'] * 1e3:.2f} ms, "
+                f"index {r['scaled_index_bytes'] / 1e6:.0f} MB"
+                + (f", {sp:.0f}x faster than loop scaled to that size" if sp else "")
+            )
+        if r["note"]:
+            typer.echo(f"{'':>10} note: {r['note']}")
+        if "exact_equals_loop" in r:
+            typer.echo(
+                f"{'':>10} exact top-{k} identical to loop on every query: {r['exact_equals_loop']}"
+            )
+
+
+@bench_app.command("infer")
+@handle_errors
+def bench_infer_cmd(
+    db: Annotated[Path | None, typer.Option(help="Database (default: the demo database).")] = None,
+    resolution: ResolutionOpt = 128,
+    registration: RegOpt = "syn",
+    json_out: Annotated[bool, typer.Option("--json", help="Last line is a JSON object.")] = False,
+):
+    """Time each stage of `infer` on a synthetic patient (load, register, warp, search, ...)."""
+    from gliomatch.evaluation.demo import run_demo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = run_demo(
+            out=Path(tmp), resolution=resolution, seed=1, registration=registration, db_path=db,
+            progress=False,
+        )  # fmt: skip
+    res, dice_f, dice_t = d.result, d.dice_flair, d.dice_t1gd
+    t = res.timing
+    typer.echo(" | ".join(f"{k_[:-2]} {v_:.2f} s" for k_, v_ in t.items()))
+    typer.echo(
+        f"end to end {t['total_s']:.1f} s (goal <= 60 s); Dice vs hidden tumor: FLAIR "
+        f"{dice_f:.3f}, T1Gd {dice_t:.3f}"
+    )
+    if json_out:
+        typer.echo(
+            as_json(
+                {
+                    **t,
+                    "registration": registration,
+                    "dice_flair": dice_f,
+                    "dice_t1gd": dice_t,
+                    "registration_quality": res.quality,
+                }
+            )
+        )

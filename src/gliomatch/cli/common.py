@@ -1,0 +1,146 @@
+"""What every command shares: one error line for every failure, JSON output, options, paths,
+progress bars (rich lives only in the command line)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gliomatch.errors import GliomatchError
+
+
+def _fail(msg: str, code: int = 1):
+    typer.echo(f"error: {' '.join(str(msg).split())}", err=True)
+    raise typer.Exit(code)
+
+
+#: Where users report a failure gliomatch did not expect.
+REPORT_TO = "the gliomatch issue tracker"
+
+
+def _os_error(exc: OSError) -> str:
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename if exc.filename is not None else ""
+    return f"{what.lower()}: {where}" if where else what.lower()
+
+
+def handle_errors(fn):
+    """Every failure becomes one ``error:`` line and exit code 1, never a traceback.
+
+    Expected failures (bad input, I/O, a corrupt or foreign file) say what was wrong; an
+    unexpected one says so and where to report it (``GLIOMATCH_DEBUG=1`` shows the traceback).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except GliomatchError as exc:
+            _fail(str(exc))
+        except FileNotFoundError as exc:
+            _fail(f"file not found: {exc.filename or exc}")
+        except PermissionError as exc:
+            _fail(f"permission denied: {exc.filename or exc}")
+        except OSError as exc:  # read-only file system, disk full, a file in the way, ...
+            _fail(_os_error(exc))
+        except MemoryError:
+            _fail("out of memory")
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as exc:
+            if os.environ.get("GLIOMATCH_DEBUG"):
+                raise
+            _fail(
+                f"unexpected internal error ({type(exc).__name__}: {exc}). This is a bug: please "
+                f"report it to {REPORT_TO} with the command you ran "
+                "(GLIOMATCH_DEBUG=1 shows the traceback)"
+            )
+
+    return wrapper
+
+
+def _finite(obj):
+    import numpy as np
+
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def as_json(obj) -> str:
+    """JSON for --json output: an undefined number (NaN, infinity) is ``null``, so the output
+    is always valid JSON."""
+    return json.dumps(_finite(obj), allow_nan=False)
+
+
+ResolutionOpt = Annotated[
+    int, typer.Option(help="Atlas grid: voxels per side (128 = 1.5 mm voxels, 64, 32).")
+]
+AtlasOpt = Annotated[
+    Path | None,
+    typer.Option(help="User atlas folder with t1, wm, gm, csf NIfTIs (default: MNI152 2009)."),
+]
+
+
+def out_path(path: Path) -> Path:
+    if not path.parent.exists():
+        raise GliomatchError(f"output folder {path.parent} does not exist")
+    if not str(path).endswith((".nii", ".nii.gz")):
+        raise GliomatchError(f"output {path} must end in .nii or .nii.gz")
+    return path
+
+
+def sibling(path: Path, suffix: str) -> Path:
+    name = path.name
+    stem = name[:-7] if name.endswith(".nii.gz") else name[:-4]
+    return path.with_name(f"{stem}_{suffix}.nii.gz")
+
+
+StrategyOpt = Annotated[str, typer.Option(help="Search strategy: loop, exact, ds64, ds32, ...")]
+
+
+RegOpt = Annotated[str, typer.Option(help="syn (rigid+affine+SyN) or affine (faster).")]
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def check_k(k: int) -> None:
+    if k < 1:
+        raise GliomatchError(f"--k must be >= 1, got {k}")
+
+
+def strategy_names(text: str) -> list[str]:
+    """Comma-separated strategy names; an empty list is an error."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise GliomatchError(f"--strategies {text!r} names no strategy")
+    return names
+
+
+@contextmanager
+def progress_bar(enabled: bool = True, transient: bool = False):
+    """A rich progress bar and the library's callback ``progress(done, total, description)``:
+    one task per description."""
+    from rich.progress import Progress
+
+    with Progress(disable=not enabled, transient=transient) as bar:
+        tasks = {}
+
+        def update(done, total, description=""):
+            if description not in tasks:
+                tasks[description] = bar.add_task(description, total=total)
+            bar.update(tasks[description], completed=done, total=total)
+
+        yield update

@@ -1,0 +1,87 @@
+"""`gliomatch search`: the best matches of two atlas-space masks."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gliomatch.cli.apps import app
+from gliomatch.cli.common import (
+    StrategyOpt,
+    as_json,
+    handle_errors,
+)
+from gliomatch.errors import GliomatchError
+
+
+def _load_mask(path: Path, name: str):
+
+    import numpy as np
+
+    from gliomatch.patient.inputs import load_nifti
+
+    img = load_nifti(path, f"{name} mask")
+    return np.asarray(img.dataobj), img.affine
+
+
+@app.command()
+@handle_errors
+def search(
+    db_path: Annotated[Path, typer.Argument(help="Database folder.")],
+    flair: Annotated[Path, typer.Option(help="FLAIR (whole tumor) mask in atlas space, NIfTI.")],
+    t1gd: Annotated[Path, typer.Option(help="T1Gd (tumor core) mask in atlas space, NIfTI.")],
+    k: Annotated[int, typer.Option(help="Number of matches.")] = 15,
+    strategy: StrategyOpt = "exact",
+    w_t1gd: Annotated[float, typer.Option(help="Weight of Dice_T1Gd in the score.")] = 1.0,
+    w_flair: Annotated[float, typer.Option(help="Weight of Dice_FLAIR in the score.")] = 1.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Find the database tumors that best match two atlas-space masks (Dice_T1Gd + Dice_FLAIR)."""
+    import numpy as np
+
+    from gliomatch.database import Database
+    from gliomatch.search import Query, describe_matches, get_strategy
+
+    db = Database.open(db_path)
+    f, f_aff = _load_mask(flair, "FLAIR")
+    t, t_aff = _load_mask(t1gd, "T1Gd")
+    for name, aff, path in (("FLAIR", f_aff, flair), ("T1Gd", t_aff, t1gd)):
+        if not np.allclose(aff, db.affine, atol=1e-3):
+            raise GliomatchError(
+                f"{name} mask {path}: its affine differs from the database atlas grid; "
+                "the masks must be in atlas space (use `gliomatch infer` for patient scans)"
+            )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = Query.from_masks(f, t, db.shape)
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+    strat = get_strategy(strategy, db, w_t1gd=w_t1gd, w_flair=w_flair, progress=not json_out)
+    strat.ensure_ready()
+    t0 = time.perf_counter()
+    scores, ids = strat.search(q, k)
+    elapsed = time.perf_counter() - t0
+    rows = describe_matches(db, q, scores, ids)  # both Dice terms at full resolution
+    if json_out:
+        typer.echo(as_json({"strategy": strategy, "seconds": elapsed, "matches": rows}))
+        return
+    typer.echo(
+        f"{strategy}: top {len(rows)} of {len(db)} in {elapsed * 1000:.1f} ms "
+        "(score = strategy's; Dice at full resolution)"
+    )
+    typer.echo(
+        f"{'rank':>4} {'id':>7} {'score':>7} {'T1Gd':>6} {'FLAIR':>6} "
+        f"{'seed x,y,z (mm)':>22} {'D_w':>7} {'rho':>7} {'T (d)':>7}"
+    )
+    for r in rows:
+        th = r["theta"]
+        seed = f"{th['x_mm']:.0f},{th['y_mm']:.0f},{th['z_mm']:.0f}"
+        typer.echo(
+            f"{r['rank']:>4} {r['id']:>7} {r['score']:7.4f} {r['dice_t1gd']:6.3f} "
+            f"{r['dice_flair']:6.3f} {seed:>22} {th['dw']:7.3f} {th['rho']:7.4f} "
+            f"{th['t_end']:7.0f}"
+        )
