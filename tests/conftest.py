@@ -48,6 +48,6 @@ def make_db(tmp_path_factory):
     def make(n, resolution=32, seed=0, shard_size=4):
         folder = tmp_path_factory.mktemp(f"db-r{resolution}-s{seed}") / "db"
         cfg = BuildConfig(resolution=resolution, seed=seed, shard_size=shard_size)
-        return build_database(folder, n, cfg, workers=1, progress=False)
+        return build_database(folder, n, cfg, workers=1)
 
     return make

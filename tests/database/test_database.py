@@ -25,7 +25,7 @@ CFG = BuildConfig(resolution=32, seed=7, shard_size=3)
 
 @pytest.fixture(scope="module")
 def tiny_db(tmp_path_factory):
-    return build_database(tmp_path_factory.mktemp("db") / "a", 30, CFG, workers=1, progress=False)
+    return build_database(tmp_path_factory.mktemp("db") / "a", 30, CFG, workers=1)
 
 
 def _same(db1, db2):
@@ -74,27 +74,26 @@ def test_density_matches_a_fresh_simulation(tiny_db):
 
 
 def test_determinism(tmp_path, tiny_db):
-    again = build_database(tmp_path / "b", 30, CFG, workers=1, progress=False)
+    again = build_database(tmp_path / "b", 30, CFG, workers=1)
     _same(tiny_db, again)
     other = build_database(
         tmp_path / "c",
         30,
         BuildConfig(resolution=32, seed=8, shard_size=3),
         workers=1,
-        progress=False,
     )
     assert not np.allclose(other.params.dw, tiny_db.params.dw)
 
 
 def test_growing_n_resumes(tmp_path, tiny_db):
-    small = build_database(tmp_path / "g", 10, CFG, workers=1, progress=False)
+    small = build_database(tmp_path / "g", 10, CFG, workers=1)
     assert len(small) == 10
-    big = build_database(tmp_path / "g", 30, CFG, workers=1, progress=False)
+    big = build_database(tmp_path / "g", 30, CFG, workers=1)
     _same(tiny_db, big)
 
 
 def test_dask_equals_local(tmp_path, tiny_db):
-    db = build_database(tmp_path / "d", 30, CFG, workers=2, progress=False)
+    db = build_database(tmp_path / "d", 30, CFG, workers=2)
     _same(tiny_db, db)
 
 
@@ -141,7 +140,7 @@ def test_resume_after_kill(tmp_path, tiny_db):
 
 
 def test_corrupt_shard_detected(tmp_path):
-    db = build_database(tmp_path / "x", 8, CFG, workers=1, progress=False)
+    db = build_database(tmp_path / "x", 8, CFG, workers=1)
     chunk = next(
         p
         for p in (db.path / "shards" / "s00000" / "densities.zarr").rglob("*")
@@ -160,7 +159,7 @@ def test_foreign_and_old_folders(tmp_path):
     with pytest.raises(GliomatchError, match="not a gliomatch database"):
         Database.open(tmp_path / "f")
     with pytest.raises(GliomatchError, match="not empty"):
-        build_database(tmp_path / "f", 5, CFG, workers=1, progress=False)
+        build_database(tmp_path / "f", 5, CFG, workers=1)
     (tmp_path / "f" / "manifest.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(GliomatchError, match="manifest"):
         Database.open(tmp_path / "f")
@@ -183,7 +182,7 @@ def test_bad_build_arguments(tiny_db, kwargs, message):
     args = dict(n=5, config=CFG)
     args.update(kwargs)
     with pytest.raises(GliomatchError, match=message):
-        build_database(tiny_db.path, args["n"], args["config"], workers=1, progress=False)
+        build_database(tiny_db.path, args["n"], args["config"], workers=1)
 
 
 def test_bad_ranges():
@@ -202,15 +201,15 @@ def test_unwritable_folder(tmp_path):
         target = tmp_path / "file"
         target.write_text("x")
         with pytest.raises(GliomatchError, match="not a folder"):
-            build_database(target, 5, CFG, workers=1, progress=False)
+            build_database(target, 5, CFG, workers=1)
         with pytest.raises(GliomatchError, match="cannot create"):
-            build_database(target / "sub", 5, CFG, workers=1, progress=False)
+            build_database(target / "sub", 5, CFG, workers=1)
         return
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     with pytest.raises(GliomatchError):
-        build_database(ro / "db", 5, CFG, workers=1, progress=False)
+        build_database(ro / "db", 5, CFG, workers=1)
 
 
 def test_database_api(tiny_db):

@@ -164,7 +164,7 @@ def test_faiss_equals_bruteforce(db, trained):
     from gliomatch.search.learned import LearnedStrategy
 
     for kind, name in trained.items():
-        s = LearnedStrategy(db, model=name, progress=False).ensure_ready()
+        s = LearnedStrategy(db, model=name).ensure_ready()
         q = Query.from_codes(db.codes(5))
         d = s.distances(q)
         codes = {m: np.load(s.index_path / f"codes_{m}.npy") for m in ("t1gd", "flair")}
@@ -181,9 +181,9 @@ def test_faiss_equals_bruteforce(db, trained):
 
 
 def test_rerank_is_exact_among_candidates(db, trained):
-    exact = get_strategy("exact", db, progress=False)
+    exact = get_strategy("exact", db)
     q = Query.from_codes(db.codes(9))
-    rr = get_strategy(f"{trained['ae']}+rr{len(db)}", db, progress=False)
+    rr = get_strategy(f"{trained['ae']}+rr{len(db)}", db)
     s1, i1 = rr.search(q, 5)
     s2, i2 = exact.search(q, 5)
     assert np.array_equal(i1, i2) and np.allclose(s1, s2)  # M = n: the exact answer
@@ -191,9 +191,9 @@ def test_rerank_is_exact_among_candidates(db, trained):
 
 def test_untrained_and_foreign_models(db, tmp_path):
     with pytest.raises(GliomatchError, match="gliomatch train"):
-        get_strategy("vae8", db, progress=False).ensure_ready()
+        get_strategy("vae8", db).ensure_ready()
     other = build_database(
-        tmp_path / "o", 6, BuildConfig(resolution=32, seed=77), workers=1, progress=False
+        tmp_path / "o", 6, BuildConfig(resolution=32, seed=77), workers=1
     )
     src = model_dir(db, "ae16", "flair")
     if src.is_dir():

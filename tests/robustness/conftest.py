@@ -34,7 +34,7 @@ def base_db(make_db):
     db = make_db(8, resolution=32, seed=3)
     from gliomatch.search import get_strategy
 
-    get_strategy("exact", db, progress=False).ensure_ready()
+    get_strategy("exact", db).ensure_ready()
     return db
 
 

@@ -21,7 +21,7 @@ def pristine(make_db, tmp_path_factory):
     """A tiny database with two indexes, its files, and the answers to two queries."""
     db = make_db(8, resolution=32, seed=5)
     for name in STRATEGIES:
-        get_strategy(name, db, progress=False).ensure_ready()
+        get_strategy(name, db).ensure_ready()
     files = sorted(
         p.relative_to(db.path).as_posix()
         for p in db.path.rglob("*")
@@ -37,7 +37,7 @@ def _answers(path: Path, queries) -> list:
     db = Database.open(path)
     out = []
     for name in STRATEGIES:
-        strat = get_strategy(name, db, progress=False).ensure_ready()
+        strat = get_strategy(name, db).ensure_ready()
         for q in queries:
             scores, ids = strat.search(q, 3)
             out.append((scores.tolist(), describe_matches(db, q, scores, ids)))

@@ -398,7 +398,7 @@ def test_12_killed_index_build_leaves_no_temporaries(db_copy):
     stale = db_copy.path / "index" / ".tmp-exact-999999999"
     stale.mkdir()
     (stale / "half.npy").write_bytes(b"x")
-    get_strategy("ds32", db_copy, progress=False).build()
+    get_strategy("ds32", db_copy).build()
     assert not stale.exists()
 
 

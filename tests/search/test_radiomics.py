@@ -36,7 +36,7 @@ def test_empty_mask_features_are_zero():
 
 
 def test_com_prefilter_is_the_true_nearest(db):
-    s = get_strategy("radiomics", db, candidates=7, progress=False).ensure_ready()
+    s = get_strategy("radiomics", db, candidates=7).ensure_ready()
     q = Query.from_codes(db.codes(11))
     _, com = s.query_features(q)
     got = s.nearest_by_com(com)

@@ -12,22 +12,22 @@ CFG = BuildConfig(resolution=32, seed=3, shard_size=4)
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    return build_database(tmp_path_factory.mktemp("sdb") / "db", 60, CFG, workers=1, progress=False)
+    return build_database(tmp_path_factory.mktemp("sdb") / "db", 60, CFG, workers=1)
 
 
 @pytest.fixture(scope="module")
 def db64(tmp_path_factory):
     cfg = BuildConfig(resolution=64, seed=4, shard_size=4)
     return build_database(
-        tmp_path_factory.mktemp("sdb64") / "db", 24, cfg, workers=1, progress=False
+        tmp_path_factory.mktemp("sdb64") / "db", 24, cfg, workers=1
     )
 
 
 @pytest.fixture(scope="module")
 def strategies(db):
     return {
-        "loop": get_strategy("loop", db, workers=1, progress=False),
-        "exact": get_strategy("exact", db, progress=False),
+        "loop": get_strategy("loop", db, workers=1),
+        "exact": get_strategy("exact", db),
     }
 
 
@@ -121,7 +121,7 @@ def test_loop_parallel_equals_serial(db):
 @pytest.mark.parametrize("name, size", [("ds32", 32), ("ds64", 64)])
 def test_downsampled_agree_with_numpy(db64, name, size):
     rng = np.random.default_rng(11)
-    strat = get_strategy(name, db64, progress=False)
+    strat = get_strategy(name, db64)
     for _ in range(3):
         q = Query.from_masks(*_blob(rng, (64, 64, 64), centre=[28, 34, 30], radius=14))
         scores, ids = strat.search(q, 5)
@@ -146,9 +146,9 @@ def test_downsample_is_order0_zoom():
 
 def test_index_is_rebuilt_for_another_db(db, tmp_path):
     other = build_database(
-        tmp_path / "o", 10, BuildConfig(resolution=32, seed=99), workers=1, progress=False
+        tmp_path / "o", 10, BuildConfig(resolution=32, seed=99), workers=1
     )
-    s = get_strategy("exact", other, progress=False)
+    s = get_strategy("exact", other)
     assert not s.is_built()
     s.ensure_ready()
     assert s.is_built()

@@ -15,6 +15,7 @@ from gliomatch.cli.common import (
     ResolutionOpt,
     as_json,
     handle_errors,
+    progress_bar,
     strategy_names,
 )
 from gliomatch.errors import GliomatchError
@@ -70,7 +71,8 @@ def bench_build_cmd(
     """Build a database and report tumors/min, simulations/min, rejection rate, bytes/tumor."""
     from gliomatch.evaluation.bench import bench_build
 
-    r = bench_build(n=n, resolution=resolution, workers=workers, out=out, progress=not json_out)
+    with progress_bar(not json_out) as bar:
+        r = bench_build(n=n, resolution=resolution, workers=workers, out=out, progress=bar)
     typer.echo(
         f"{r['n']} tumors at {resolution}^3 in {r['wall_s']:.1f} s: "
         f"{r['tumors_per_min']:.1f} tumors/min, {r['simulations_per_min']:.1f} "
@@ -109,21 +111,20 @@ def bench_search_cmd(
     db = Database.open(db_path)
     names = strategy_names(strategies)
     if rerank:  # every strategy of compressed codes (learned, multitask embeddings) re-ranks
-        names += [
-            f"{n}+rr{rerank}" for n in names if get_strategy(n, db, progress=False).compressed
-        ]
+        names += [f"{n}+rr{rerank}" for n in names if get_strategy(n, db).compressed]
     if queries < 1:
         raise GliomatchError(f"--queries must be >= 1, got {queries}")
-    rows = bench_search(
-        db,
-        names,
-        queries=queries,
-        k=k,
-        scale=scale,
-        loop_max=loop_max,
-        progress=not json_out,
-        log=(lambda m: None) if json_out else typer.echo,
-    )
+    with progress_bar(not json_out, transient=True) as bar:
+        rows = bench_search(
+            db,
+            names,
+            queries=queries,
+            k=k,
+            scale=scale,
+            loop_max=loop_max,
+            progress=bar,
+            log=(lambda m: None) if json_out else typer.echo,
+        )
     if json_out:
         for r in rows:
             typer.echo(as_json(r))
@@ -172,7 +173,6 @@ def bench_infer_cmd(
     with tempfile.TemporaryDirectory() as tmp:
         d = run_demo(
             out=Path(tmp), resolution=resolution, seed=1, registration=registration, db_path=db,
-            progress=False,
         )  # fmt: skip
     res, dice_f, dice_t = d.result, d.dice_flair, d.dice_t1gd
     t = res.timing

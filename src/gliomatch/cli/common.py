@@ -131,16 +131,32 @@ def strategy_names(text: str) -> list[str]:
 
 @contextmanager
 def progress_bar(enabled: bool = True, transient: bool = False):
-    """A rich progress bar and the library's callback ``progress(done, total, description)``:
-    one task per description."""
-    from rich.progress import Progress
+    """Rich progress bars behind the library's callback ``progress(done, total, description)``:
+    one bar per *what* of a ``"what: detail"`` description (see :mod:`gliomatch.progress`)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(disable=not enabled, transient=transient) as bar:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not enabled, transient=transient) as bar:
         tasks = {}
 
         def update(done, total, description=""):
-            if description not in tasks:
-                tasks[description] = bar.add_task(description, total=total)
-            bar.update(tasks[description], completed=done, total=total)
+            what = description.split(":", 1)[0]
+            if what not in tasks:
+                tasks[what] = bar.add_task(description, total=total)
+            bar.update(tasks[what], completed=done, total=total, description=description)
 
         yield update

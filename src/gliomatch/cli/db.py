@@ -16,6 +16,7 @@ from gliomatch.cli.common import (
     as_json,
     handle_errors,
     out_path,
+    progress_bar,
     sibling,
 )
 from gliomatch.errors import GliomatchError
@@ -87,7 +88,8 @@ def db_build(
         ),
         shard_size=shard_size,
     )
-    db = build_database(out, n, cfg, workers=workers, scheduler=scheduler, progress=not json_out)
+    with progress_bar(not json_out) as bar:
+        db = build_database(out, n, cfg, workers=workers, scheduler=scheduler, progress=bar)
     m = db.manifest
     if json_out:
         typer.echo(
@@ -125,8 +127,8 @@ def db_features(
     if not out.parent.exists():
         raise GliomatchError(f"output folder {out.parent} does not exist")
     db = Database.open(db_path)
-    strat = get_strategy("radiomics", db)
-    strat.ensure_ready()  # computes (once, in parallel, with a progress bar) and stores them
+    with progress_bar(transient=True) as bar:  # computed once, in parallel, then stored
+        strat = get_strategy("radiomics", db, progress=bar).ensure_ready()
     table = pd.read_parquet(strat.index_path / "features.parquet")
     table.to_csv(out, index=False)
     typer.echo(f"{len(table)} tumors x {table.shape[1] - 1} features -> {out}")
@@ -202,17 +204,14 @@ def db_info(
 @handle_errors
 def db_verify(db_path: Annotated[Path, typer.Argument(help="Database folder.")]):
     """Check checksums, table/array consistency and that every mask is recoverable."""
-    from rich.progress import Progress
-
     from gliomatch.database import (
         Database,
         verify,
     )
 
     db = Database.open(db_path)
-    with Progress(transient=True) as bar:
-        task = bar.add_task("verifying", total=len(db))
-        res = verify(db, progress=lambda i, n: bar.update(task, completed=i))
+    with progress_bar(transient=True) as bar:
+        res = verify(db, progress=bar)
     typer.echo(f"ok: {res['tumors']} tumors in {res['shards']} shards verified")
 
 

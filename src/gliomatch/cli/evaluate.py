@@ -12,6 +12,7 @@ from gliomatch.cli.common import (
     RegOpt,
     as_json,
     handle_errors,
+    progress_bar,
     strategy_names,
 )
 from gliomatch.errors import GliomatchError
@@ -46,8 +47,6 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
 ):
     """Compare search strategies: top-1/5/15 preservation, runtime, best-match Dice, recovery."""
-    from rich.progress import Progress
-
     from gliomatch.database import Database
     from gliomatch.evaluation.harness import evaluate as run
     from gliomatch.evaluation.harness import real_queries, synthetic_queries
@@ -63,7 +62,7 @@ def evaluate(
     else:
         names = strategy_names(strategies)
         for name in names:  # a bad name fails now, before any slow work
-            get_strategy(name, db, progress=False)
+            get_strategy(name, db)
     if synthetic < 0:
         raise GliomatchError(f"--synthetic must be >= 0, got {synthetic}")
     if synthetic == 0 and real is None and not multitask:
@@ -74,15 +73,8 @@ def evaluate(
     if multitask:
         from gliomatch.evaluation.embedding import validate_embeddings
 
-        with Progress(disable=json_out) as bar:
-            t = bar.add_task("multitask validation", total=None)
-            mt = validate_embeddings(
-                db,
-                out,
-                n_test=multitask_test,
-                seed=seed,
-                progress=lambda i, n: bar.update(t, total=n, completed=i),
-            )
+        with progress_bar(not json_out) as bar:
+            mt = validate_embeddings(db, out, n_test=multitask_test, seed=seed, progress=bar)
         if not json_out:
             typer.echo((out / "task_sets.md").read_text())
             typer.echo((out / "robustness.md").read_text())
@@ -91,26 +83,15 @@ def evaluate(
             if json_out:
                 typer.echo(as_json(mt))
             return
-    with Progress(disable=json_out) as bar:
-        tasks = {}
-
-        def progress(stage, i, n):
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=n)
-            bar.update(tasks[stage], completed=i)
-
+    with progress_bar(not json_out) as progress:
         qs = []
         if synthetic:
-            t = bar.add_task("simulating held-out queries", total=None)
+            progress(0, 1, "simulating held-out queries")
             qs += synthetic_queries(db, synthetic, seed)
-            bar.update(t, total=1, completed=1)
+            progress(1, 1, "simulating held-out queries")
         if real is not None:
             qs += real_queries(
-                db,
-                real,
-                out / "cache" / "real",
-                registration=registration,
-                progress=lambda i, n: progress("registering patients", i, n),
+                db, real, out / "cache" / "real", registration=registration, progress=progress
             )
         summary = run(
             db,

@@ -98,11 +98,7 @@ def infer(
         )
         from gliomatch.evaluation.demo import demo_database
 
-        database = (
-            Database.open(db)
-            if db
-            else demo_database(log=None if json_out else typer.echo, progress=not json_out)
-        )
+        database = Database.open(db) if db else demo_database(log=None if json_out else typer.echo)
         res = run_infer(
             inputs,
             database,
@@ -111,7 +107,7 @@ def infer(
             strategy=strategy,
             registration=registration,
             skull=skull,
-            progress=None if json_out else (lambda st: typer.echo(f"[{st}]")),
+            progress=None if json_out else (lambda i, n, stage: typer.echo(f"[{stage}]")),
         )
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
@@ -143,7 +139,7 @@ def infer_batch(
     check_k(k)
     rows = read_cohort(csv)
     database = Database.open(db)
-    get_strategy(strategy, database, progress=False)  # a bad name fails now
+    get_strategy(strategy, database)  # a bad name fails now
     table = infer_cohort(
         rows, database, out, k=k, strategy=strategy, registration=registration, log=typer.echo
     )
@@ -180,7 +176,7 @@ def demo(
         registration=registration,
         db_path=db,
         log=None if json_out else typer.echo,
-        progress=not json_out,
+        progress=None,
     )
     res, truth, dice_f, dice_t = d.result, d.truth, d.dice_flair, d.dice_t1gd
     if json_out:

@@ -14,6 +14,7 @@ from gliomatch.cli.common import (
     StrategyOpt,
     as_json,
     handle_errors,
+    progress_bar,
 )
 from gliomatch.errors import GliomatchError
 
@@ -60,8 +61,9 @@ def search(
         q = Query.from_masks(f, t, db.shape)
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
-    strat = get_strategy(strategy, db, w_t1gd=w_t1gd, w_flair=w_flair, progress=not json_out)
-    strat.ensure_ready()
+    with progress_bar(not json_out, transient=True) as bar:
+        strat = get_strategy(strategy, db, w_t1gd=w_t1gd, w_flair=w_flair, progress=bar)
+        strat.ensure_ready()
     t0 = time.perf_counter()
     scores, ids = strat.search(q, k)
     elapsed = time.perf_counter() - t0

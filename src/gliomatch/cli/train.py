@@ -15,6 +15,7 @@ from gliomatch.cli.apps import app
 from gliomatch.cli.common import (
     as_json,
     handle_errors,
+    progress_bar,
 )
 from gliomatch.errors import GliomatchError
 
@@ -72,8 +73,6 @@ def train(
 ):
     """Train a mask autoencoder per modality, or the multitask embedding network (resumable;
     loss curves and validation figures saved with the model in the database's index folder)."""
-    from rich.progress import Progress
-
     from gliomatch.database import Database
 
     if kind not in ("ae", "vae", "hash", "multitask"):
@@ -97,13 +96,9 @@ def train(
             patience=patience,
             device=device,
         )
-        with Progress(disable=json_out) as bar:
-            task = bar.add_task(f"{mcfg.name}: loading the tumors", total=mcfg.epochs)
-
-            def mprogress(name, epoch, total, row):
-                bar.update(task, completed=epoch, description=f"{name} val {row['val_total']:.4f}")
-
-            r = train_multitask(db, mcfg, progress=mprogress)
+        with progress_bar(not json_out) as bar:
+            bar(0, mcfg.epochs, f"{mcfg.name}: loading the tumors")
+            r = train_multitask(db, mcfg, progress=bar)
         if json_out:
             typer.echo(as_json(r))
             return
@@ -136,18 +131,9 @@ def train(
     )
     mods = ("t1gd", "flair") if modality == "both" else (modality,)
     results = {}
-    with Progress(disable=json_out) as bar:
-        tasks = {}
-
-        def progress(m, epoch, total, h):
-            if m not in tasks:
-                tasks[m] = bar.add_task(f"{cfg.name} {m}", total=total)
-            bar.update(
-                tasks[m], completed=epoch, description=f"{cfg.name} {m} val {h['val_loss']:.4f}"
-            )
-
+    with progress_bar(not json_out) as bar:
         for m in mods:
-            results[m] = run(db, cfg, m, progress=progress)
+            results[m] = run(db, cfg, m, progress=bar)
     if json_out:
         typer.echo(as_json(results))
         return

@@ -38,6 +38,7 @@ from gliomatch.database.storage import (
 )
 from gliomatch.errors import GliomatchError
 from gliomatch.files import sha256_file, stale_temporaries, write_json_atomic
+from gliomatch.progress import Progress
 from gliomatch.solver.core import SCHEME
 
 __all__ = ["BuildConfig", "build_database", "held_out_tumors", "run_shard", "trajectory_tumors"]
@@ -456,7 +457,7 @@ def build_database(
     *,
     workers: int | None = None,
     scheduler: str | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
 ):
     """Build (or resume) a database of ``n`` kept tumors in ``path``; returns the Database.
 
@@ -494,13 +495,13 @@ def build_database(
         workers = 1 if cores <= 2 else cores
     if workers < 1:
         raise GliomatchError(f"workers must be >= 1, got {workers}")
-    with _Progress(n, enabled=progress) as bar:
-        bar.update(done)
-        if _prefix(done, n) is None:
-            if workers == 1 and scheduler is None:
-                _run_serial(path, cfg, n, done, bar)
-            else:
-                _run_dask(path, cfg, n, done, bar, workers, scheduler)
+    bar = _BuildReport(n, progress)
+    bar.update(done)
+    if _prefix(done, n) is None:
+        if workers == 1 and scheduler is None:
+            _run_serial(path, cfg, n, done, bar)
+        else:
+            _run_dask(path, cfg, n, done, bar, workers, scheduler)
     return _finalize(path, cfg, done, n, time.perf_counter() - t0)
 
 
@@ -599,53 +600,26 @@ def _run_dask(path, cfg, n, done, bar, workers, scheduler):
             cluster.close()
 
 
-class _Progress:
-    """Progress bar: kept/target tumors, rejected, simulations, rate and ETA."""
+class _BuildReport:
+    """Reports a build's progress: kept of wanted tumors, rejected snapshots, simulations and
+    the rate of this run."""
 
-    def __init__(self, n: int, enabled: bool):
-        self.n, self.enabled = n, enabled
+    def __init__(self, n: int, progress: Progress | None):
+        self.n, self.progress = n, progress
         self.t0 = time.perf_counter()
         self.start_kept = None
 
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.p = Progress(
-                TextColumn("building"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-            )
-            self.p.__enter__()
-            self.task = self.p.add_task("db", total=self.n, info="")
-        return self
-
-    def update(self, done):
-        if not self.enabled:
+    def update(self, done: dict[int, dict]) -> None:
+        if self.progress is None:
             return
         kept = sum(d["kept"] for d in done.values())
-        rej = sum(d["rejected"] for d in done.values())
+        rejected = sum(d["rejected"] for d in done.values())
         sims = sum(d["trajectories"] for d in done.values())
         if self.start_kept is None:
             self.start_kept = kept
         rate = (kept - self.start_kept) / max(time.perf_counter() - self.t0, 1e-9) * 60
-        self.p.update(
-            self.task,
-            completed=min(kept, self.n),
-            info=f"kept, {rej} rejected, {sims} simulations, {rate:.0f} tumors/min",
+        self.progress(
+            min(kept, self.n),
+            self.n,
+            f"building: {rejected} rejected, {sims} simulations, {rate:.0f} tumors/min",
         )
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.p.__exit__(*exc)

@@ -8,11 +8,12 @@ import numpy as np
 
 from gliomatch.database.storage import Database, hash_tree, masks_from_codes
 from gliomatch.errors import GliomatchError
+from gliomatch.progress import Progress, report
 
 __all__ = ["verify"]
 
 
-def verify(db: Database, *, progress=None) -> dict:
+def verify(db: Database, *, progress: Progress | None = None) -> dict:
     """Check a database thoroughly; raise :class:`GliomatchError` naming the first bad file.
 
     * the manifest's own checksum and the table's (checked when the database opens);
@@ -81,6 +82,5 @@ def verify(db: Database, *, progress=None) -> dict:
                 f"database shard s{int(row['shard']):05d}: tumor {i}'s stored masks do not "
                 "match its volumes in tumors.parquet"
             )
-        if progress is not None:
-            progress(i + 1, len(db))
+        report(progress, i + 1, len(db), "verifying tumors")
     return {"tumors": len(db), "shards": len(db.manifest["shards"]), "ok": True}

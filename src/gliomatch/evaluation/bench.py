@@ -108,7 +108,7 @@ def _kernel_throughput(domain: Domain, repeats: int = 10) -> dict:
     }
 
 
-def bench_build(*, n=500, resolution=128, seed=0, workers=None, out=None, progress=True) -> dict:
+def bench_build(*, n=500, resolution=128, seed=0, workers=None, out=None, progress=None) -> dict:
     """Build an ``n``-tumor database and report throughput, rejection rate and disk use.
 
     Without ``out`` the database goes to a temporary folder that is deleted afterwards.
@@ -188,7 +188,7 @@ def bench_search(
     scale=None,
     loop_max=2000,
     seed=0,
-    progress=True,
+    progress=None,
     log=print,
 ) -> list[dict]:
     """Latency and top-1/5/15 preservation of each strategy on held-out query tumors.

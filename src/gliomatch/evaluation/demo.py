@@ -15,6 +15,7 @@ from gliomatch.database.storage import FORMAT_VERSION
 from gliomatch.masks import dice, threshold
 from gliomatch.patient.pipeline import InferResult, infer, load_patient
 from gliomatch.patient.synthetic import make_patient
+from gliomatch.progress import Progress
 
 __all__ = ["DEMO_N", "DemoResult", "demo_database", "run_demo"]
 
@@ -25,7 +26,12 @@ TRUTH = ("x", "y", "z", "dw", "rho", "t_end", "x_mm", "y_mm", "z_mm")
 
 
 def demo_database(
-    n: int = DEMO_N, resolution: int = 128, path: Path | None = None, *, log=None, progress=True
+    n: int = DEMO_N,
+    resolution: int = 128,
+    path: Path | None = None,
+    *,
+    log=None,
+    progress: Progress | None = None,
 ) -> Database:
     """The demo database (built once in the cache, resumed or grown to ``n``).
 
@@ -62,7 +68,7 @@ def run_demo(
     registration: str = "syn",
     db_path=None,
     log=None,
-    progress=True,
+    progress: Progress | None = None,
 ) -> DemoResult:
     """Make a synthetic patient from a held-out tumor, run ``infer`` on it, compare."""
     say = log or (lambda msg: None)
@@ -78,7 +84,7 @@ def run_demo(
         db,
         Path(out) / "result",
         registration=registration,
-        progress=(lambda stage: say(f"[{stage}]")) if log else None,
+        progress=(lambda i, n, stage: say(f"[{stage}]")) if log else None,
     )
     (pf, pt) = threshold(nib.load(res.files["density_patient"]).get_fdata())
     (tf, tt) = threshold(nib.load(patient.density_true).get_fdata())

@@ -22,6 +22,7 @@ import numpy as np
 
 from gliomatch.errors import GliomatchError
 from gliomatch.learn.labels import REGIONS, TASKS, task_labels
+from gliomatch.progress import report
 
 __all__ = ["knn_predict", "multitask_models", "validate_embeddings"]
 
@@ -136,8 +137,7 @@ def validate_embeddings(
         }
         if tsne_data is None:
             tsne_data = (name, test, test_ids)
-        if progress:
-            progress(mi + 1, len(models))
+        report(progress, mi + 1, len(models), "multitask validation")
     summary["baseline"] = _baseline(labels, ref_ids, test_ids)
     _write_csv(out / "knn.csv", rows)
     table = _tables(out, rows, summary, report_k)

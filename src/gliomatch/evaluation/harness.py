@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
+from gliomatch.progress import report
 from gliomatch.search import Query, get_strategy
 
 __all__ = ["EvalQuery", "evaluate", "real_queries", "synthetic_queries"]
@@ -95,8 +96,7 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
                 f"registration in {pdir}, or remove the patient from the cohort)"
             ) from exc
         out.append(EvalQuery(rec.patient_id, "real", query, None))
-        if progress:
-            progress(n, len(cohort))
+        report(progress, n, len(cohort), "registering patients")
     return out
 
 
@@ -150,8 +150,8 @@ def evaluate(
     cache.mkdir(parents=True, exist_ok=True)
     if not strategies:
         raise GliomatchError("no strategy to evaluate")
-    strats = {name: get_strategy(name, db, progress=False) for name in strategies}
-    exact = get_strategy("exact", db, progress=False).ensure_ready()
+    strats = {name: get_strategy(name, db) for name in strategies}
+    exact = get_strategy("exact", db).ensure_ready()
     strat_keys = {name: _strategy_key(strat) for name, strat in strats.items()}
     for strat in strats.values():
         strat.ensure_ready()
@@ -208,12 +208,11 @@ def evaluate(
                 spath.parent.mkdir(parents=True, exist_ok=True)
                 spath.write_text(json.dumps(rec))
             records.append(rec)
-        if progress:
-            progress("queries", n, len(queries))
+        report(progress, n, len(queries), "queries")
     # ---- cross-check exact against loop on a few queries
     loop_ok = None
     if loop_check:
-        loop = get_strategy("loop", db, progress=False)
+        loop = get_strategy("loop", db)
         loop_ok = True
         for eq in queries[:loop_check]:
             _, ids = loop.search(eq.query, k)

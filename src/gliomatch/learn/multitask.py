@@ -39,6 +39,7 @@ from torch.nn import functional as F
 
 from gliomatch.errors import GliomatchError
 from gliomatch.learn.labels import TASKS, task_labels
+from gliomatch.progress import report
 
 __all__ = [
     "TASK_SETS",
@@ -378,8 +379,7 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
         best, since_best = end_epoch(
             folder, model, opt, epoch + 1, val, best, since_best, history, meta
         )
-        if progress:
-            progress(cfg.name, epoch + 1, cfg.epochs, row)
+        report(progress, epoch + 1, cfg.epochs, f"{cfg.name}: val {val:.4f}")
         if since_best >= cfg.patience:
             break
     write_curves(folder, history)

@@ -24,6 +24,7 @@ import torch
 from gliomatch.errors import GliomatchError
 from gliomatch.learn.bihalf import GAMMA
 from gliomatch.learn.models import KINDS, MaskAutoencoder, build_model
+from gliomatch.progress import report
 
 __all__ = [
     "TrainConfig",
@@ -267,8 +268,7 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
         best, since_best = end_epoch(
             folder, model, opt, epoch + 1, val, best, since_best, history, meta, sched
         )
-        if progress:
-            progress(modality, epoch + 1, cfg.epochs, history[-1])
+        report(progress, epoch + 1, cfg.epochs, f"{cfg.name} {modality}: val {val:.4f}")
         if since_best >= cfg.patience:
             break
     write_curves(folder, history)

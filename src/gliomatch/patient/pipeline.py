@@ -21,6 +21,8 @@ import numpy as np
 
 from gliomatch.errors import GliomatchError
 from gliomatch.patient.inputs import binary_mask, load_nifti, masks_from_labels, on_grid
+from gliomatch.progress import Progress
+from gliomatch.progress import report as report_progress
 from gliomatch.search.base import THETA as PARAMS
 
 __all__ = ["InferResult", "PatientInputs", "infer", "load_patient"]
@@ -129,7 +131,7 @@ def infer(
     registration: str = "syn",
     skull: str = "auto",
     report: bool = True,
-    progress=None,
+    progress: Progress | None = None,
 ) -> InferResult:
     """Run the whole pipeline for one patient; write everything into ``out``."""
     from gliomatch.patient.registration import register, warp_masks_to_atlas, warp_to_patient
@@ -137,7 +139,11 @@ def infer(
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise GliomatchError(f"k must be a positive integer, got {k!r}")
-    say = progress or (lambda stage: None)
+    stages = ("load", "register", "warp", "search", "warp back", "report")
+
+    def say(stage):  # progress: the stage about to run, of the pipeline's six
+        report_progress(progress, stages.index(stage), len(stages), stage)
+
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +153,7 @@ def infer(
     t = time.perf_counter()
     say("load")
     atlas = db.atlas()
-    strat = get_strategy(strategy, db, progress=False)
+    strat = get_strategy(strategy, db)
     strat.ensure_ready()
     timing["load_s"] = time.perf_counter() - t
 

@@ -27,6 +27,7 @@ import numpy as np
 from gliomatch.errors import GliomatchError
 from gliomatch.files import stale_temporaries
 from gliomatch.masks import dice, masks_from_codes
+from gliomatch.progress import Progress, report
 
 __all__ = [
     "THETA",
@@ -145,7 +146,9 @@ class Strategy(abc.ABC):
     #: their candidates with the exact Dice (``NAME+rrM``) is what makes them exact-ish.
     compressed: bool = False
 
-    def __init__(self, db, *, w_t1gd: float = 1.0, w_flair: float = 1.0, progress: bool = True):
+    def __init__(
+        self, db, *, w_t1gd: float = 1.0, w_flair: float = 1.0, progress: Progress | None = None
+    ):
         for nm, w in (("w_t1gd", w_t1gd), ("w_flair", w_flair)):
             if not np.isfinite(w) or not 0 <= w <= MAX_WEIGHT:
                 raise GliomatchError(f"{nm} must be a weight in [0, {MAX_WEIGHT:g}], got {w}")
@@ -154,7 +157,7 @@ class Strategy(abc.ABC):
         self.db = db
         self.w_t1gd = float(w_t1gd)
         self.w_flair = float(w_flair)
-        self.progress = progress
+        self.progress = progress if callable(progress) else None
         self._loaded = False
 
     # ---------------------------------------------------------------- index files
@@ -242,7 +245,12 @@ class Strategy(abc.ABC):
         return np.asarray(scores, dtype=np.float64), np.asarray(ids, dtype=np.int64)
 
     def _build(self, folder: Path) -> None:  # noqa: B027 - strategies without an index
-        """Write the index files into ``folder`` (only when ``needs_index``)."""
+        """Write the index files into ``folder`` (only when ``needs_index``), reporting with
+        :meth:`_report`."""
+
+    def _report(self, done: int, what: str) -> None:
+        """Progress of an index build: ``done`` of the database's tumors."""
+        report(self.progress, done, len(self.db), f"{what} ({self.name})")
 
     def _load(self, folder: Path) -> None:  # noqa: B027
         """Load the index files from ``folder`` (only when ``needs_index``)."""
@@ -270,7 +278,7 @@ class RerankStrategy(Strategy):
         if not self._loaded:
             self.base.ensure_ready()
             self._exact = get_strategy(
-                "exact", self.db, w_t1gd=self.w_t1gd, w_flair=self.w_flair, progress=False
+                "exact", self.db, w_t1gd=self.w_t1gd, w_flair=self.w_flair
             ).ensure_ready()
             self._loaded = True
         return self
@@ -314,7 +322,7 @@ def ready_strategies(db, names=None) -> dict[str, str | None]:
     out = {}
     for name in names or available_strategies():
         try:
-            get_strategy(name, db, progress=False).ensure_ready()
+            get_strategy(name, db).ensure_ready()
             out[name] = None
         except GliomatchError as exc:
             out[name] = str(exc)

@@ -56,20 +56,16 @@ class LearnedStrategy(Strategy):
         return {m: load_model(self.db, self.model_name, m) for m in ("t1gd", "flair")}
 
     def _build(self, folder: Path) -> None:
-        from rich.progress import Progress
-
         from gliomatch.learn.train import encode_masks, masks_at
 
         models = self._models()
         res = models["t1gd"].resolution
         codes = {m: [] for m in models}
-        with Progress(transient=True, disable=not self.progress) as bar:
-            task = bar.add_task(f"encoding database ({self.name})", total=len(self.db))
-            for start in range(0, len(self.db), 64):
-                ids = np.arange(start, min(start + 64, len(self.db)))
-                for m, model in models.items():
-                    codes[m].append(encode_masks(model, masks_at(self.db, ids, m, res)))
-                bar.update(task, completed=ids[-1] + 1)
+        for start in range(0, len(self.db), 64):
+            ids = np.arange(start, min(start + 64, len(self.db)))
+            for m, model in models.items():
+                codes[m].append(encode_masks(model, masks_at(self.db, ids, m, res)))
+            self._report(ids[-1] + 1, "encoding the database")
         for m in models:
             np.save(folder / f"codes_{m}.npy", np.concatenate(codes[m]))
         (folder / "codes.json").write_text(

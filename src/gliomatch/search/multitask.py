@@ -39,19 +39,15 @@ class MultitaskStrategy(LearnedStrategy):
         return model, model_atlas(self.db, model)
 
     def _build(self, folder: Path) -> None:
-        from rich.progress import Progress
-
         from gliomatch.learn.multitask import embed_masks, tumor_arrays
 
         model, atlas = self._model()
         out = []
-        with Progress(transient=True, disable=not self.progress) as bar:
-            task = bar.add_task(f"embedding database ({self.name})", total=len(self.db))
-            for start in range(0, len(self.db), 64):
-                ids = np.arange(start, min(start + 64, len(self.db)))
-                masks, _, boxes = tumor_arrays(self.db, ids, model.resolution, density=False)
-                out.append(embed_masks(model, masks, boxes, atlas))
-                bar.update(task, completed=ids[-1] + 1)
+        for start in range(0, len(self.db), 64):
+            ids = np.arange(start, min(start + 64, len(self.db)))
+            masks, _, boxes = tumor_arrays(self.db, ids, model.resolution, density=False)
+            out.append(embed_masks(model, masks, boxes, atlas))
+            self._report(ids[-1] + 1, "embedding the database")
         np.save(folder / "embeddings.npy", np.concatenate(out))
         (folder / "codes.json").write_text(json.dumps({"resolution": model.resolution}))
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.files import worker_pool
+from gliomatch.progress import report
 from gliomatch.search.base import Query, Strategy, register_strategy, top_k
 
 __all__ = ["FEATURES", "RadiomicsStrategy", "database_features", "shape_features"]
@@ -99,8 +100,7 @@ def database_features(db, *, workers: int = 2, progress=None) -> pd.DataFrame:
         for part in results:
             rows += part
             done += len(part)
-            if progress:
-                progress(done, len(ids))
+            report(progress, done, len(ids), "radiomics features")
     finally:
         if pool is not None:
             pool.shutdown()
@@ -119,13 +119,7 @@ class RadiomicsStrategy(Strategy):
         self.workers = workers
 
     def _build(self, folder: Path) -> None:
-        from rich.progress import Progress
-
-        with Progress(transient=True, disable=not self.progress) as bar:
-            task = bar.add_task("radiomics features", total=len(self.db))
-            table = database_features(
-                self.db, workers=self.workers, progress=lambda n, t: bar.update(task, completed=n)
-            )
+        table = database_features(self.db, workers=self.workers, progress=self.progress)
         table.to_parquet(folder / "features.parquet", index=False)
 
     def _load(self, folder: Path) -> None:

@@ -108,15 +108,9 @@ class _BlockStrategy(Strategy):
                 yield downsample(f, s), downsample(t, s)
 
     def _build(self, folder: Path) -> None:
-        from rich.progress import Progress
-
-        with Progress(transient=True, disable=not self.progress) as bar:
-            task = bar.add_task(f"indexing {self.name}", total=len(self.db))
-            index = BlockIndex.from_masks(
-                self._masks(),
-                (self.grid_size,) * 3,
-                progress=lambda n: bar.update(task, completed=n),
-            )
+        index = BlockIndex.from_masks(
+            self._masks(), (self.grid_size,) * 3, progress=lambda n: self._report(n, "indexing")
+        )
         index.save(folder)
 
     def _load(self, folder: Path) -> None:
