@@ -196,7 +196,7 @@ def test_search_and_bench_search(tmp_path):
             str(tmp_path / "s.nii.gz"),
         ],
     )
-    assert r.exit_code == 1 and "affine" in r.output
+    assert r.exit_code == 1 and "atlas space" in r.output
     r = runner.invoke(
         app,
         [

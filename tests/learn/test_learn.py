@@ -166,18 +166,28 @@ def test_faiss_equals_bruteforce(db, trained):
     for kind, name in trained.items():
         s = LearnedStrategy(db, model=name).ensure_ready()
         q = Query.from_codes(db.codes(5))
-        d = s.distances(q)
+        d = s.distances([q])[0]
         codes = {m: np.load(s.index_path / f"codes_{m}.npy") for m in ("t1gd", "flair")}
-        qc = s.encode_query(q)
+        qc = s.encode_queries([q])
         if kind == "hash":
             assert len(np.unique(codes["flair"] > 0, axis=0)) > 1  # calibrated: codes differ
             ref = sum(((codes[m] > 0) != (qc[m] > 0)).sum(1) for m in codes)
         else:
             ref = sum(np.sqrt(((codes[m] - qc[m]) ** 2).sum(1)) for m in codes)
         assert np.allclose(d, ref, rtol=1e-4, atol=1e-3)
+        assert s.metric == "distance"
         scores, ids = s.search(q, 5)
         order = np.lexsort((np.arange(len(ref)), ref))[:5]
         assert np.array_equal(ids, order) or np.allclose(np.sort(ref[ids]), np.sort(ref[order]))
+        assert np.allclose(scores, d[ids]) and np.all(np.diff(scores) >= 0)  # distances, rising
+        # a batch answers (nq, k), row by row the same as one query at a time
+        batch = [Query.from_codes(db.codes(i)) for i in (5, 2, 7)]
+        b_scores, b_ids = s.search(batch, 4)
+        assert b_ids.shape == b_scores.shape == (3, 4)
+        for row, qq in enumerate(batch):
+            one_scores, one_ids = s.search(qq, 4)
+            assert np.array_equal(b_ids[row], one_ids)
+            assert np.allclose(b_scores[row], one_scores, atol=1e-5)
 
 
 def test_rerank_is_exact_among_candidates(db, trained):

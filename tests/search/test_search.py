@@ -184,3 +184,26 @@ def test_bad_search_arguments(db, strategies):
     small = Query.from_masks(np.ones((16, 16, 16)), np.ones((16, 16, 16)))
     with pytest.raises(GliomatchError, match="grid"):
         strategies["exact"].search(small, 3)
+
+
+def test_batch_search_is_nq_by_k_and_equals_single_queries(db):
+    queries = [Query.from_codes(db.codes(i), affine=db.affine) for i in (3, 11, 40)]
+    for name in ("exact", "ds32", "exact+rr5"):
+        s = get_strategy(name, db)
+        assert s.metric == "similarity"
+        scores, ids = s.search(queries, 6)
+        assert scores.shape == ids.shape == (3, 6)
+        for row, q in enumerate(queries):
+            one_scores, one_ids = s.search(q, 6)
+            assert np.array_equal(ids[row], one_ids) and np.allclose(scores[row], one_scores)
+    assert get_strategy("exact", db).search(queries, 10**6)[1].shape == (3, len(db))
+
+
+def test_query_on_another_grid_is_refused(db):
+    shifted = db.affine.copy()
+    shifted[0, 3] += 3.0  # same shape, another place in the world
+    q = Query.from_codes(db.codes(0), affine=shifted)
+    with pytest.raises(GliomatchError, match="another grid"):
+        get_strategy("exact", db).search(q, 3)
+    with pytest.raises(GliomatchError, match="no query"):
+        get_strategy("exact", db).search([], 3)

@@ -50,15 +50,11 @@ def search(
     db = Database.open(db_path)
     f, f_aff = _load_mask(flair, "FLAIR")
     t, t_aff = _load_mask(t1gd, "T1Gd")
-    for name, aff, path in (("FLAIR", f_aff, flair), ("T1Gd", t_aff, t1gd)):
-        if not np.allclose(aff, db.affine, atol=1e-3):
-            raise GliomatchError(
-                f"{name} mask {path}: its affine differs from the database atlas grid; "
-                "the masks must be in atlas space (use `gliomatch infer` for patient scans)"
-            )
+    if not np.allclose(f_aff, t_aff, atol=1e-3):
+        raise GliomatchError(f"the FLAIR mask {flair} and the T1Gd mask {t1gd} lie on other grids")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        q = Query.from_masks(f, t, db.shape)
+        q = Query.from_masks(f, t, db.shape, affine=f_aff)
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     with progress_bar(not json_out, transient=True) as bar:
@@ -69,11 +65,15 @@ def search(
     elapsed = time.perf_counter() - t0
     rows = describe_matches(db, q, scores, ids)  # both Dice terms at full resolution
     if json_out:
-        typer.echo(as_json({"strategy": strategy, "seconds": elapsed, "matches": rows}))
+        typer.echo(
+            as_json(
+                {"strategy": strategy, "metric": strat.metric, "seconds": elapsed, "matches": rows}
+            )
+        )
         return
     typer.echo(
         f"{strategy}: top {len(rows)} of {len(db)} in {elapsed * 1000:.1f} ms "
-        "(score = strategy's; Dice at full resolution)"
+        f"(score = the strategy's {strat.metric}; Dice at full resolution)"
     )
     typer.echo(
         f"{'rank':>4} {'id':>7} {'score':>7} {'T1Gd':>6} {'FLAIR':>6} "

@@ -106,7 +106,7 @@ def query_digest(q: Query) -> str:
 
     h = hashlib.sha256(str(q.flair.shape).encode())
     h.update(np.packbits(q.flair).tobytes())
-    h.update(np.packbits(q.t1gd & q.flair).tobytes())
+    h.update(np.packbits(q.t1gd).tobytes())
     return h.hexdigest()
 
 

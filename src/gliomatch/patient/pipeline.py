@@ -180,7 +180,7 @@ def infer(
 
     t = time.perf_counter()
     say("search")
-    q = Query.from_masks(f_atlas, t_atlas, db.shape)
+    q = Query.from_masks(f_atlas, t_atlas, db.shape, affine=atlas.affine)
     scores, ids = strat.search(q, k)
     timing["search_s"] = time.perf_counter() - t
 

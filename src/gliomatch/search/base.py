@@ -71,14 +71,22 @@ def _as_mask(arr, name: str, shape) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Query:
-    """The two patient masks in atlas space: FLAIR (whole tumor) and T1Gd (tumor core)."""
+    """The two patient masks in atlas space: FLAIR (whole tumor) and T1Gd (tumor core, always
+    inside FLAIR), with the affine of their grid when known.
+
+    A strategy refuses a query whose grid (shape, and affine when given) is not its
+    database's.
+    """
 
     flair: np.ndarray
     t1gd: np.ndarray
+    affine: np.ndarray | None = None
 
     @classmethod
-    def from_masks(cls, flair, t1gd, shape=None) -> Query:
-        """Validated query: 3-D, binary, on ``shape`` (the database grid), FLAIR non-empty."""
+    def from_masks(cls, flair, t1gd, shape=None, affine=None) -> Query:
+        """Validated query: 3-D, binary, on ``shape`` (the database grid), FLAIR non-empty;
+        T1Gd voxels outside FLAIR are dropped with a warning (the core is part of the whole
+        tumor: this is the one place that enforces it)."""
         f = _as_mask(flair, "FLAIR", shape)
         t = _as_mask(t1gd, "T1Gd", shape if shape is not None else f.shape)
         if t.shape != f.shape:
@@ -92,13 +100,17 @@ class Query:
                 "the whole tumor, so the search uses T1Gd inside FLAIR only",
                 stacklevel=2,
             )
-        return cls(f, t)
+        if affine is not None:
+            affine = np.asarray(affine, dtype=np.float64)
+            if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+                raise GliomatchError(f"query affine must be a finite 4x4 matrix, got {affine}")
+        return cls(f, t & f, affine)
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray) -> Query:
-        """The query made of a database tumor's own masks."""
+    def from_codes(cls, codes: np.ndarray, affine=None) -> Query:
+        """The query made of a database tumor's own masks (its core lies inside its FLAIR)."""
         f, t = masks_from_codes(codes)
-        return cls(f, t)
+        return cls(f, t, affine)
 
 
 #: Tumor parameters reported with every match (seed in mm, D_w, rho, T_end).
@@ -107,7 +119,7 @@ THETA = ("x_mm", "y_mm", "z_mm", "dw", "rho", "t_end")
 
 def describe_matches(db, query: Query, scores, ids) -> list[dict]:
     """Rank, id, score, both full-resolution Dice terms and theta of each match."""
-    f, t = query.flair, query.t1gd & query.flair
+    f, t = query.flair, query.t1gd
     params = db.params
     rows = []
     for rank, (s, i) in enumerate(zip(scores, ids, strict=True), 1):
@@ -142,6 +154,9 @@ class Strategy(abc.ABC):
     name: str = ""
     #: True when the strategy's index must be built before searching.
     needs_index: bool = True
+    #: "similarity" (scores: higher is better) or "distance" (lower is better), like FAISS's
+    #: ``metric_type``.
+    metric: str = "similarity"
     #: True for strategies that rank compressed codes (learned codes, embeddings): re-ranking
     #: their candidates with the exact Dice (``NAME+rrM``) is what makes them exact-ish.
     compressed: bool = False
@@ -229,20 +244,46 @@ class Strategy(abc.ABC):
     def score(self, dice_t1gd, dice_flair):
         return self.w_t1gd * dice_t1gd + self.w_flair * dice_flair
 
-    def search(self, query: Query, k: int = 15) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` tumors for ``query``: ``(scores, ids)``, best first."""
-        if not isinstance(query, Query):
-            raise GliomatchError("search needs a Query (use Query.from_masks(flair, t1gd))")
-        if tuple(query.flair.shape) != tuple(self.db.shape):
-            raise GliomatchError(
-                f"query grid {query.flair.shape} differs from the database grid {self.db.shape}"
-            )
+    def search(self, queries, k: int = 15) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` tumors, best first, like FAISS's ``index.search(xq, k)``.
+
+        ``queries`` is one :class:`Query` (answers of shape ``(k,)``) or a sequence of them
+        (answers of shape ``(nq, k)``). Returns ``(scores, ids)``; :attr:`metric` says
+        whether the scores are similarities (higher is better) or distances (lower is better).
+        ``k`` larger than the database is cut to its size.
+        """
+        single = isinstance(queries, Query)
+        batch = [queries] if single else list(queries)
+        if not batch:
+            raise GliomatchError("no query to search")
+        for q in batch:
+            self._check_query(q)
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise GliomatchError(f"k must be a positive integer, got {k!r}")
         self.ensure_ready()
         k = min(int(k), len(self.db))
-        scores, ids = self._search(query, k)
-        return np.asarray(scores, dtype=np.float64), np.asarray(ids, dtype=np.int64)
+        scores, ids = self._search_batch(batch, k)
+        scores = np.asarray(scores, dtype=np.float64).reshape(len(batch), k)
+        ids = np.asarray(ids, dtype=np.int64).reshape(len(batch), k)
+        return (scores[0], ids[0]) if single else (scores, ids)
+
+    def _check_query(self, query) -> None:
+        if not isinstance(query, Query):
+            raise GliomatchError("search needs Query objects (use Query.from_masks(flair, t1gd))")
+        if tuple(query.flair.shape) != tuple(self.db.shape):
+            raise GliomatchError(
+                f"query grid {query.flair.shape} differs from the database grid {self.db.shape}"
+            )
+        if query.affine is not None and not np.allclose(query.affine, self.db.affine, atol=1e-3):
+            raise GliomatchError(
+                "query masks lie on another grid than the database's (their affines differ); "
+                "warp them into atlas space first (`gliomatch infer` does it for patient scans)"
+            )
+
+    def _search_batch(self, queries: list[Query], k: int):
+        """``(nq, k)`` answers; strategies that can batch (one FAISS call) override it."""
+        out = [self._search(q, k) for q in queries]
+        return np.stack([s for s, _ in out]), np.stack([i for _, i in out])
 
     def _build(self, folder: Path) -> None:  # noqa: B027 - strategies without an index
         """Write the index files into ``folder`` (only when ``needs_index``), reporting with

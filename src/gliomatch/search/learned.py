@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gliomatch.masks import downsample
 from gliomatch.search.base import Query, Strategy, register_resolver, register_strategy
 
 __all__ = ["LearnedStrategy"]
@@ -35,6 +36,7 @@ class LearnedStrategy(Strategy):
     """Nearest codes of a trained model pair (T1Gd and FLAIR)."""
 
     compressed = True
+    metric = "distance"  # the papers' L2_T1Gd + L2_FLAIR, or Hamming of the two codes
 
     def __init__(self, db, *, model: str = "ae", **kw):
         self.model_name = model
@@ -90,38 +92,43 @@ class LearnedStrategy(Strategy):
                 idx.add(np.ascontiguousarray(x, dtype=np.float32))
                 self.indexes[m] = idx
 
-    def encode_query(self, query: Query) -> dict:
+    def encode_queries(self, queries: list[Query]) -> dict:
+        """Codes ``{modality: (nq, size)}`` of a batch of queries (one forward pass each)."""
         from gliomatch.learn.train import encode_masks
-        from gliomatch.masks import downsample
 
         out = {}
-        for m, mask in (("t1gd", query.t1gd & query.flair), ("flair", query.flair)):
-            x = downsample(mask, self.resolution)[None].astype(np.uint8)
-            out[m] = encode_masks(self.models[m], x)
+        for m in ("t1gd", "flair"):
+            x = np.stack([downsample(getattr(q, m), self.resolution) for q in queries])
+            out[m] = encode_masks(self.models[m], x.astype(np.uint8))
         return out
 
-    def distances(self, query: Query) -> np.ndarray:
-        """The combined code distance of every database tumor to the query."""
-        q = self.encode_query(query)
-        n = len(self.db)
+    def distances(self, queries: list[Query]) -> np.ndarray:
+        """The combined code distance ``(nq, n)`` of every database tumor to each query."""
+        q = self.encode_queries(queries)
+        n, nq = len(self.db), len(queries)
+        rows = np.arange(nq)[:, None]
         if self.kind == "hash":
             bits = np.concatenate([q["t1gd"] > 0, q["flair"] > 0], axis=1)
             d, i = self.index.search(np.packbits(bits, axis=1), n)
-            out = np.empty(n)
-            out[i[0]] = d[0]
+            out = np.empty((nq, n))
+            out[rows, i] = d
             return out
-        total = np.zeros(n)
+        total = np.zeros((nq, n))
         for m, idx in self.indexes.items():
             d, i = idx.search(np.ascontiguousarray(q[m], dtype=np.float32), n)
-            part = np.empty(n)
-            part[i[0]] = np.sqrt(np.maximum(d[0], 0))
-            total += part
+            total[rows, i] += np.sqrt(np.maximum(d, 0))
         return total
 
     def _search(self, query: Query, k: int):
-        dist = self.distances(query)
-        order = np.lexsort((np.arange(len(dist)), dist))[:k]
-        return -dist[order], order
+        scores, ids = self._search_batch([query], k)
+        return scores[0], ids[0]
+
+    def _search_batch(self, queries: list[Query], k: int):
+        """Nearest codes of every query in one batched encoding and FAISS search."""
+        dist = self.distances(queries)
+        ids = np.arange(dist.shape[1])
+        order = np.stack([np.lexsort((ids, row))[:k] for row in dist])
+        return np.take_along_axis(dist, order, axis=1), order
 
 
 def _resolve(name: str):

@@ -59,17 +59,20 @@ class MultitaskStrategy(LearnedStrategy):
         self.index = faiss.IndexFlatL2(emb.shape[1])
         self.index.add(emb)
 
-    def embed_query(self, query: Query) -> np.ndarray:
+    def embed_queries(self, queries: list[Query]) -> np.ndarray:
+        """Embeddings ``(nq, 64)`` of a batch of queries."""
         from gliomatch.learn.multitask import embed_masks, query_arrays
 
-        masks, box = query_arrays(query.flair, query.t1gd, self.model.resolution)
-        return embed_masks(self.model, masks, box, self.atlas)
+        parts = [query_arrays(q.flair, q.t1gd, self.model.resolution) for q in queries]
+        masks = np.concatenate([m for m, _ in parts])
+        boxes = np.concatenate([b for _, b in parts])
+        return embed_masks(self.model, masks, boxes, self.atlas)
 
-    def distances(self, query: Query) -> np.ndarray:
-        n = len(self.db)
-        d, i = self.index.search(self.embed_query(query), n)
-        out = np.empty(n)
-        out[i[0]] = np.sqrt(np.maximum(d[0], 0))
+    def distances(self, queries: list[Query]) -> np.ndarray:
+        n, nq = len(self.db), len(queries)
+        d, i = self.index.search(self.embed_queries(queries), n)
+        out = np.empty((nq, n))
+        out[np.arange(nq)[:, None], i] = np.sqrt(np.maximum(d, 0))
         return out
 
 

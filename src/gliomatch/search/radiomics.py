@@ -134,7 +134,7 @@ class RadiomicsStrategy(Strategy):
     def query_features(self, query: Query) -> tuple[np.ndarray, np.ndarray]:
         spacing = self.db.manifest["atlas"]["spacing_mm"]
         feats = {}
-        for name, m in (("flair", query.flair), ("t1gd", query.t1gd & query.flair)):
+        for name, m in (("flair", query.flair), ("t1gd", query.t1gd)):
             for k, v in shape_features(m, spacing).items():
                 feats[f"{name}_{k}"] = v
         x = (np.array([feats[c] for c in self.cols]) - self.mean) / self.std

@@ -63,7 +63,7 @@ class LoopStrategy(Strategy):
         self.ids = np.arange(len(db)) if ids is None else np.asarray(ids, dtype=np.int64)
 
     def _search(self, query: Query, k: int):
-        flair, t1gd = query.flair, query.t1gd & query.flair
+        flair, t1gd = query.flair, query.t1gd
         chunks = [c for c in np.array_split(self.ids, max(1, self.workers * 4)) if len(c)]
         args = [(str(self.db.path), c, flair, t1gd) for c in chunks]
         if self.workers == 1 or len(chunks) == 1:
