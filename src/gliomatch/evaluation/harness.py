@@ -56,8 +56,7 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
 
     from gliomatch.files import cache_key, confined_child
     from gliomatch.patient.cohort import input_digest, read_cohort
-    from gliomatch.patient.pipeline import load_patient
-    from gliomatch.patient.registration import register, warp_masks_to_atlas
+    from gliomatch.patient.pipeline import load_patient, to_atlas
 
     cohort = read_cohort(Path(csv))
     atlas = db.atlas()
@@ -75,21 +74,22 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
         fp, tp = pdir / "flair_atlas.nii.gz", pdir / "t1gd_atlas.nii.gz"
         if not (fp.is_file() and tp.is_file()):
             inputs = load_patient(**rec.patient_kwargs())
-            reg = register(
-                inputs.anatomy,
-                atlas,
-                tumor=inputs.flair,
-                kind=registration,
-                workdir=pdir / "transforms",
-            )
-            f, t = warp_masks_to_atlas(inputs.flair, inputs.t1gd, inputs.anatomy.affine, atlas, reg)
+            try:
+                moved = to_atlas(
+                    inputs, atlas, registration=registration, workdir=pdir / "transforms"
+                )
+            except GliomatchError as exc:
+                raise GliomatchError(
+                    f"patient {rec.patient_id}: {exc} after registration to the atlas (check the "
+                    f"registration in {pdir}, or remove the patient from the cohort)"
+                ) from exc
             pdir.mkdir(parents=True, exist_ok=True)
-            nib.save(atlas.to_nifti(t), str(tp))
-            nib.save(atlas.to_nifti(f), str(fp))  # last: its presence marks a complete entry
+            nib.save(atlas.to_nifti(moved.query.t1gd), str(tp))
+            nib.save(atlas.to_nifti(moved.query.flair), str(fp))  # last: marks a whole entry
         f = nib.load(str(fp)).get_fdata() > 0.5
         t = nib.load(str(tp)).get_fdata() > 0.5
         try:
-            query = Query.from_masks(f, t, db.shape)
+            query = Query.from_masks(f, t, db.shape, affine=atlas.affine)
         except GliomatchError as exc:
             raise GliomatchError(
                 f"patient {rec.patient_id}: {exc} after registration to the atlas (check the "

@@ -24,8 +24,9 @@ from gliomatch.patient.inputs import binary_mask, load_nifti, masks_from_labels,
 from gliomatch.progress import Progress
 from gliomatch.progress import report as report_progress
 from gliomatch.search.base import THETA as PARAMS
+from gliomatch.search.base import Query
 
-__all__ = ["InferResult", "PatientInputs", "infer", "load_patient"]
+__all__ = ["AtlasQuery", "InferResult", "PatientInputs", "infer", "load_patient", "to_atlas"]
 
 
 UNITS = {"x_mm": "mm", "y_mm": "mm", "z_mm": "mm", "dw": "mm^2/day", "rho": "1/day", "t_end": "day"}
@@ -90,6 +91,48 @@ def load_patient(
 
 
 @dataclass
+class AtlasQuery:
+    """A patient in atlas space: the query, the registration that made it, its time (s)."""
+
+    query: Query
+    registration: object  # gliomatch.patient.registration.Registration
+    register_s: float
+
+
+def to_atlas(
+    inputs: PatientInputs,
+    atlas,
+    *,
+    registration: str = "syn",
+    skull: str = "auto",
+    workdir: Path | None = None,
+) -> AtlasQuery:
+    """Register the patient's anatomy to ``atlas`` and warp its tumor masks there: the query
+    of the database (the first half of :func:`infer`; the evaluation of real cohorts uses it
+    too). Raises :class:`GliomatchError` when the tumor vanishes in the warp."""
+    from gliomatch.patient.registration import register, warp_masks_to_atlas
+
+    t = time.perf_counter()
+    reg = register(
+        inputs.anatomy,
+        atlas,
+        tumor=inputs.flair,
+        kind=registration,
+        skull=skull,
+        workdir=workdir,
+    )
+    register_s = time.perf_counter() - t
+    f, t1gd = warp_masks_to_atlas(inputs.flair, inputs.t1gd, inputs.anatomy.affine, atlas, reg)
+    if not f.any():
+        raise GliomatchError(
+            "the tumor vanished when warped to the atlas (registration failed?)"
+            + (f"; see the transforms in {workdir}" if workdir else "")
+        )
+    query = Query.from_masks(f, t1gd, atlas.shape, affine=atlas.affine)
+    return AtlasQuery(query, reg, register_s)
+
+
+@dataclass
 class InferResult:
     out: Path
     matches: list[dict]
@@ -134,8 +177,8 @@ def infer(
     progress: Progress | None = None,
 ) -> InferResult:
     """Run the whole pipeline for one patient; write everything into ``out``."""
-    from gliomatch.patient.registration import register, warp_masks_to_atlas, warp_to_patient
-    from gliomatch.search import Query, describe_matches, get_strategy
+    from gliomatch.patient.registration import warp_to_patient
+    from gliomatch.search import describe_matches, get_strategy
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise GliomatchError(f"k must be a positive integer, got {k!r}")
@@ -159,28 +202,15 @@ def infer(
 
     t = time.perf_counter()
     say("register")
-    reg = register(
-        inputs.anatomy,
-        atlas,
-        tumor=inputs.flair,
-        kind=registration,
-        skull=skull,
-        workdir=out / "transforms",
+    moved = to_atlas(
+        inputs, atlas, registration=registration, skull=skull, workdir=out / "transforms"
     )
-    timing["register_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    say("warp")
-    f_atlas, t_atlas = warp_masks_to_atlas(
-        inputs.flair, inputs.t1gd, inputs.anatomy.affine, atlas, reg
-    )
-    if not f_atlas.any():
-        raise GliomatchError("the tumor vanished when warped to the atlas (registration failed?)")
-    timing["warp_s"] = time.perf_counter() - t
+    reg, q = moved.registration, moved.query
+    timing["register_s"] = moved.register_s
+    timing["warp_s"] = time.perf_counter() - t - moved.register_s
 
     t = time.perf_counter()
     say("search")
-    q = Query.from_masks(f_atlas, t_atlas, db.shape, affine=atlas.affine)
     scores, ids = strat.search(q, k)
     timing["search_s"] = time.perf_counter() - t
 
@@ -201,8 +231,8 @@ def infer(
 
     save(density_patient, "density_patient.nii.gz")
     save(atlas.to_nifti(density_atlas), "density_atlas.nii.gz")
-    save(atlas.to_nifti(f_atlas), "flair_atlas.nii.gz")
-    save(atlas.to_nifti(t_atlas), "t1gd_atlas.nii.gz")
+    save(atlas.to_nifti(q.flair), "flair_atlas.nii.gz")
+    save(atlas.to_nifti(q.t1gd), "t1gd_atlas.nii.gz")
     parameters = _parameter_summary(matches)
     (out / "parameters.json").write_text(json.dumps(parameters, indent=2))
     files["parameters"] = str(out / "parameters.json")
@@ -218,8 +248,8 @@ def infer(
                 inputs=inputs,
                 atlas=atlas,
                 density_patient=density_patient,
-                f_atlas=f_atlas,
-                t_atlas=t_atlas,
+                f_atlas=q.flair,
+                t_atlas=q.t1gd,
                 best_masks=db.masks(best),
                 matches=matches,
                 quality=reg.quality,
