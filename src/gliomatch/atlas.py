@@ -21,6 +21,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import apply_affine, voxel_sizes
+from nibabel.processing import resample_from_to
 from scipy import ndimage
 
 from gliomatch.errors import GliomatchError
@@ -116,13 +118,10 @@ class Atlas:
         return frac * (np.asarray(self.shape) - 1)
 
     def voxel_to_world(self, ijk) -> np.ndarray:
-        ijk = np.asarray(ijk, dtype=np.float64)
-        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return apply_affine(self.affine, np.asarray(ijk, dtype=np.float64))
 
     def world_to_voxel(self, xyz) -> np.ndarray:
-        inv = np.linalg.inv(self.affine)
-        xyz = np.asarray(xyz, dtype=np.float64)
-        return xyz @ inv[:3, :3].T + inv[:3, 3]
+        return apply_affine(np.linalg.inv(self.affine), np.asarray(xyz, dtype=np.float64))
 
     def fraction_to_world(self, frac) -> np.ndarray:
         return self.voxel_to_world(self.fraction_to_voxel(frac))
@@ -181,7 +180,7 @@ def _target_affine(brain: np.ndarray, affine: np.ndarray, resolution: int) -> np
     )
     lo, hi = idx.min(0).astype(float), idx.max(0).astype(float)
     pts = lo + corners * (hi - lo)
-    world = pts @ affine[:3, :3].T + affine[:3, 3]
+    world = apply_affine(affine, pts)
     wlo, whi = world.min(0), world.max(0)
     fov = max(MIN_FOV_MM, float((whi - wlo).max()) + 8.0)
     spacing = fov / resolution
@@ -198,24 +197,16 @@ def _resample(data: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, 
     Downsampling is preceded by a Gaussian anti-aliasing filter so that a coarse voxel holds
     the partial-volume average of the fine voxels it covers.
     """
-    src_spacing = np.linalg.norm(src_affine[:3, :3], axis=0)
-    dst_spacing = float(np.linalg.norm(dst_affine[:3, 0]))
+    src_spacing = voxel_sizes(src_affine)
+    dst_spacing = float(voxel_sizes(dst_affine)[0])
     ratio = dst_spacing / src_spacing
     sigma = np.where(ratio > 1.0, 0.42 * ratio, 0.0)
     data = np.asarray(data, dtype=np.float32)
     if np.any(sigma > 0):
         data = ndimage.gaussian_filter(data, sigma=sigma, mode="constant")
-    mapping = np.linalg.inv(src_affine) @ dst_affine
-    out = ndimage.affine_transform(
-        data,
-        mapping[:3, :3],
-        offset=mapping[:3, 3],
-        output_shape=shape,
-        order=1,
-        mode="constant",
-        cval=0.0,
-    )
-    return out.astype(np.float32)
+    src = nib.Nifti1Image(data, src_affine)
+    out = resample_from_to(src, (tuple(shape), dst_affine), order=1, mode="constant", cval=0.0)
+    return np.asarray(out.dataobj, dtype=np.float32)
 
 
 def _build(maps: dict[str, np.ndarray], affine: np.ndarray, resolution: int, source: str):

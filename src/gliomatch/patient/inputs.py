@@ -33,7 +33,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
+from nibabel.processing import resample_from_to
 
 from gliomatch.errors import GliomatchError
 
@@ -112,16 +112,10 @@ def on_grid(
             f"{diff:.3g} mm); resampled onto the {ref_name} grid",
             stacklevel=2,
         )
-        mapping = np.linalg.inv(img.affine) @ ref.affine
-        return ndimage.affine_transform(
-            data,
-            mapping[:3, :3],
-            offset=mapping[:3, 3],
-            output_shape=ref.shape,
-            order=0 if label else 1,
-            mode="constant",
-            cval=0,
+        moved = resample_from_to(
+            nib.Nifti1Image(data, img.affine), ref, order=0 if label else 1, mode="constant"
         )
+        return np.asarray(moved.dataobj)
     raise GliomatchError(
         f"{name} ({img.get_filename()}) is on another grid than {ref_name} "
         f"({ref.get_filename()}): shapes {data.shape} vs {ref.shape}, max affine difference "

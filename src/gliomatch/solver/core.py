@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from nibabel.affines import apply_affine
 
 from gliomatch.atlas import Atlas
 from gliomatch.errors import GliomatchError
@@ -407,7 +408,7 @@ def simulate(
             stopped = t_target != targets[-1]
             break
 
-    seed_mm = p @ domain.affine[:3, :3].T + domain.affine[:3, 3]
+    seed_mm = apply_affine(domain.affine, p)
     return Simulation(
         times=out_t,
         densities=out_u,
