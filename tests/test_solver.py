@@ -222,7 +222,7 @@ def test_bad_inputs(atlas32, kw, message):
 
 def test_tumor_params_validate():
     TumorParams(0.4, 0.5, 0.5, 0.3, 0.05, 300)
-    with pytest.raises(GliomatchError):
+    with pytest.raises(GliomatchError, match="times must be >= 0"):
         TumorParams(0.4, 0.5, 0.5, 0.3, 0.05, -1)
 
 

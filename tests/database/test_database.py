@@ -208,7 +208,7 @@ def test_unwritable_folder(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
-    with pytest.raises(GliomatchError):
+    with pytest.raises(GliomatchError, match="cannot create|not writable"):
         build_database(ro / "db", 5, CFG, workers=1)
 
 

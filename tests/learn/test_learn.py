@@ -199,20 +199,17 @@ def test_rerank_is_exact_among_candidates(db, trained):
     assert np.array_equal(i1, i2) and np.allclose(s1, s2)  # M = n: the exact answer
 
 
-def test_untrained_and_foreign_models(db, tmp_path):
+def test_untrained_and_foreign_models(db, trained, tmp_path):
+    import shutil
+
     with pytest.raises(GliomatchError, match="gliomatch train"):
         get_strategy("vae8", db).ensure_ready()
-    other = build_database(
-        tmp_path / "o", 6, BuildConfig(resolution=32, seed=77), workers=1
-    )
-    src = model_dir(db, "ae16", "flair")
-    if src.is_dir():
-        import shutil
-
-        dst = model_dir(other, "ae16", "flair")
-        shutil.copytree(src, dst)
-        with pytest.raises(GliomatchError, match="another database"):
-            load_model(other, "ae16", "flair")
+    other = build_database(tmp_path / "o", 6, BuildConfig(resolution=32, seed=77), workers=1)
+    src = model_dir(db, trained["ae"], "flair")  # the trained fixture made it: always checked
+    assert (src / "model.pt").is_file()
+    shutil.copytree(src, model_dir(other, trained["ae"], "flair"))
+    with pytest.raises(GliomatchError, match="another database"):
+        load_model(other, trained["ae"], "flair")
 
 
 def test_bad_train_config():
