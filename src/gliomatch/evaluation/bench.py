@@ -200,6 +200,7 @@ def bench_search(
     the latency measurement only; preservation is always measured on the real entries.
     """
     from gliomatch.database.build import held_out_tumors
+    from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
     from gliomatch.search import Query, get_strategy
     from gliomatch.search.engine import BlockIndex
 
@@ -209,7 +210,8 @@ def bench_search(
     n = len(db)
     exact = get_strategy("exact", db, progress=progress)
     exact.ensure_ready()
-    truth = [exact.search(q, k)[1] for q in qs]
+    full = [exact_ranking(exact, q)[0] for q in qs]  # the ground truth: the exact ranking
+    truth = [np.lexsort((np.arange(n), -f))[:k] for f in full]
     results = []
     loop_median = None
     for name in strategies:
@@ -225,17 +227,16 @@ def bench_search(
         strat.ensure_ready()
         build_s = time.perf_counter() - tb
         strat.search(qs[0], k)  # warm-up: numba compilation or cache load is not latency
-        lat, hits = [], {1: 0, 5: 0, 15: 0}
+        lat, ranks = [], []
         equal_to_loop = None
-        for q, gt in zip(qs, truth, strict=True):
+        for q, gt, f in zip(qs, truth, full, strict=True):
             ts = time.perf_counter()
             scores, ids = strat.search(q, k)
             lat.append(time.perf_counter() - ts)
             if name == "loop" and "ids" not in opts:
                 equal_to_loop = bool(np.array_equal(ids, gt)) and (equal_to_loop is not False)
             best = ids[0] if name != "loop" or "ids" not in opts else gt[0]
-            for kk in hits:
-                hits[kk] += int(best in gt[:kk])
+            ranks.append(rank_of(f, int(best)))
         lat = np.asarray(lat)
         if "ids" in opts:
             lat = lat * n / loop_max
@@ -248,9 +249,7 @@ def bench_search(
             "queries": len(qs),
             "median_s": float(np.median(lat)),
             "p95_s": float(np.percentile(lat, 95)),
-            "top1": hits[1] / len(qs),
-            "top5": hits[5] / len(qs),
-            "top15": hits[15] / len(qs),
+            **preservation(ranks),
             "index_bytes": int(index_bytes),
             "index_build_s": None if built_before else build_s,
             "note": note,

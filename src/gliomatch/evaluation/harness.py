@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
+from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
 from gliomatch.progress import report
 from gliomatch.search import Query, get_strategy
 
@@ -117,22 +118,6 @@ def _strategy_key(strat) -> object:
     return [inner._meta(), getattr(strat, "m", None)]
 
 
-def _full_scores(exact, q: Query):
-    """Exact ``(score, dice_t1gd, dice_flair)`` of every database tumor (the ground truth)."""
-    from gliomatch.search.engine import PackedQuery
-
-    packed = PackedQuery.pack(q.flair, q.t1gd)
-    return exact.index.scores(np.arange(exact.index.n), packed, exact.w_t1gd, exact.w_flair)
-
-
-def _rank(all_scores: np.ndarray, i: int) -> int:
-    """1-based rank of tumor ``i`` in the exact ranking (score desc, id asc)."""
-    s = all_scores[i]
-    return int(
-        np.sum(all_scores > s) + np.sum((all_scores == s) & (np.arange(len(all_scores)) < i)) + 1
-    )
-
-
 def evaluate(
     db,
     out,
@@ -172,7 +157,7 @@ def evaluate(
         if cpath.is_file():
             truth_rows[eq.qid] = json.loads(cpath.read_text())
         else:
-            full = _full_scores(exact, eq.query)
+            full = exact_ranking(exact, eq.query)
             scores, d_t, d_f = full
             top = np.lexsort((np.arange(len(scores)), -scores))[:k]
             row = {
@@ -194,7 +179,7 @@ def evaluate(
                 _, ids = strat.search(eq.query, k)
                 sec = time.perf_counter() - t0
                 if full is None:
-                    full = _full_scores(exact, eq.query)
+                    full = exact_ranking(exact, eq.query)
                 best = int(ids[0])
                 rec = {
                     "strategy": name,
@@ -202,7 +187,7 @@ def evaluate(
                     "kind": eq.kind,
                     "seconds": sec,
                     "best": best,
-                    "rank_of_best": _rank(full[0], best),
+                    "rank_of_best": rank_of(full[0], best),
                     "ids": [int(i) for i in ids],
                 }
                 spath.parent.mkdir(parents=True, exist_ok=True)
@@ -236,9 +221,7 @@ def _summarise(res, queries, truth_rows, params, k, loop_ok) -> dict:
                 "strategy": name,
                 "queries": kind,
                 "n": int(len(g)),
-                "top1": float((g.rank_of_best <= 1).mean()),
-                "top5": float((g.rank_of_best <= 5).mean()),
-                "top15": float((g.rank_of_best <= 15).mean()),
+                **preservation(g.rank_of_best),
                 "median_s": float(g.seconds.median()),
                 "median_rank_of_best": float(g.rank_of_best.median()),
             }

@@ -325,12 +325,8 @@ class RerankStrategy(Strategy):
         return self
 
     def _search(self, query: Query, k: int):
-        from gliomatch.search.engine import PackedQuery
-
         _, cand = self.base.search(query, max(k, min(self.m, len(self.db))))
-        packed = PackedQuery.pack(query.flair, query.t1gd)
-        scores = self._exact.index.scores(cand, packed, self.w_t1gd, self.w_flair)[0]
-        return top_k(scores, np.asarray(cand, dtype=np.int64), k)
+        return top_k(self._exact.scores(query, cand)[0], np.asarray(cand, dtype=np.int64), k)
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}

@@ -20,7 +20,7 @@ import numpy as np
 from gliomatch.files import worker_pool
 from gliomatch.masks import dice_scores, downsample, masks_from_codes, threshold
 from gliomatch.search.base import Query, Strategy, register_strategy, top_k
-from gliomatch.search.engine import BlockIndex
+from gliomatch.search.engine import BlockIndex, PackedQuery
 
 __all__ = ["DownsampledStrategy", "ExactStrategy", "LoopStrategy", "downsample"]
 
@@ -115,6 +115,17 @@ class _BlockStrategy(Strategy):
 
     def _load(self, folder: Path) -> None:
         self.index = BlockIndex.load(folder)
+
+    def scores(self, query: Query, ids=None):
+        """Exact ``(score, dice_t1gd, dice_flair)`` of the tumors ``ids`` (default: all) for
+        ``query``, at this strategy's grid: the ground truth that re-ranking and the
+        evaluation use."""
+        self._check_query(query)
+        self.ensure_ready()
+        s = self.grid_size
+        packed = PackedQuery.pack(downsample(query.flair, s), downsample(query.t1gd, s))
+        ids = np.arange(self.index.n) if ids is None else np.asarray(ids, dtype=np.int64)
+        return self.index.scores(ids, packed, self.w_t1gd, self.w_flair)
 
     def _search(self, query: Query, k: int):
         s = self.grid_size
