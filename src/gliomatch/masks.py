@@ -25,6 +25,7 @@ __all__ = [
     "dice_scores",
     "downsample",
     "encode",
+    "encode_reference",
     "mask_bbox",
     "masks_from_codes",
     "threshold",
@@ -64,6 +65,19 @@ def _encode(u):
             q = min(q, T1GD_CODE - 1)
         out[n] = q
     return out
+
+
+def encode_reference(u: np.ndarray) -> np.ndarray:
+    """:func:`encode` in plain NumPy (the numba kernel is tested equal to it)."""
+    u = np.asarray(u, dtype=np.float32)
+    q = np.clip(np.floor(u.astype(np.float64) * SCALE), 0, SCALE).astype(np.int64)
+    q = np.where(
+        u >= np.float32(FLAIR_LEVEL), np.maximum(q, FLAIR_CODE), np.minimum(q, FLAIR_CODE - 1)
+    )
+    q = np.where(
+        u >= np.float32(T1GD_LEVEL), np.maximum(q, T1GD_CODE), np.minimum(q, T1GD_CODE - 1)
+    )
+    return q.astype(np.uint8)
 
 
 def decode(q: np.ndarray) -> np.ndarray:

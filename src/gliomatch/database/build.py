@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch import __version__
+from gliomatch.database.kernels import tumor_stats
 from gliomatch.database.sampling import SamplingConfig, SizeFilter, sample_trajectory
 from gliomatch.database.storage import (
     FLAIR_LEVEL,
@@ -96,35 +97,8 @@ def _space(atlas_spec: str | None, resolution: int, ratio: float):
     return atlas, Domain.from_atlas(atlas, ratio=ratio), np.argwhere(atlas.tissue)
 
 
-@numba.njit(cache=True)
-def _stats(u, flair_level, t1gd_level):
-    """One pass: FLAIR/T1Gd voxel counts, density-weighted centre (voxels), FLAIR bbox."""
-    nf = nt = 0
-    w = wi = wj = wk = 0.0
-    lo = np.array([1 << 30, 1 << 30, 1 << 30])
-    hi = np.array([-1, -1, -1])
-    for i in range(u.shape[0]):
-        for j in range(u.shape[1]):
-            for k in range(u.shape[2]):
-                v = u[i, j, k]
-                if v <= 0:
-                    continue
-                w += v
-                wi += v * i
-                wj += v * j
-                wk += v * k
-                if v >= flair_level:
-                    nf += 1
-                    lo[0], lo[1], lo[2] = min(lo[0], i), min(lo[1], j), min(lo[2], k)
-                    hi[0], hi[1], hi[2] = max(hi[0], i), max(hi[1], j), max(hi[2], k)
-                    if v >= t1gd_level:
-                        nt += 1
-    w = max(w, 1e-30)
-    return nf, nt, np.array([wi / w, wj / w, wk / w]), lo, hi + 1
-
-
 def _tumor_row(u: np.ndarray, atlas, voxel_cm3: float) -> dict:
-    nf, nt, com_vox, lo, hi = _stats(u, np.float32(FLAIR_LEVEL), np.float32(T1GD_LEVEL))
+    nf, nt, com_vox, lo, hi = tumor_stats(u, np.float32(FLAIR_LEVEL), np.float32(T1GD_LEVEL))
     com = atlas.voxel_to_world(com_vox)
     return {
         "flair_cm3": float(nf * voxel_cm3),
@@ -201,8 +175,6 @@ def run_shard(config: dict, shard: int, db_path: str, numba_threads: int | None 
     if shard_dir.exists():
         return json.loads((shard_dir / "shard.json").read_text())
     if numba_threads:
-        import numba
-
         numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))
     t0 = time.perf_counter()
     codes, rows = [], []
