@@ -14,8 +14,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numba
@@ -23,146 +21,25 @@ import numpy as np
 import pandas as pd
 
 from gliomatch import __version__
-from gliomatch.database.kernels import tumor_stats
-from gliomatch.database.sampling import SamplingConfig, SizeFilter, sample_trajectory
+from gliomatch.database.config import BuildConfig
 from gliomatch.database.storage import (
     FLAIR_LEVEL,
     FORMAT,
     FORMAT_VERSION,
     SCALE,
     T1GD_LEVEL,
-    encode,
     hash_tree,
     write_manifest,
     write_parquet_atomic,
     write_shard,
 )
+from gliomatch.database.trajectories import check_progress, space, trajectory_tumors
 from gliomatch.errors import GliomatchError
 from gliomatch.files import sha256_file, stale_temporaries, write_json_atomic
 from gliomatch.progress import Progress
 from gliomatch.solver.core import SCHEME
 
-__all__ = ["BuildConfig", "build_database", "held_out_tumors", "run_shard", "trajectory_tumors"]
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Everything that determines a database's content (stored as ``config.json``)."""
-
-    resolution: int = 128
-    atlas: str | None = None  # None = MNI152; else a user atlas folder
-    seed: int = 0
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    size_filter: SizeFilter = field(default_factory=SizeFilter)
-    shard_size: int = 8  # trajectories per shard
-    ratio: float = 10.0
-
-    def __post_init__(self):
-        if not isinstance(self.seed, int | np.integer) or self.seed < 0:
-            raise GliomatchError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not 1 <= self.shard_size <= 10_000:
-            raise GliomatchError(f"shard size must be 1..10000 trajectories, got {self.shard_size}")
-
-    def to_dict(self) -> dict:
-        return {
-            "resolution": int(self.resolution),
-            "atlas": None if self.atlas is None else str(Path(self.atlas).resolve()),
-            "seed": int(self.seed),
-            "sampling": self.sampling.to_dict(),
-            "size_filter": self.size_filter.to_dict(),
-            "shard_size": int(self.shard_size),
-            "ratio": float(self.ratio),
-            "solver": SCHEME,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BuildConfig:
-        return cls(
-            resolution=d["resolution"],
-            atlas=d["atlas"],
-            seed=d["seed"],
-            sampling=SamplingConfig.from_dict(d["sampling"]),
-            size_filter=SizeFilter(**d["size_filter"]),
-            shard_size=d["shard_size"],
-            ratio=d["ratio"],
-        )  # "solver" is checked when a build resumes: another scheme gives other tumors
-
-
-@lru_cache(maxsize=4)
-def _space(atlas_spec: str | None, resolution: int, ratio: float):
-    from gliomatch.atlas import load_atlas
-    from gliomatch.solver import Domain
-
-    atlas = load_atlas(atlas_spec, resolution)
-    return atlas, Domain.from_atlas(atlas, ratio=ratio), np.argwhere(atlas.tissue)
-
-
-def _tumor_row(u: np.ndarray, atlas, voxel_cm3: float) -> dict:
-    nf, nt, com_vox, lo, hi = tumor_stats(u, np.float32(FLAIR_LEVEL), np.float32(T1GD_LEVEL))
-    com = atlas.voxel_to_world(com_vox)
-    return {
-        "flair_cm3": float(nf * voxel_cm3),
-        "t1gd_cm3": float(nt * voxel_cm3),
-        "com_x_mm": com[0],
-        "com_y_mm": com[1],
-        "com_z_mm": com[2],
-        "bbox_i0": int(lo[0]),
-        "bbox_j0": int(lo[1]),
-        "bbox_k0": int(lo[2]),
-        "bbox_i1": int(hi[0]),
-        "bbox_j1": int(hi[1]),
-        "bbox_k1": int(hi[2]),
-    }
-
-
-def trajectory_tumors(cfg: BuildConfig, traj_id: int, seed: int | None = None):
-    """Simulate trajectory ``traj_id`` and return ``(kept, rejected)``.
-
-    ``kept`` is a list of ``(row, codes)``: the table row (without shard/local) and the uint8
-    density codes of each snapshot that passes the size filter. ``seed`` overrides the
-    configuration's seed (held-out queries use another one).
-    """
-    from gliomatch.solver import simulate
-
-    atlas, domain, tissue_idx = _space(cfg.atlas, cfg.resolution, cfg.ratio)
-    vox = atlas.voxel_volume_cm3
-    filt = cfg.size_filter
-    seed = cfg.seed if seed is None else seed
-    tr = sample_trajectory(atlas, cfg.sampling, seed, traj_id, tissue_idx)
-    sim = simulate(
-        domain,
-        tr.x,
-        tr.y,
-        tr.z,
-        tr.dw,
-        tr.rho,
-        tr.times,
-        stop_volume_cm3=filt.flair_max_cm3,
-        stop_threshold=FLAIR_LEVEL,
-    )
-    rejected = len(tr.times) - len(sim.times)  # snapshots past the early stop: too big
-    kept = []
-    for snap, (t, u) in enumerate(zip(sim.times, sim.densities, strict=True)):
-        stats = _tumor_row(u, atlas, vox)
-        if not filt.keep(stats["flair_cm3"], stats["t1gd_cm3"]):
-            rejected += 1
-            continue
-        row = {
-            "traj_id": traj_id,
-            "snapshot": snap,
-            "x": tr.x,
-            "y": tr.y,
-            "z": tr.z,
-            "x_mm": sim.seed_mm[0],
-            "y_mm": sim.seed_mm[1],
-            "z_mm": sim.seed_mm[2],
-            "dw": tr.dw,
-            "rho": tr.rho,
-            "t_end": t,
-            **stats,
-        }
-        kept.append((row, encode(u)))
-    return kept, rejected
+__all__ = ["build_database", "run_shard"]
 
 
 def run_shard(config: dict, shard: int, db_path: str, numba_threads: int | None = None) -> dict:
@@ -194,57 +71,9 @@ def run_shard(config: dict, shard: int, db_path: str, numba_threads: int | None 
         "rejected": rejected,
         "elapsed_s": time.perf_counter() - t0,
     }
-    atlas = _space(cfg.atlas, cfg.resolution, cfg.ratio)[0]
+    atlas = space(cfg.atlas, cfg.resolution, cfg.ratio)[0]
     write_shard(shard_dir, codes, table, stats, atlas.shape)
     return stats
-
-
-def held_out_tumors(db, n: int, *, seed_offset: int = 1_000_003, one_per_trajectory=True):
-    """``n`` size-filtered tumors simulated like ``db``'s but with another seed (not in it).
-
-    Returns a list of ``(row, codes)``. Deterministic in the database's seed and ``seed_offset``.
-    With ``one_per_trajectory`` each query comes from its own trajectory (independent queries).
-    """
-    cfg = BuildConfig.from_dict(db.manifest["build_config"])
-    seed = cfg.seed + seed_offset
-    out, traj = [], 0
-    while len(out) < n:
-        kept, _ = trajectory_tumors(cfg, traj, seed=seed)
-        if kept:
-            if one_per_trajectory:
-                pick = np.random.default_rng([seed, traj, 1]).integers(len(kept))
-                kept = [kept[pick]]
-            out.extend(kept[: n - len(out)])
-        traj += 1
-        check_progress(traj, len(out), n, cfg)
-    return out
-
-
-#: Trajectories after which a build (or a query sampler) that has kept no tumor stops.
-NO_PROGRESS_TRAJECTORIES = 64
-#: At most this many trajectories per wanted tumor (the published filter keeps ~1 in 1.2).
-MAX_TRAJECTORIES_PER_TUMOR = 50
-
-
-def check_progress(trajectories: int, kept: int, n: int, cfg: BuildConfig) -> None:
-    """Stop a sampling loop that cannot reach ``n`` kept tumors: a clear error, not a full
-    disk. Raised when no tumor passed the size filter after ``NO_PROGRESS_TRAJECTORIES``
-    trajectories, or when more than ``MAX_TRAJECTORIES_PER_TUMOR`` per tumor were needed."""
-    f = cfg.size_filter
-    hint = (
-        f"the size filter (whole tumor {f.flair_min_cm3:g}-{f.flair_max_cm3:g} cm^3, core >= "
-        f"{f.t1gd_min_cm3:g} cm^3) rejects nearly every simulated tumor for these parameter "
-        "ranges; widen --flair-min/--flair-max/--t1gd-min or the ranges"
-    )
-    if kept == 0 and trajectories >= NO_PROGRESS_TRAJECTORIES:
-        raise GliomatchError(
-            f"no tumor kept after {trajectories} trajectories "
-            f"({trajectories * cfg.sampling.snapshots} snapshots): {hint}"
-        )
-    if trajectories > MAX_TRAJECTORIES_PER_TUMOR * n + NO_PROGRESS_TRAJECTORIES:
-        raise GliomatchError(
-            f"only {kept} of {n} tumors kept after {trajectories} trajectories: {hint}"
-        )
 
 
 _COLUMNS = [
@@ -347,7 +176,7 @@ def _finalize(path: Path, cfg: BuildConfig, done: dict[int, dict], n: int, t_bui
     table = pd.concat(tables, ignore_index=True).iloc[:n].copy()
     table.insert(0, "id", np.arange(len(table), dtype=np.int64))
     table = table[_COLUMNS]
-    atlas, _, _ = _space(cfg.atlas, cfg.resolution, cfg.ratio)
+    atlas, _, _ = space(cfg.atlas, cfg.resolution, cfg.ratio)
     shards = [
         {
             "shard": s,
@@ -449,7 +278,7 @@ def build_database(
     if path.exists() and not path.is_dir():
         raise GliomatchError(f"database folder {path}: exists and is not a folder")
     t0 = time.perf_counter()
-    _space(cfg.atlas, cfg.resolution, cfg.ratio)  # validates the atlas before any work
+    space(cfg.atlas, cfg.resolution, cfg.ratio)  # validates the atlas before any work
     _prepare_folder(path, cfg)
     old = _old_manifest(path)
     if old and n < old["counts"]["tumors"]:

@@ -199,7 +199,7 @@ def bench_search(
     ``scale`` pads the block indexes with mirrored/shifted copies up to ``scale`` entries for
     the latency measurement only; preservation is always measured on the real entries.
     """
-    from gliomatch.database.build import held_out_tumors
+    from gliomatch.database.trajectories import held_out_tumors
     from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
     from gliomatch.search import Query, get_strategy
     from gliomatch.search.engine import BlockIndex

@@ -10,8 +10,8 @@ import nibabel as nib
 
 from gliomatch.atlas import cache_dir
 from gliomatch.database import BuildConfig, Database, build_database
-from gliomatch.database.build import held_out_tumors
 from gliomatch.database.storage import FORMAT_VERSION
+from gliomatch.database.trajectories import held_out_tumors
 from gliomatch.masks import dice, threshold
 from gliomatch.patient.pipeline import InferResult, infer, load_patient
 from gliomatch.patient.synthetic import make_patient

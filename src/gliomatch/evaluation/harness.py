@@ -37,7 +37,7 @@ class EvalQuery:
 
 def synthetic_queries(db, n: int, seed: int = 0) -> list[EvalQuery]:
     """``n`` held-out tumors: the database's sampler with another seed, size-filtered."""
-    from gliomatch.database.build import held_out_tumors
+    from gliomatch.database.trajectories import held_out_tumors
 
     out = []
     for j, (row, codes) in enumerate(held_out_tumors(db, n, seed_offset=1_000_003 + seed)):

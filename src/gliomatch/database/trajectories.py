@@ -1,0 +1,149 @@
+"""Simulating trajectories: one seeded draw of theta, one simulation with snapshots, the
+snapshots that pass the size filter as database rows (table row + density codes); the same
+for held-out query tumors; and the bound that stops a sampling loop making no progress."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from gliomatch.database.config import BuildConfig
+from gliomatch.database.kernels import tumor_stats
+from gliomatch.database.sampling import sample_trajectory
+from gliomatch.errors import GliomatchError
+from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL, encode
+
+__all__ = [
+    "MAX_TRAJECTORIES_PER_TUMOR",
+    "NO_PROGRESS_TRAJECTORIES",
+    "check_progress",
+    "held_out_tumors",
+    "space",
+    "trajectory_tumors",
+]
+
+
+@lru_cache(maxsize=4)
+def space(atlas_spec: str | None, resolution: int, ratio: float):
+    from gliomatch.atlas import load_atlas
+    from gliomatch.solver import Domain
+
+    atlas = load_atlas(atlas_spec, resolution)
+    return atlas, Domain.from_atlas(atlas, ratio=ratio), np.argwhere(atlas.tissue)
+
+
+def _tumor_row(u: np.ndarray, atlas, voxel_cm3: float) -> dict:
+    nf, nt, com_vox, lo, hi = tumor_stats(u, np.float32(FLAIR_LEVEL), np.float32(T1GD_LEVEL))
+    com = atlas.voxel_to_world(com_vox)
+    return {
+        "flair_cm3": float(nf * voxel_cm3),
+        "t1gd_cm3": float(nt * voxel_cm3),
+        "com_x_mm": com[0],
+        "com_y_mm": com[1],
+        "com_z_mm": com[2],
+        "bbox_i0": int(lo[0]),
+        "bbox_j0": int(lo[1]),
+        "bbox_k0": int(lo[2]),
+        "bbox_i1": int(hi[0]),
+        "bbox_j1": int(hi[1]),
+        "bbox_k1": int(hi[2]),
+    }
+
+
+def trajectory_tumors(cfg: BuildConfig, traj_id: int, seed: int | None = None):
+    """Simulate trajectory ``traj_id`` and return ``(kept, rejected)``.
+
+    ``kept`` is a list of ``(row, codes)``: the table row (without shard/local) and the uint8
+    density codes of each snapshot that passes the size filter. ``seed`` overrides the
+    configuration's seed (held-out queries use another one).
+    """
+    from gliomatch.solver import simulate
+
+    atlas, domain, tissue_idx = space(cfg.atlas, cfg.resolution, cfg.ratio)
+    vox = atlas.voxel_volume_cm3
+    filt = cfg.size_filter
+    seed = cfg.seed if seed is None else seed
+    tr = sample_trajectory(atlas, cfg.sampling, seed, traj_id, tissue_idx)
+    sim = simulate(
+        domain,
+        tr.x,
+        tr.y,
+        tr.z,
+        tr.dw,
+        tr.rho,
+        tr.times,
+        stop_volume_cm3=filt.flair_max_cm3,
+        stop_threshold=FLAIR_LEVEL,
+    )
+    rejected = len(tr.times) - len(sim.times)  # snapshots past the early stop: too big
+    kept = []
+    for snap, (t, u) in enumerate(zip(sim.times, sim.densities, strict=True)):
+        stats = _tumor_row(u, atlas, vox)
+        if not filt.keep(stats["flair_cm3"], stats["t1gd_cm3"]):
+            rejected += 1
+            continue
+        row = {
+            "traj_id": traj_id,
+            "snapshot": snap,
+            "x": tr.x,
+            "y": tr.y,
+            "z": tr.z,
+            "x_mm": sim.seed_mm[0],
+            "y_mm": sim.seed_mm[1],
+            "z_mm": sim.seed_mm[2],
+            "dw": tr.dw,
+            "rho": tr.rho,
+            "t_end": t,
+            **stats,
+        }
+        kept.append((row, encode(u)))
+    return kept, rejected
+
+
+def held_out_tumors(db, n: int, *, seed_offset: int = 1_000_003, one_per_trajectory=True):
+    """``n`` size-filtered tumors simulated like ``db``'s but with another seed (not in it).
+
+    Returns a list of ``(row, codes)``. Deterministic in the database's seed and ``seed_offset``.
+    With ``one_per_trajectory`` each query comes from its own trajectory (independent queries).
+    """
+    cfg = BuildConfig.from_dict(db.manifest["build_config"])
+    seed = cfg.seed + seed_offset
+    out, traj = [], 0
+    while len(out) < n:
+        kept, _ = trajectory_tumors(cfg, traj, seed=seed)
+        if kept:
+            if one_per_trajectory:
+                pick = np.random.default_rng([seed, traj, 1]).integers(len(kept))
+                kept = [kept[pick]]
+            out.extend(kept[: n - len(out)])
+        traj += 1
+        check_progress(traj, len(out), n, cfg)
+    return out
+
+
+#: Trajectories after which a build (or a query sampler) that has kept no tumor stops.
+NO_PROGRESS_TRAJECTORIES = 64
+#: At most this many trajectories per wanted tumor (the published filter keeps ~1 in 1.2).
+MAX_TRAJECTORIES_PER_TUMOR = 50
+
+
+def check_progress(trajectories: int, kept: int, n: int, cfg: BuildConfig) -> None:
+    """Stop a sampling loop that cannot reach ``n`` kept tumors: a clear error, not a full
+    disk. Raised when no tumor passed the size filter after ``NO_PROGRESS_TRAJECTORIES``
+    trajectories, or when more than ``MAX_TRAJECTORIES_PER_TUMOR`` per tumor were needed."""
+    f = cfg.size_filter
+    hint = (
+        f"the size filter (whole tumor {f.flair_min_cm3:g}-{f.flair_max_cm3:g} cm^3, core >= "
+        f"{f.t1gd_min_cm3:g} cm^3) rejects nearly every simulated tumor for these parameter "
+        "ranges; widen --flair-min/--flair-max/--t1gd-min or the ranges"
+    )
+    if kept == 0 and trajectories >= NO_PROGRESS_TRAJECTORIES:
+        raise GliomatchError(
+            f"no tumor kept after {trajectories} trajectories "
+            f"({trajectories * cfg.sampling.snapshots} snapshots): {hint}"
+        )
+    if trajectories > MAX_TRAJECTORIES_PER_TUMOR * n + NO_PROGRESS_TRAJECTORIES:
+        raise GliomatchError(
+            f"only {kept} of {n} tumors kept after {trajectories} trajectories: {hint}"
+        )
