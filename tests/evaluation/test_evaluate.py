@@ -202,7 +202,7 @@ def test_real_cohort_empty_after_registration_names_the_patient(db, tmp_path, mo
     cache = tmp_path / "regcache"
     import gliomatch.patient.registration as registration
 
-    empty = np.zeros(atlas.shape, bool)  # a registration that loses the tumor
+    empty = atlas.to_nifti(np.zeros(atlas.shape, np.uint8))  # a registration losing the tumor
     monkeypatch.setattr(registration, "register", lambda *a, **kw: None)
     monkeypatch.setattr(registration, "warp_masks_to_atlas", lambda *a, **kw: (empty, empty))
     with pytest.raises(GliomatchError, match="patient lost: the tumor vanished"):

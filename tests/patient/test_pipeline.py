@@ -275,6 +275,8 @@ def test_real_clinical_scan_registers(atlas64, tmp_path):
     assert reg.skull_stripped
     assert np.isfinite(reg.quality)
     warped = warp_to_atlas(img, atlas64, reg)
+    assert np.allclose(warped.affine, atlas64.affine) and warped.shape == atlas64.shape
+    warped = warped.get_fdata()
     # the scan's brain lands on the atlas brain
     inside = warped[atlas64.brain].mean()
     outside = warped[~atlas64.brain].mean()

@@ -122,7 +122,14 @@ def to_atlas(
         workdir=workdir,
     )
     register_s = time.perf_counter() - t
-    f, t1gd = warp_masks_to_atlas(inputs.flair, inputs.t1gd, inputs.anatomy.affine, atlas, reg)
+    aff = inputs.anatomy.affine
+    f_img, t_img = warp_masks_to_atlas(
+        nib.Nifti1Image(inputs.flair.astype(np.uint8), aff),
+        nib.Nifti1Image(inputs.t1gd.astype(np.uint8), aff),
+        atlas,
+        reg,
+    )
+    f, t1gd = np.asarray(f_img.dataobj) > 0, np.asarray(t_img.dataobj) > 0
     if not f.any():
         raise GliomatchError(
             "the tumor vanished when warped to the atlas (registration failed?)"
@@ -218,7 +225,7 @@ def infer(
     say("warp back")
     best = int(ids[0])
     density_atlas = db.density(best)
-    density_patient = warp_to_patient(density_atlas, atlas, inputs.anatomy, reg)
+    density_patient = warp_to_patient(atlas.to_nifti(density_atlas), atlas, inputs.anatomy, reg)
     timing["warp_back_s"] = time.perf_counter() - t
 
     matches = describe_matches(db, q, scores, ids)

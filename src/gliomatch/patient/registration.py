@@ -200,7 +200,7 @@ def register(
         reg.tumor = tumor
         reg.tumor_atlas = warp_to_atlas(
             nib.Nifti1Image(tumor.astype(np.float32), anatomy.affine), atlas, reg, label=True
-        )
+        ).get_fdata(dtype=np.float32)
     reg.quality = registration_quality(warped.numpy(), fixed.numpy(), atlas, reg.tumor_atlas)
     reg.seconds = time.perf_counter() - t0
     if reg.quality < POOR_QUALITY:
@@ -226,10 +226,19 @@ def registration_quality(
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _same_grid(img: nib.Nifti1Image, shape, affine, what: str) -> None:
+    if tuple(img.shape[:3]) != tuple(shape) or not np.allclose(img.affine, affine, atol=1e-4):
+        raise GliomatchError(
+            f"{what} is on another grid (shape {tuple(img.shape)}) than expected "
+            f"(shape {tuple(shape)}, with its affine)"
+        )
+
+
 def warp_to_atlas(
     img: nib.Nifti1Image, atlas: Atlas, reg: Registration, *, label: bool = False
-) -> np.ndarray:
-    """Patient-space image -> array on the atlas grid (generic-label for masks)."""
+) -> nib.Nifti1Image:
+    """Patient-space image -> image on the atlas grid, with the atlas affine (generic-label
+    interpolation for masks, linear otherwise)."""
     import ants
 
     fixed = to_ants(atlas.to_nifti(np.zeros(atlas.shape, np.float32)))
@@ -239,49 +248,47 @@ def warp_to_atlas(
         transformlist=reg.forward,
         interpolator="genericLabel" if label else "linear",
     )
-    return to_nibabel(out).get_fdata(dtype=np.float32)
+    return atlas.to_nifti(to_nibabel(out).get_fdata(dtype=np.float32))
 
 
 def warp_masks_to_atlas(
-    flair: np.ndarray, t1gd: np.ndarray, affine: np.ndarray, atlas: Atlas, reg: Registration
-) -> tuple[np.ndarray, np.ndarray]:
-    """Patient FLAIR and T1Gd masks -> atlas-grid boolean masks (T1Gd kept inside FLAIR).
+    flair: nib.Nifti1Image, t1gd: nib.Nifti1Image, atlas: Atlas, reg: Registration
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """Patient FLAIR and T1Gd mask images (one grid) -> uint8 mask images on the atlas grid,
+    T1Gd kept inside FLAIR.
 
     The FLAIR warp that :func:`register` already made (the tumor it excluded) is reused.
     """
-    if reg.tumor is flair and reg.tumor_atlas is not None:
+    _same_grid(t1gd, flair.shape, flair.affine, "the T1Gd mask")
+    f_data = np.asarray(flair.dataobj) > 0
+    if reg.tumor is not None and reg.tumor_atlas is not None and np.array_equal(reg.tumor, f_data):
         f = reg.tumor_atlas > 0.5
     else:
-        f = (
-            warp_to_atlas(nib.Nifti1Image(flair.astype(np.float32), affine), atlas, reg, label=True)
-            > 0.5
-        )
-    t = (
-        warp_to_atlas(nib.Nifti1Image(t1gd.astype(np.float32), affine), atlas, reg, label=True)
-        > 0.5
-    )
-    return f, t & f
+        f = warp_to_atlas(flair, atlas, reg, label=True).get_fdata() > 0.5
+    t = warp_to_atlas(t1gd, atlas, reg, label=True).get_fdata() > 0.5
+    return atlas.to_nifti(f.astype(np.uint8)), atlas.to_nifti((t & f).astype(np.uint8))
 
 
 def warp_to_patient(
-    array: np.ndarray,
+    img: nib.Nifti1Image,
     atlas: Atlas,
     patient: nib.Nifti1Image,
     reg: Registration,
     *,
     label: bool = False,
 ) -> nib.Nifti1Image:
-    """Atlas-grid array -> image on the patient's grid with the patient's affine."""
+    """Atlas-grid image (checked) -> image on the patient's grid with the patient's affine."""
     import ants
 
+    _same_grid(img, atlas.shape, atlas.affine, "the atlas-space image")
     out = ants.apply_transforms(
         fixed=to_ants(patient),
-        moving=to_ants(atlas.to_nifti(array.astype(np.float32))),
+        moving=to_ants(nib.Nifti1Image(np.asarray(img.dataobj, np.float32), img.affine)),
         transformlist=reg.inverse,
         whichtoinvert=reg.inverse_invert,
         interpolator="genericLabel" if label else "linear",
     )
     data = to_nibabel(out).get_fdata(dtype=np.float32)
-    img = nib.Nifti1Image(data, patient.affine)
-    img.header.set_xyzt_units("mm")
-    return img
+    out_img = nib.Nifti1Image(data, patient.affine)
+    out_img.header.set_xyzt_units("mm")
+    return out_img
