@@ -10,9 +10,6 @@ from gliomatch.learn.labels import REGIONS, TASKS, linear_size_mm, seed_region, 
 from gliomatch.learn.multitask import (
     MultitaskConfig,
     MultitaskNet,
-    RoIMaxPool3d,
-    box_cells,
-    distort_boxes,
     embed_masks,
     load_multitask,
     multitask_name,
@@ -20,6 +17,7 @@ from gliomatch.learn.multitask import (
     train_multitask,
     tumor_arrays,
 )
+from gliomatch.learn.roi import RoIMaxPool3d, box_cells, distort_boxes
 
 
 def test_roi_pool_fixed_size_and_max_over_box():

@@ -86,12 +86,12 @@ def validate_embeddings(
     """Run the KNN / task-set / robustness / t-SNE validation; returns ``summary`` (also saved
     as ``multitask_summary.json``)."""
     from gliomatch.learn.multitask import (
-        distort_boxes,
         embed_masks,
         load_multitask,
         model_atlas,
         tumor_arrays,
     )
+    from gliomatch.learn.roi import distort_boxes
 
     models = models or multitask_models(db)
     if not models:
