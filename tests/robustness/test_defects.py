@@ -263,7 +263,7 @@ class _Evil:
 
 @pytest.mark.parametrize("content", ["empty", "pickle", "garbage"])
 def test_9_broken_or_hostile_model_files(base_db, content, tmp_path):
-    from gliomatch.learn.train import load_state
+    from gliomatch.learn.trainer import load_state
 
     p = tmp_path / "model.pt"
     p.write_bytes(

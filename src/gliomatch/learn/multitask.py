@@ -28,7 +28,6 @@ the paper's robustness test (:func:`distort_boxes`) unless ``box_jitter=False``.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from torch.nn import functional as F
 from gliomatch.errors import GliomatchError
 from gliomatch.learn.labels import TASKS, task_labels
 from gliomatch.learn.roi import RoIMaxPool3d, distort_boxes
-from gliomatch.progress import report
+from gliomatch.learn.trainer import fit
 
 __all__ = [
     "TASK_SETS",
@@ -266,7 +265,7 @@ def _batch(masks, dens, boxes, labels, idx, cfg, atlas, device):
 
 def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = True) -> dict:
     """Train the multitask network on ``db``; resumable; returns (and saves) its summary."""
-    from gliomatch.learn.train import end_epoch, load_checkpoint, split_ids, write_curves
+    from gliomatch.learn.train import split_ids, write_curves
 
     torch.manual_seed(cfg.seed)
     folder = multitask_dir(db, cfg.name)
@@ -290,16 +289,10 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
         "name": cfg.name,
         "label_edges": edges,
     }
-    history, start, best, since_best = [], 0, np.inf, 0
-    ckpt = folder / "checkpoint.pt"
-    if resume and (state := load_checkpoint(ckpt, meta, model, opt, cfg.device)):
-        start, best, since_best, history = state
     np.savez(folder / "split.npz", train=train_ids, val=val_ids)
     part_names = (["seg"] if cfg.lambda_seg > 0 else []) + list(cfg.task_list)
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        rng = np.random.default_rng([cfg.seed, epoch])  # resumed epochs replay exactly
-        model.train()
+
+    def train_epoch(rng):
         sums = dict.fromkeys(["total", *part_names], 0.0)
         perm = rng.permutation(len(train_ids))
         for s in range(0, len(perm), cfg.batch):
@@ -314,8 +307,10 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
             sums["total"] += float(total.detach()) * len(idx)
             for k, v in parts.items():
                 sums[k] += float(v.detach()) * len(idx)
-        model.eval()
-        vsums = dict.fromkeys(sums, 0.0)
+        return {k: v / len(train_ids) for k, v in sums.items()}
+
+    def validate():
+        vsums = dict.fromkeys(["total", *part_names], 0.0)
         with torch.no_grad():
             for s in range(0, len(val_ids), 16):
                 idx = np.arange(s, min(s + 16, len(val_ids)))
@@ -325,19 +320,24 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
                 vsums["total"] += float(total) * len(idx)
                 for k, v in parts.items():
                     vsums[k] += float(v) * len(idx)
-        row = {"epoch": epoch + 1}
-        for k in sums:
-            row[f"train_{k}"] = sums[k] / len(train_ids)
-            row[f"val_{k}"] = vsums[k] / len(val_ids)
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        val = row["val_total"]
-        best, since_best = end_epoch(
-            folder, model, opt, epoch + 1, val, best, since_best, history, meta
-        )
-        report(progress, epoch + 1, cfg.epochs, f"{cfg.name}: val {val:.4f}")
-        if since_best >= cfg.patience:
-            break
+        return {k: v / len(val_ids) for k, v in vsums.items()}
+
+    best, history = fit(
+        model,
+        opt,
+        folder=folder,
+        meta=meta,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        rng_seed=cfg.seed,
+        train_epoch=train_epoch,
+        validate=validate,
+        monitor="total",
+        device=cfg.device,
+        resume=resume,
+        progress=progress,
+        label=cfg.name,
+    )
     write_curves(folder, history)
     meta["history_epochs"] = len(history)
     meta["best_val_loss"] = best

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,19 +23,16 @@ import torch
 from gliomatch.errors import GliomatchError
 from gliomatch.learn.bihalf import GAMMA
 from gliomatch.learn.models import KINDS, MaskAutoencoder, build_model
-from gliomatch.progress import report
+from gliomatch.learn.trainer import fit, load_state
 
 __all__ = [
     "TrainConfig",
     "check_settings",
     "encode_masks",
-    "end_epoch",
-    "load_checkpoint",
     "load_model",
     "load_weights",
     "model_dir",
     "model_name",
-    "save_checkpoint",
     "split_ids",
     "train",
     "write_curves",
@@ -53,21 +49,6 @@ def model_name(kind: str, latent: int | None = None, bits: int | None = None) ->
     if kind == "hash":
         return "hash" if bits in (None, 64) else f"hash{bits}"
     raise GliomatchError(f"unknown model kind {kind!r}; use one of {', '.join(KINDS)}")
-
-
-def load_state(path: Path, what: str = "model file", map_location="cpu"):
-    """``torch.load(path, weights_only=True)`` with one clear error for a broken or hostile
-    file (an empty file, a pickle that would run code, a truncated archive...)."""
-    try:
-        return torch.load(path, weights_only=True, map_location=map_location)
-    except FileNotFoundError:
-        raise GliomatchError(f"{what} {path}: not found") from None
-    except Exception as exc:  # UnpicklingError, EOFError, RuntimeError, zip errors, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GliomatchError(
-            f"{what} {path}: not a loadable weights file ({type(exc).__name__}: {reason[:200]}); "
-            "it was refused without running any of its code. Retrain the model"
-        ) from exc
 
 
 def read_json(path: Path, what: str):
@@ -216,8 +197,6 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
         else None
     )
     dice = DiceLoss(sigmoid=True)
-    history, start, best, since_best = [], 0, np.inf, 0
-    ckpt = folder / "checkpoint.pt"
     meta = {
         "train": asdict(cfg),
         "model": model.config,
@@ -225,14 +204,8 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
         "modality": modality,
         "name": cfg.name,
     }
-    if resume:
-        state = load_checkpoint(ckpt, meta, model, opt, cfg.device, sched)
-        if state:
-            start, best, since_best, history = state
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        rng = np.random.default_rng([cfg.seed + 1, epoch])  # resumed epochs replay exactly
-        model.train()
+
+    def train_epoch(rng):
         perm = rng.permutation(len(x_train))
         losses = []
         for s in range(0, len(perm), cfg.batch):
@@ -245,7 +218,9 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-        model.eval()
+        return {"loss": float(np.mean(losses))}
+
+    def validate():
         if cfg.kind == "hash":  # validate (and save) with the thresholds inference will use
             _calibrate(model, x_train, cfg.device)
         with torch.no_grad():
@@ -253,24 +228,26 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
             for s in range(0, len(x_val), 8):
                 x = torch.from_numpy(x_val[s : s + 8]).float().unsqueeze(1).to(cfg.device)
                 vl.append(float(_loss(model, x, cfg, dice)) * len(x))
-        val = sum(vl) / len(x_val)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": float(np.mean(losses)),
-                "val_loss": val,
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-        if sched:
-            sched.step(val)
-        best, since_best = end_epoch(
-            folder, model, opt, epoch + 1, val, best, since_best, history, meta, sched
-        )
-        report(progress, epoch + 1, cfg.epochs, f"{cfg.name} {modality}: val {val:.4f}")
-        if since_best >= cfg.patience:
-            break
+        return {"loss": sum(vl) / len(x_val)}
+
+    best, history = fit(
+        model,
+        opt,
+        folder=folder,
+        meta=meta,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        rng_seed=cfg.seed + 1,
+        train_epoch=train_epoch,
+        validate=validate,
+        monitor="loss",
+        device=cfg.device,
+        sched=sched,
+        record_lr=True,
+        resume=resume,
+        progress=progress,
+        label=f"{cfg.name} {modality}",
+    )
     write_curves(folder, history)
     best_model = load_weights(db, folder, meta, build_model(meta["model"]), verify=False)
     meta["history_epochs"] = len(history)
@@ -298,75 +275,6 @@ def _calibrate(model: MaskAutoencoder, x_train: np.ndarray, device: str) -> None
             ]
         )
     model.bihalf.calibrate(mu)
-
-
-def save_checkpoint(
-    path: Path, model, opt, epoch, best, since_best, history, meta, sched=None
-) -> None:
-    """The last epoch's state (weights, optimizer, lr schedule, early-stopping counters,
-    history)."""
-    state = {
-        "model": model.state_dict(),
-        "opt": opt.state_dict(),
-        "sched": sched.state_dict() if sched else {},
-        "epoch": epoch,
-        "best": best,
-        "since_best": since_best,
-        "history": json.dumps(history),
-        "meta_json": json.dumps(meta, sort_keys=True),
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # an interrupted save never leaves a truncated checkpoint
-
-
-def _resume_key(meta) -> str:
-    if not isinstance(meta, dict):
-        return ""
-    train = {k: v for k, v in meta.get("train", {}).items() if k not in ("epochs", "patience")}
-    return json.dumps({**meta, "train": train}, sort_keys=True)
-
-
-def end_epoch(folder: Path, model, opt, epoch, val, best, since_best, history, meta, sched=None):
-    """Keep the best weights (``model.pt``), count the epochs without improvement, checkpoint;
-    returns the new ``(best, since_best)``."""
-    if val < best:
-        best, since_best = val, 0
-        torch.save(model.state_dict(), folder / "model.pt")
-    else:
-        since_best += 1
-    save_checkpoint(
-        folder / "checkpoint.pt", model, opt, epoch, best, since_best, history, meta, sched
-    )
-    return best, since_best
-
-
-def load_checkpoint(path: Path, meta: dict, model, opt, device: str, sched=None):
-    """Restore a checkpoint made with the same settings: ``(epoch, best, since_best,
-    history)``, or None when there is none or it belongs to other settings (start afresh).
-
-    The epoch budget and the patience may differ: asking for more (or fewer) epochs continues
-    the same training."""
-    if not path.is_file():
-        return None
-    state = load_state(path, "training checkpoint", map_location=device)
-    try:
-        saved = json.loads(state.get("meta_json", "null"))
-    except (json.JSONDecodeError, AttributeError, TypeError):
-        return None
-    if _resume_key(saved) != _resume_key(meta):
-        return None
-    missing = {k: v for k, v in model.state_dict().items() if k not in state["model"]}
-    model.load_state_dict({**missing, **state["model"]})
-    opt.load_state_dict(state["opt"])
-    if sched and state.get("sched"):
-        sched.load_state_dict(state["sched"])
-    return (
-        int(state["epoch"]),
-        float(state["best"]),
-        int(state["since_best"]),
-        json.loads(state["history"]),
-    )
 
 
 def write_curves(folder: Path, history: list[dict]) -> None:
