@@ -26,6 +26,7 @@ from nibabel.processing import resample_from_to
 from scipy import ndimage
 
 from gliomatch.errors import GliomatchError
+from gliomatch.files import sha256_file
 
 __all__ = [
     "Atlas",
@@ -295,7 +296,6 @@ def _user_maps(folder: Path):
 
 def _user_key(folder: Path) -> str:
     """Cache key of a user atlas: the content (SHA-256) of its four maps."""
-    from gliomatch.files import sha256_file
 
     h = hashlib.sha256()
     for name in _MAPS:

@@ -119,16 +119,16 @@ def test_real_cohort_of_synthetic_patients(db, tmp_path, monkeypatch):
     )
     assert s["plausibility"]["real"]["n"] == 2
     # cached registration: a second pass does not register again ...
-    import gliomatch.patient.registration as registration
+    import gliomatch.patient.pipeline as pipeline  # to_atlas calls register through it
 
     calls = []
-    real_register = registration.register
+    real_register = pipeline.register
 
     def counting(*a, **kw):
         calls.append(1)
         return real_register(*a, **kw)
 
-    monkeypatch.setattr(registration, "register", counting)
+    monkeypatch.setattr(pipeline, "register", counting)
     again = real_queries(db, csv, tmp_path / "regcache", registration="affine")
     assert calls == []
     assert all(np.array_equal(a.query.flair, b.query.flair) for a, b in zip(qs, again, strict=True))
@@ -200,10 +200,10 @@ def test_real_cohort_empty_after_registration_names_the_patient(db, tmp_path, mo
     csv = tmp_path / "cohort.csv"
     csv.write_text(f"patient_id,t1,seg,labels\nlost,{p.t1},{p.seg},brats2021\n")
     cache = tmp_path / "regcache"
-    import gliomatch.patient.registration as registration
+    import gliomatch.patient.pipeline as pipeline  # to_atlas calls register through it
 
     empty = atlas.to_nifti(np.zeros(atlas.shape, np.uint8))  # a registration losing the tumor
-    monkeypatch.setattr(registration, "register", lambda *a, **kw: None)
-    monkeypatch.setattr(registration, "warp_masks_to_atlas", lambda *a, **kw: (empty, empty))
+    monkeypatch.setattr(pipeline, "register", lambda *a, **kw: None)
+    monkeypatch.setattr(pipeline, "warp_masks_to_atlas", lambda *a, **kw: (empty, empty))
     with pytest.raises(GliomatchError, match="patient lost: the tumor vanished"):
         real_queries(db, csv, cache, registration="affine")

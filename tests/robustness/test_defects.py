@@ -316,7 +316,7 @@ def test_10_mgz_input_is_refused_clearly(base_db, patient, tmp_path):
 def test_10_one_bad_row_or_a_registration_crash_does_not_stop_the_cohort(
     base_db, patient, tmp_path, monkeypatch
 ):
-    import gliomatch.patient.registration as registration
+    import gliomatch.patient.pipeline as pipeline  # to_atlas calls register through it
 
     good = f"{patient.t1},{patient.seg},brats2021"
     csv = tmp_path / "c.csv"
@@ -325,13 +325,13 @@ def test_10_one_bad_row_or_a_registration_crash_does_not_stop_the_cohort(
         f"missing,{tmp_path / 'none.nii.gz'},{patient.seg},brats2021\n"
         f"crash,{good}\n"
     )
-    real = registration.register
+    real = pipeline.register
 
     def crash_once(*a, **kw):
-        monkeypatch.setattr(registration, "register", real)
+        monkeypatch.setattr(pipeline, "register", real)
         raise RuntimeError("itk::ExceptionObject: simulated ANTs failure")
 
-    monkeypatch.setattr(registration, "register", crash_once)
+    monkeypatch.setattr(pipeline, "register", crash_once)
     out = tmp_path / "o"
     args = ["infer-batch", csv, "--out", out, "--db", base_db.path, "--registration", "affine"]
     code, output = run(*args)
@@ -403,9 +403,9 @@ def test_12_killed_index_build_leaves_no_temporaries(db_copy):
 
 
 def test_12_infer_k0_is_refused_before_registration(base_db, patient, tmp_path, monkeypatch):
-    import gliomatch.patient.registration as registration
+    import gliomatch.patient.pipeline as pipeline  # to_atlas calls register through it
 
-    monkeypatch.setattr(registration, "register", _raise(errno.EIO))  # must not be reached
+    monkeypatch.setattr(pipeline, "register", _raise(errno.EIO))  # must not be reached
     code, output = run(
         "infer", "--t1", patient.t1, "--seg", patient.seg, "--labels", "brats2021",
         "--db", base_db.path, "--out", tmp_path / "o", "--k", 0,

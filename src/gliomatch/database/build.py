@@ -28,6 +28,7 @@ from gliomatch.database.storage import (
     FORMAT_VERSION,
     SCALE,
     T1GD_LEVEL,
+    Database,
     hash_tree,
     write_manifest,
     write_parquet_atomic,
@@ -165,7 +166,6 @@ def _prefix(done: dict[int, dict], n: int) -> int | None:
 
 
 def _finalize(path: Path, cfg: BuildConfig, done: dict[int, dict], n: int, t_build: float):
-    from gliomatch.database.storage import Database
 
     m = _prefix(done, n)
     tables = []
@@ -241,7 +241,6 @@ def _finalize(path: Path, cfg: BuildConfig, done: dict[int, dict], n: int, t_bui
 
 
 def _old_manifest(path: Path) -> dict | None:
-    from gliomatch.database.storage import Database
 
     if not (path / "manifest.json").is_file():
         return None

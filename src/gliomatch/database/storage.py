@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gliomatch.atlas import load_atlas
 from gliomatch.errors import GliomatchError
 from gliomatch.files import file_digests, sha256_file, write_json_atomic
 from gliomatch.masks import (  # noqa: F401  (the encoding is part of the format)
@@ -246,7 +247,6 @@ class Database:
 
     def atlas(self):
         """The atlas the database was simulated in."""
-        from gliomatch.atlas import load_atlas
 
         a = self.manifest["atlas"]
         spec = None if a["source"] == "mni152-2009" else a["source"].removeprefix("user:")

@@ -8,11 +8,13 @@ from functools import lru_cache
 
 import numpy as np
 
+from gliomatch.atlas import load_atlas
 from gliomatch.database.config import BuildConfig
 from gliomatch.database.kernels import tumor_stats
 from gliomatch.database.sampling import sample_trajectory
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL, encode
+from gliomatch.solver import Domain, simulate
 
 __all__ = [
     "MAX_TRAJECTORIES_PER_TUMOR",
@@ -26,8 +28,6 @@ __all__ = [
 
 @lru_cache(maxsize=4)
 def space(atlas_spec: str | None, resolution: int, ratio: float):
-    from gliomatch.atlas import load_atlas
-    from gliomatch.solver import Domain
 
     atlas = load_atlas(atlas_spec, resolution)
     return atlas, Domain.from_atlas(atlas, ratio=ratio), np.argwhere(atlas.tissue)
@@ -58,7 +58,6 @@ def trajectory_tumors(cfg: BuildConfig, traj_id: int, seed: int | None = None):
     density codes of each snapshot that passes the size filter. ``seed`` overrides the
     configuration's seed (held-out queries use another one).
     """
-    from gliomatch.solver import simulate
 
     atlas, domain, tissue_idx = space(cfg.atlas, cfg.resolution, cfg.ratio)
     vox = atlas.voxel_volume_cm3

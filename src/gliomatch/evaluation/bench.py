@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from gliomatch.atlas import load_atlas
-from gliomatch.masks import threshold
+from gliomatch.database import BuildConfig, build_database
+from gliomatch.database.trajectories import held_out_tumors
+from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
+from gliomatch.masks import downsample, masks_from_codes, threshold
+from gliomatch.search import Query, get_strategy
+from gliomatch.search.engine import BlockIndex
 from gliomatch.solver import Domain, simulate
+from gliomatch.solver.kernels import empty_rows, stage_box
 
 __all__ = ["bench_build", "bench_solver"]
 
@@ -64,7 +73,6 @@ def _kernel_throughput(domain: Domain, repeats: int = 10) -> dict:
     Each updated cell reads u, three face coefficients and writes u (5 x 4 bytes) at least
     once; neighbours in u come from cache.
     """
-    from gliomatch.solver.kernels import empty_rows, stage_box
 
     rng = np.random.default_rng(0)
     u = (rng.random(domain.tissue.shape, dtype=np.float32) * domain.tissue).astype(np.float32)
@@ -113,11 +121,6 @@ def bench_build(*, n=500, resolution=128, seed=0, workers=None, out=None, progre
 
     Without ``out`` the database goes to a temporary folder that is deleted afterwards.
     """
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from gliomatch.database import BuildConfig, build_database
 
     tmp = None
     if out is None:
@@ -157,7 +160,6 @@ def _variants(db, n_total: int, size: int):
 
     Each database tumor is read once and all its copies are made from it.
     """
-    from gliomatch.masks import downsample, masks_from_codes
 
     n = len(db)
     per_base = -(-n_total // n)
@@ -199,10 +201,6 @@ def bench_search(
     ``scale`` pads the block indexes with mirrored/shifted copies up to ``scale`` entries for
     the latency measurement only; preservation is always measured on the real entries.
     """
-    from gliomatch.database.trajectories import held_out_tumors
-    from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
-    from gliomatch.search import Query, get_strategy
-    from gliomatch.search.engine import BlockIndex
 
     t0 = time.perf_counter()
     qs = [Query.from_codes(c) for _, c in held_out_tumors(db, queries)]
@@ -260,7 +258,6 @@ def bench_search(
             size = strat.grid_size
             tb = time.perf_counter()
             big = BlockIndex.from_masks(_variants(db, int(scale), size), (size,) * 3)
-            from gliomatch.masks import downsample
 
             slat = []
             big.search(

@@ -9,6 +9,7 @@ Per-query results are cached in ``DIR/cache`` so an interrupted evaluation resum
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -17,8 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gliomatch.database.trajectories import held_out_tumors
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
+from gliomatch.evaluation.figures import write_outputs
+from gliomatch.files import cache_key, confined_child
+from gliomatch.patient.cohort import input_digest, read_cohort
+from gliomatch.patient.pipeline import load_patient, to_atlas
 from gliomatch.progress import report
 from gliomatch.search import Query, get_strategy
 
@@ -37,7 +43,6 @@ class EvalQuery:
 
 def synthetic_queries(db, n: int, seed: int = 0) -> list[EvalQuery]:
     """``n`` held-out tumors: the database's sampler with another seed, size-filtered."""
-    from gliomatch.database.trajectories import held_out_tumors
 
     out = []
     for j, (row, codes) in enumerate(held_out_tumors(db, n, seed_offset=1_000_003 + seed)):
@@ -54,10 +59,6 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
     a changed input is registered again.
     """
     import nibabel as nib
-
-    from gliomatch.files import cache_key, confined_child
-    from gliomatch.patient.cohort import input_digest, read_cohort
-    from gliomatch.patient.pipeline import load_patient, to_atlas
 
     cohort = read_cohort(Path(csv))
     atlas = db.atlas()
@@ -103,7 +104,6 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
 
 def query_digest(q: Query) -> str:
     """SHA-256 of a query's two masks (their shape and bits)."""
-    import hashlib
 
     h = hashlib.sha256(str(q.flair.shape).encode())
     h.update(np.packbits(q.flair).tobytes())
@@ -145,7 +145,6 @@ def evaluate(
     params = db.params
     records = []
     truth_rows = {}
-    from gliomatch.files import cache_key
 
     weights = (exact.w_t1gd, exact.w_flair)
     for n, eq in enumerate(queries, 1):
@@ -206,7 +205,6 @@ def evaluate(
             raise GliomatchError("exact and loop disagree: the ground truth is unreliable")
     res = pd.DataFrame(records)
     summary = _summarise(res, queries, truth_rows, params, k, loop_ok)
-    from gliomatch.evaluation.figures import write_outputs
 
     write_outputs(out, db, res, queries, truth_rows, summary, k)
     log(f"wrote {out / 'report.html'}")

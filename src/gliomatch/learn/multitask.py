@@ -39,7 +39,16 @@ from torch.nn import functional as F
 from gliomatch.errors import GliomatchError
 from gliomatch.learn.labels import TASKS, task_labels
 from gliomatch.learn.roi import RoIMaxPool3d, distort_boxes
+from gliomatch.learn.train import (
+    check_settings,
+    load_weights,
+    read_json,
+    record_model,
+    split_ids,
+    write_curves,
+)
 from gliomatch.learn.trainer import fit
+from gliomatch.masks import decode, downsample, mask_bbox, masks_from_codes
 
 __all__ = [
     "TASK_SETS",
@@ -167,7 +176,6 @@ def _density_at(u: np.ndarray, resolution: int) -> np.ndarray:
 
 def query_arrays(flair: np.ndarray, t1gd: np.ndarray, resolution: int):
     """Network input masks (1, 2, R, R, R) and box (1, 6) of a pair of atlas-grid masks."""
-    from gliomatch.masks import downsample, mask_bbox
 
     flair = np.asarray(flair, dtype=bool)
     t1gd = np.asarray(t1gd, dtype=bool) & flair
@@ -179,7 +187,6 @@ def query_arrays(flair: np.ndarray, t1gd: np.ndarray, resolution: int):
 def tumor_arrays(db, ids, resolution: int, density: bool = True):
     """(masks (n, 2, R, R, R) uint8, density (n, R, R, R) uint8 = round(255 u) or None,
     boxes (n, 6) float in R-voxels) of database tumors."""
-    from gliomatch.masks import decode, downsample, masks_from_codes
 
     ids = np.asarray(ids, dtype=np.int64)
     n, r = len(ids), resolution
@@ -228,7 +235,6 @@ class MultitaskConfig:
 
     def __post_init__(self):
         self.task_list = parse_tasks(self.tasks)
-        from gliomatch.learn.train import check_settings
 
         check_settings(self, ("epochs", "batch", "n_train", "n_val"))
         if self.lambda_seg < 0 or self.lambda_cls < 0:
@@ -265,7 +271,6 @@ def _batch(masks, dens, boxes, labels, idx, cfg, atlas, device):
 
 def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = True) -> dict:
     """Train the multitask network on ``db``; resumable; returns (and saves) its summary."""
-    from gliomatch.learn.train import split_ids, write_curves
 
     torch.manual_seed(cfg.seed)
     folder = multitask_dir(db, cfg.name)
@@ -343,7 +348,6 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
     meta["best_val_loss"] = best
     meta["final"] = history[-1]
     (folder / "config.json").write_text(json.dumps(meta, indent=2))
-    from gliomatch.learn.train import record_model
 
     record_model(db, folder)
     return meta
@@ -358,7 +362,6 @@ def multitask_dir(db, name: str) -> Path:
 
 def load_multitask(db, name: str = "multitask") -> tuple[MultitaskNet, dict]:
     """A trained multitask model of ``db`` and its metadata (weights only: no code runs)."""
-    from gliomatch.learn.train import load_weights
 
     folder = multitask_dir(db, name)
     weights, cfg_path = folder / "model.pt", folder / "config.json"
@@ -367,7 +370,6 @@ def load_multitask(db, name: str = "multitask") -> tuple[MultitaskNet, dict]:
             f"no trained {name} model in {folder.parent}; run "
             f"`gliomatch train multitask --db {db.path}` first"
         )
-    from gliomatch.learn.train import read_json
 
     meta = read_json(cfg_path, "model settings")
     try:

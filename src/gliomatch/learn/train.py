@@ -24,6 +24,8 @@ from gliomatch.errors import GliomatchError
 from gliomatch.learn.bihalf import GAMMA
 from gliomatch.learn.models import KINDS, MaskAutoencoder, build_model
 from gliomatch.learn.trainer import fit, load_state
+from gliomatch.masks import dice as dice_np
+from gliomatch.masks import downsample
 
 __all__ = [
     "TrainConfig",
@@ -140,7 +142,6 @@ def model_dir(db, name: str, modality: str) -> Path:
 
 def masks_at(db, ids, modality: str, resolution: int) -> np.ndarray:
     """uint8 masks (n, R, R, R) of one modality, downsampled (order 0) to ``resolution``."""
-    from gliomatch.masks import downsample
 
     out = np.zeros((len(ids), resolution, resolution, resolution), np.uint8)
     for n, i in enumerate(ids):
@@ -160,7 +161,6 @@ def _loss(model, x, cfg, dice):
 
 def recon_dice(model, masks: np.ndarray, device="cpu", batch=8) -> float:
     """Mean Dice of the thresholded reconstructions (the papers' Fig. 12/14)."""
-    from gliomatch.masks import dice as dice_np
 
     model.eval()
     out = []

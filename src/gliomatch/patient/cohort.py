@@ -19,6 +19,7 @@ import pandas as pd
 
 from gliomatch.errors import GliomatchError
 from gliomatch.files import cache_key, confined_child, sha256_file, write_json_atomic
+from gliomatch.patient.pipeline import infer, load_patient
 
 __all__ = ["CohortRow", "infer_cohort", "input_digest", "read_cohort"]
 
@@ -104,7 +105,6 @@ def infer_cohort(
     strategy, k and registration is not run again; any other result there is redone. Every
     failure is recorded in its row (``status``) and the cohort goes on.
     """
-    from gliomatch.patient.pipeline import infer, load_patient
 
     say = log or (lambda msg: None)
     out = Path(out)

@@ -21,8 +21,11 @@ import numpy as np
 
 from gliomatch.errors import GliomatchError
 from gliomatch.patient.inputs import binary_mask, load_nifti, masks_from_labels, on_grid
+from gliomatch.patient.registration import register, warp_masks_to_atlas, warp_to_patient
+from gliomatch.patient.report import write_report
 from gliomatch.progress import Progress
 from gliomatch.progress import report as report_progress
+from gliomatch.search import describe_matches, get_strategy
 from gliomatch.search.base import THETA as PARAMS
 from gliomatch.search.base import Query
 
@@ -110,7 +113,6 @@ def to_atlas(
     """Register the patient's anatomy to ``atlas`` and warp its tumor masks there: the query
     of the database (the first half of :func:`infer`; the evaluation of real cohorts uses it
     too). Raises :class:`GliomatchError` when the tumor vanishes in the warp."""
-    from gliomatch.patient.registration import register, warp_masks_to_atlas
 
     t = time.perf_counter()
     reg = register(
@@ -184,8 +186,6 @@ def infer(
     progress: Progress | None = None,
 ) -> InferResult:
     """Run the whole pipeline for one patient; write everything into ``out``."""
-    from gliomatch.patient.registration import warp_to_patient
-    from gliomatch.search import describe_matches, get_strategy
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise GliomatchError(f"k must be a positive integer, got {k!r}")
@@ -247,7 +247,6 @@ def infer(
     t = time.perf_counter()
     if report:
         say("report")
-        from gliomatch.patient.report import write_report
 
         files["report"] = str(
             write_report(

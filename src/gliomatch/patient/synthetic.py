@@ -25,6 +25,7 @@ from scipy.spatial.transform import Rotation
 from gliomatch.atlas import Atlas
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import threshold
+from gliomatch.solver import simulate
 
 __all__ = ["SyntheticPatient", "make_patient"]
 
@@ -87,7 +88,6 @@ def make_patient(
     Pass either ``theta`` (dict with x, y, z, dw, rho, t_end; simulated here) or ``density``
     (an atlas-space density, e.g. a database tumor, with its theta for the record).
     """
-    from gliomatch.solver import simulate
 
     rng = np.random.default_rng(seed)
     folder = Path(folder)

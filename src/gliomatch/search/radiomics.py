@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gliomatch.database import Database
 from gliomatch.files import worker_pool
 from gliomatch.progress import report
 from gliomatch.search.base import Query, Strategy, register_strategy, top_k
@@ -67,7 +68,6 @@ def shape_features(mask: np.ndarray, spacing: float) -> dict:
 
 def _tumor_features(args):
     path, ids, spacing, affine = args
-    from gliomatch.database import Database
 
     db = Database.open(path)
     rows = []

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gliomatch.database import Database
 from gliomatch.files import worker_pool
 from gliomatch.masks import dice_scores, downsample, masks_from_codes, threshold
 from gliomatch.search.base import Query, Strategy, register_strategy, top_k
@@ -33,7 +34,6 @@ _WORKER_DB = {}
 def _loop_counts(args):
     """Intersections of a chunk of tumors with the query (runs in a worker process)."""
     path, ids, flair, t1gd = args
-    from gliomatch.database import Database
 
     db = _WORKER_DB.get(path)
     if db is None:
