@@ -255,3 +255,17 @@ def test_layer_flags_equal_scan(atlas32, rng):
         grow_from_flags(flags, a_lo, a_hi, lim_lo, lim_hi)
         grow_box(out, b_lo, b_hi, lim_lo, lim_hi, 1e-8)
         assert np.array_equal(a_lo, b_lo) and np.array_equal(a_hi, b_hi), trial
+
+
+def test_simulate_takes_a_parameter_object(atlas32):
+    d = Domain.from_atlas(atlas32)
+    theta = TumorParams(0.4, 0.55, 0.5, 0.3, 0.05, 150.0)
+    by_object = simulate(d, theta)
+    by_values = simulate(d, 0.4, 0.55, 0.5, 0.3, 0.05, [150.0])
+    assert by_object.times == [150.0]
+    assert np.array_equal(by_object.densities[0], by_values.densities[0])
+    assert simulate(d, theta, times=[50.0, 150.0]).times == [50.0, 150.0]
+    with pytest.raises(GliomatchError, match="not both"):
+        simulate(d, theta, 0.5)
+    with pytest.raises(GliomatchError, match="needs x, y, z"):
+        simulate(d, 0.4, 0.55)

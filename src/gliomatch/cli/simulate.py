@@ -41,11 +41,12 @@ def simulate(
 
     from gliomatch.atlas import load_atlas
     from gliomatch.masks import threshold
+    from gliomatch.solver import TumorParams
     from gliomatch.solver import simulate as run
 
     out = out_path(out)
     a = load_atlas(atlas, resolution)
-    sim = run(a, x, y, z, dw, rho, [t_end], ratio=ratio)
+    sim = run(a, TumorParams(x, y, z, dw, rho, t_end), ratio=ratio)
     u = sim.densities[0]
     nib.save(a.to_nifti(u), str(out))
     files = [str(out)]

@@ -283,12 +283,12 @@ class _ReferenceStepper:
 
 def simulate(
     space: Atlas | Domain,
-    x: float,
-    y: float,
-    z: float,
-    dw: float,
-    rho: float,
-    times,
+    x: float | TumorParams,
+    y: float | None = None,
+    z: float | None = None,
+    dw: float | None = None,
+    rho: float | None = None,
+    times=None,
     *,
     ratio: float = 10.0,
     method: str = "fast",
@@ -307,8 +307,12 @@ def simulate(
     ----------
     space : Atlas or Domain
         Where the tumor grows. Pass a :class:`Domain` to reuse it across many runs.
-    x, y, z : float
-        Seed position as fractions of the grid extent, in [0, 1].
+    x : float or TumorParams
+        The seed's first coordinate, or the whole parameter object
+        ``theta = TumorParams(x, y, z, dw, rho, t_end)``: ``simulate(space, theta)`` returns
+        the density at ``t_end`` (or at ``times`` when given).
+    y, z : float
+        With ``x``: the seed position as fractions of the grid extent, in [0, 1].
     dw : float
         White-matter diffusivity D_w (mm^2/day); grey matter gets ``dw / ratio``.
     rho : float
@@ -344,6 +348,14 @@ def simulate(
         Seed outside brain tissue, negative or non-finite D_w, rho or times, unknown method.
     """
     t_start = time.perf_counter()
+    if isinstance(x, TumorParams):
+        if any(v is not None for v in (y, z, dw, rho)):
+            raise GliomatchError("give either a TumorParams or x, y, z, dw, rho, not both")
+        theta = x
+        x, y, z, dw, rho = theta.x, theta.y, theta.z, theta.dw, theta.rho
+        times = [theta.t_end] if times is None else times
+    elif any(v is None for v in (y, z, dw, rho, times)):
+        raise GliomatchError("simulate needs x, y, z, dw, rho and times (or a TumorParams)")
     targets = _check_params(x, y, z, dw, rho, np.atleast_1d(times))
     if method not in ("fast", "reference"):
         raise GliomatchError(f"unknown solver method {method!r}; use 'fast' or 'reference'")
