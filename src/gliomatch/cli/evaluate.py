@@ -48,23 +48,14 @@ def evaluate(
 ):
     """Compare search strategies: top-1/5/15 preservation, runtime, best-match Dice, recovery."""
     from gliomatch.database import Database
-    from gliomatch.evaluation.harness import evaluate as run
-    from gliomatch.evaluation.harness import real_queries, synthetic_queries
-    from gliomatch.search import available_strategies, get_strategy, ready_strategies
+    from gliomatch.evaluation.harness import choose_strategies, evaluate_queries
 
     db = Database.open(db_path)
-    if strategies == "all":  # every registered strategy that is ready (trained models only)
-        ready = ready_strategies(db, [s for s in available_strategies() if s != "loop"])
-        for name, why in ready.items():
-            if why is not None:
-                typer.echo(f"skipping {name}: {why}", err=True)
-        names = [name for name, why in ready.items() if why is None]
-    else:
-        names = strategy_names(strategies)
-        for name in names:  # a bad name fails now, before any slow work
-            get_strategy(name, db)
-    if synthetic < 0:
-        raise GliomatchError(f"--synthetic must be >= 0, got {synthetic}")
+    names, skipped = choose_strategies(
+        db, "all" if strategies == "all" else strategy_names(strategies)
+    )
+    for name, why in skipped.items():
+        typer.echo(f"skipping {name}: {why}", err=True)
     if synthetic == 0 and real is None and not multitask:
         raise GliomatchError(
             "nothing to evaluate: give --synthetic N > 0, --real CSV and/or --multitask"
@@ -83,26 +74,11 @@ def evaluate(
             if json_out:
                 typer.echo(as_json(mt))
             return
-    with progress_bar(not json_out) as progress:
-        qs = []
-        if synthetic:
-            progress(0, 1, "simulating held-out queries")
-            qs += synthetic_queries(db, synthetic, seed)
-            progress(1, 1, "simulating held-out queries")
-        if real is not None:
-            qs += real_queries(
-                db, real, out / "cache" / "real", registration=registration, progress=progress
-            )
-        summary = run(
-            db,
-            out,
-            queries=qs,
-            strategies=names,
-            k=k,
-            loop_check=loop_check,
-            progress=progress,
-            log=lambda m: None,
-        )
+    with progress_bar(not json_out) as bar:
+        summary = evaluate_queries(
+            db, out, synthetic=synthetic, real=real, seed=seed, registration=registration,
+            strategies=names, k=k, loop_check=loop_check, progress=bar,
+        )  # fmt: skip
     if json_out:
         typer.echo(as_json(summary))
         return

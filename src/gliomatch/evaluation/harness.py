@@ -25,10 +25,17 @@ from gliomatch.evaluation.figures import write_outputs
 from gliomatch.files import cache_key, confined_child
 from gliomatch.patient.cohort import input_digest, read_cohort
 from gliomatch.patient.pipeline import load_patient, to_atlas
-from gliomatch.progress import report
-from gliomatch.search import Query, get_strategy
+from gliomatch.progress import Progress, report
+from gliomatch.search import Query, available_strategies, get_strategy, ready_strategies
 
-__all__ = ["EvalQuery", "evaluate", "real_queries", "synthetic_queries"]
+__all__ = [
+    "EvalQuery",
+    "choose_strategies",
+    "evaluate",
+    "evaluate_queries",
+    "real_queries",
+    "synthetic_queries",
+]
 
 PARAMS = ("dw", "rho", "t_end", "x_mm", "y_mm", "z_mm")
 
@@ -274,3 +281,52 @@ def _summarise(res, queries, truth_rows, params, k, loop_ok) -> dict:
         "k": k,
         "n_db": int(len(params)),
     }
+
+
+def choose_strategies(db, spec: list[str] | str) -> tuple[list[str], dict[str, str]]:
+    """The strategies to evaluate: ``"all"`` (every registered one that is ready for ``db``,
+    loop excepted) or the given names (resolved now, so a bad name fails before any slow
+    work). Returns ``(names, {skipped name: why})``."""
+    if spec == "all":
+        ready = ready_strategies(db, [s for s in available_strategies() if s != "loop"])
+        names = [name for name, why in ready.items() if why is None]
+        return names, {name: why for name, why in ready.items() if why is not None}
+    if not spec:
+        raise GliomatchError("no strategy to evaluate")
+    for name in spec:
+        get_strategy(name, db)
+    return list(spec), {}
+
+
+def evaluate_queries(
+    db,
+    out,
+    *,
+    synthetic: int = 1000,
+    real: Path | None = None,
+    seed: int = 0,
+    registration: str = "syn",
+    strategies=("exact", "ds64", "ds32"),
+    k: int = 15,
+    loop_check: int = 3,
+    progress: Progress | None = None,
+) -> dict:
+    """``gliomatch evaluate``: ``synthetic`` held-out queries (seeded by ``seed``) and/or a real
+    cohort CSV, then :func:`evaluate` over them; returns its summary."""
+    if synthetic < 0:
+        raise GliomatchError(f"--synthetic must be >= 0, got {synthetic}")
+    if synthetic == 0 and real is None:
+        raise GliomatchError("nothing to evaluate: give synthetic queries or a real cohort")
+    out = Path(out)
+    qs = []
+    if synthetic:
+        report(progress, 0, 1, "simulating held-out queries")
+        qs += synthetic_queries(db, synthetic, seed)
+        report(progress, 1, 1, "simulating held-out queries")
+    if real is not None:
+        qs += real_queries(db, real, out / "cache" / "real", registration=registration,
+                           progress=progress)  # fmt: skip
+    return evaluate(
+        db, out, queries=qs, strategies=strategies, k=k, loop_check=loop_check,
+        progress=progress, log=lambda m: None,
+    )  # fmt: skip
