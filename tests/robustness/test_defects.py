@@ -508,3 +508,26 @@ def _running(pid):
         return False
     except OSError:
         return os.path.exists(f"/proc/{pid}")
+
+
+def test_index_files_are_hashed_once_per_process_unless_they_change(db_copy, monkeypatch):
+    """Loading the same index again (evaluate, re-ranking) does not rehash it; a file changed
+    since is hashed again and refused."""
+    import gliomatch.database.storage as storage
+    from gliomatch.search import get_strategy
+
+    hashed = []
+    real = storage.sha256_file
+    monkeypatch.setattr(storage, "sha256_file", lambda p: hashed.append(p) or real(p))
+    get_strategy("exact", db_copy).ensure_ready()
+    first = len(hashed)
+    assert first > 0
+    get_strategy("exact", db_copy).ensure_ready()
+    get_strategy("exact+rr3", db_copy).ensure_ready()
+    assert len(hashed) == first
+    nf = db_copy.path / "index" / "exact" / "nf.npy"
+    data = bytearray(nf.read_bytes())
+    data[-1] ^= 1
+    nf.write_bytes(bytes(data))
+    with pytest.raises(GliomatchError, match="checksum mismatch"):
+        get_strategy("exact", db_copy).ensure_ready()

@@ -37,25 +37,9 @@ import pandas as pd
 from gliomatch.atlas import load_atlas
 from gliomatch.errors import GliomatchError
 from gliomatch.files import file_digests, sha256_file, write_json_atomic
-from gliomatch.masks import (  # noqa: F401  (the encoding is part of the format)
-    FLAIR_CODE,
-    FLAIR_LEVEL,
-    SCALE,
-    T1GD_CODE,
-    T1GD_LEVEL,
-    decode,
-    encode,
-    masks_from_codes,
-)
+from gliomatch.masks import decode, masks_from_codes
 
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "Database",
-    "decode",
-    "encode",
-    "masks_from_codes",
-]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Database", "write_manifest", "write_shard"]
 
 FORMAT = "gliomatch-tumor-db"
 #: 2: CRC-32C per density chunk, checksums of the table, indexes, models and manifest.
@@ -154,6 +138,8 @@ class Database:
         self.manifest = manifest
         self._table = table
         self._arrays: dict[int, object] = {}
+        #: Files already checked in this process: (path, digest) -> (size, mtime_ns) then.
+        self._checked: dict[tuple[str, str], tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -316,10 +302,16 @@ class Database:
                 f"unexpected {extra or 'none'}); rebuild it"
             )
         for rel, digest in expected.items():
-            if sha256_file(folder / rel) != digest:
+            path = folder / rel
+            st = path.stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+            if self._checked.get((str(path), digest)) == stamp:
+                continue  # hashed already in this process and untouched since
+            if sha256_file(path) != digest:
                 raise GliomatchError(
                     f"{folder / rel}: checksum mismatch (corrupted or modified); rebuild it"
                 )
+            self._checked[(str(path), digest)] = stamp
 
     # ------------------------------------------------------------------ densities
     def _array(self, shard: int):
