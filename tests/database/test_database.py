@@ -17,8 +17,8 @@ from gliomatch.database import (
     build_database,
     verify,
 )
-from gliomatch.database.storage import decode, encode, masks_from_codes
 from gliomatch.errors import GliomatchError
+from gliomatch.masks import decode, encode, masks_from_codes
 
 CFG = BuildConfig(resolution=32, seed=7, shard_size=3)
 

@@ -23,11 +23,8 @@ import pandas as pd
 from gliomatch import __version__
 from gliomatch.database.config import BuildConfig
 from gliomatch.database.storage import (
-    FLAIR_LEVEL,
     FORMAT,
     FORMAT_VERSION,
-    SCALE,
-    T1GD_LEVEL,
     Database,
     hash_tree,
     write_manifest,
@@ -37,6 +34,7 @@ from gliomatch.database.storage import (
 from gliomatch.database.trajectories import check_progress, space, trajectory_tumors
 from gliomatch.errors import GliomatchError
 from gliomatch.files import sha256_file, stale_temporaries, write_json_atomic
+from gliomatch.masks import FLAIR_LEVEL, SCALE, T1GD_LEVEL
 from gliomatch.progress import Progress
 from gliomatch.solver.core import SCHEME
 

@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 
-from gliomatch.database.storage import Database, hash_tree, masks_from_codes
+from gliomatch.database.storage import Database, hash_tree
 from gliomatch.errors import GliomatchError
+from gliomatch.masks import masks_from_codes
 from gliomatch.progress import Progress, report
 
 __all__ = ["verify"]
