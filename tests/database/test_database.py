@@ -17,6 +17,7 @@ from gliomatch.database import (
     build_database,
     verify,
 )
+from gliomatch.database.storage import read_manifest, write_manifest
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import decode, encode, masks_from_codes
 
@@ -131,8 +132,10 @@ def test_resume_after_kill(tmp_path, tiny_db):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (out / "manifest.json").exists()
-    with pytest.raises(GliomatchError, match="unfinished build"):
+    # the manifest records the build settings from the start; the database opens only once done
+    assert read_manifest(out)["status"] == "building"
+    assert not (out / "config.json").exists()
+    with pytest.raises(GliomatchError, match="has not finished"):
         Database.open(out)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -183,6 +186,40 @@ def test_bad_build_arguments(tiny_db, kwargs, message):
     args.update(kwargs)
     with pytest.raises(GliomatchError, match=message):
         build_database(tiny_db.path, args["n"], args["config"], workers=1)
+
+
+def test_manifest_is_the_one_record_of_build_settings(tmp_path):
+    """A finished database keeps its settings only in the sealed manifest; an older database's
+    config.json is migrated into it when a build resumes, and a mismatch is refused."""
+    db = build_database(tmp_path / "db", 6, CFG, workers=1)
+    assert not (db.path / "config.json").exists()
+    assert db.manifest["status"] == "complete"
+    assert db.manifest["build_config"] == CFG.to_dict()
+    # an older gliomatch left config.json beside the manifest: migrated, not consulted twice
+    (db.path / "config.json").write_text(json.dumps(CFG.to_dict()))
+    build_database(db.path, 6, CFG, workers=1)
+    assert not (db.path / "config.json").exists()
+    # an older gliomatch's unfinished build (config.json, no manifest) resumes from config.json
+    (db.path / "manifest.json").unlink()
+    (db.path / "config.json").write_text(json.dumps(CFG.to_dict()))
+    with pytest.raises(GliomatchError, match="unfinished build"):
+        Database.open(db.path)
+    other = BuildConfig(resolution=32, seed=11, shard_size=3)
+    with pytest.raises(GliomatchError, match="seed differ"):
+        build_database(db.path, 6, other, workers=1)
+    again = build_database(db.path, 6, CFG, workers=1)
+    assert again.manifest["shards"] == db.manifest["shards"]
+    assert not (db.path / "config.json").exists()
+    # editing the recorded settings breaks the manifest's seal
+    m = read_manifest(db.path)
+    m["build_config"]["seed"] = 99
+    (db.path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(GliomatchError, match="checksum mismatch"):
+        build_database(db.path, 6, CFG, workers=1)
+    # a resealed edit is a different build: refused, not silently mixed
+    write_manifest(db.path, {k: v for k, v in m.items() if k != "manifest_sha256"})
+    with pytest.raises(GliomatchError, match="other settings"):
+        build_database(db.path, 6, CFG, workers=1)
 
 
 def test_bad_ranges():

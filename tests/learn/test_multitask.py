@@ -182,9 +182,7 @@ def test_errors(make_db, trained):
     db, _, _ = trained
     other = make_db(6, resolution=32, seed=9)
     with pytest.raises(GliomatchError, match="no trained multitask"):
-        get_strategy("multitask", other).search(
-            Query.from_codes(other.codes(0)), k=1
-        )
+        get_strategy("multitask", other).search(Query.from_codes(other.codes(0)), k=1)
     # a model folder copied from another database is refused
     import shutil
 

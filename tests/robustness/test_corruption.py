@@ -90,7 +90,6 @@ def test_the_files_damaged_include_every_kind(pristine):
     assert {"json", "parquet", "npy"} <= kinds
     assert any("densities.zarr/c/" in f for f in files)
     assert np.unique([f.split("/")[0] for f in files]).tolist() == [
-        "config.json",
         "index",
         "manifest.json",
         "shards",

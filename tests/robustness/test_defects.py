@@ -21,9 +21,7 @@ from .conftest import one_error_line, run
 # ----------------------------------------------------------------- 1. path traversal
 
 
-@pytest.mark.parametrize(
-    "pid", ["../../escaped", "ABSOLUTE", "a/b", ".hidden", "..", "x" * 200]
-)
+@pytest.mark.parametrize("pid", ["../../escaped", "ABSOLUTE", "a/b", ".hidden", "..", "x" * 200])
 def test_1_patient_id_cannot_leave_out(base_db, patient, tmp_path, pid):
     absolute = tmp_path / "abs-escape"
     pid = str(absolute) if pid == "ABSOLUTE" else pid

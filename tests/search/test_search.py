@@ -22,9 +22,7 @@ def db(tmp_path_factory):
 @pytest.fixture(scope="module")
 def db64(tmp_path_factory):
     cfg = BuildConfig(resolution=64, seed=4, shard_size=4)
-    return build_database(
-        tmp_path_factory.mktemp("sdb64") / "db", 24, cfg, workers=1
-    )
+    return build_database(tmp_path_factory.mktemp("sdb64") / "db", 24, cfg, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +158,7 @@ def test_downsample_is_order0_zoom():
 
 
 def test_index_is_rebuilt_for_another_db(db, tmp_path):
-    other = build_database(
-        tmp_path / "o", 10, BuildConfig(resolution=32, seed=99), workers=1
-    )
+    other = build_database(tmp_path / "o", 10, BuildConfig(resolution=32, seed=99), workers=1)
     s = get_strategy("exact", other)
     assert not s.is_built()
     s.ensure_ready()

@@ -27,13 +27,14 @@ from gliomatch.database.storage import (
     FORMAT_VERSION,
     Database,
     hash_tree,
+    read_manifest,
     write_manifest,
     write_parquet_atomic,
     write_shard,
 )
 from gliomatch.database.trajectories import check_progress, space, trajectory_tumors
 from gliomatch.errors import GliomatchError
-from gliomatch.files import sha256_file, stale_temporaries, write_json_atomic
+from gliomatch.files import sha256_file, stale_temporaries
 from gliomatch.masks import FLAIR_LEVEL, SCALE, T1GD_LEVEL
 from gliomatch.progress import Progress
 from gliomatch.solver.core import SCHEME
@@ -108,7 +109,12 @@ _COLUMNS = [
 
 
 def _prepare_folder(path: Path, cfg: BuildConfig) -> None:
-    cfg_path = path / "config.json"
+    """Create the folder, or check that a resumed build uses the same settings.
+
+    The manifest is the one record of a database's build settings: a new build writes it at
+    once (``status`` "building", ``build_config``); a resumed or extended build must match its
+    ``build_config``. A ``config.json`` left by an older gliomatch is migrated into it.
+    """
     try:
         path.mkdir(parents=True, exist_ok=True)
         (path / "shards").mkdir(exist_ok=True)
@@ -116,17 +122,15 @@ def _prepare_folder(path: Path, cfg: BuildConfig) -> None:
         raise GliomatchError(f"database folder {path}: cannot create it ({exc.strerror})") from exc
     if not os.access(path, os.W_OK):
         raise GliomatchError(f"database folder {path}: not writable")
-    if cfg_path.is_file():
+    manifest = read_manifest(path)
+    legacy = path / "config.json"
+    if manifest is not None:
+        recorded = manifest["build_config"]
+    elif legacy.is_file():
         try:
-            old = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise GliomatchError(f"database {cfg_path}: not valid JSON") from exc
-        if old != cfg.to_dict():
-            diff = sorted(k for k in cfg.to_dict() if old.get(k) != cfg.to_dict()[k])
-            raise GliomatchError(
-                f"database {path} was built with other settings ({', '.join(diff)} differ); "
-                "use another folder or the same settings to resume"
-            )
+            recorded = json.loads(legacy.read_text())
+        except (OSError, ValueError) as exc:
+            raise GliomatchError(f"database {legacy}: not valid JSON") from exc
     else:
         foreign = [p.name for p in path.iterdir() if p.name not in ("shards",)]
         if foreign or any((path / "shards").iterdir()):
@@ -134,9 +138,29 @@ def _prepare_folder(path: Path, cfg: BuildConfig) -> None:
                 f"folder {path} is not empty and is not a gliomatch database "
                 f"(found {', '.join(sorted(foreign)[:3]) or 'shards/'}); use an empty folder"
             )
-        write_json_atomic(cfg_path, cfg.to_dict())
+        recorded = cfg.to_dict()
+    if recorded != cfg.to_dict():
+        new = cfg.to_dict()
+        diff = sorted(k for k in new if not isinstance(recorded, dict) or recorded.get(k) != new[k])
+        raise GliomatchError(
+            f"database {path} was built with other settings ({', '.join(diff)} differ); "
+            "use another folder or the same settings to resume"
+        )
+    if manifest is None:
+        write_manifest(path, _building_manifest(cfg))
+    legacy.unlink(missing_ok=True)
     for stale in stale_temporaries(path / "shards"):  # half-written shards of a killed build
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _building_manifest(cfg: BuildConfig) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "status": "building",
+        "software": {"gliomatch": __version__},
+        "build_config": cfg.to_dict(),
+    }
 
 
 def _done_shards(path: Path) -> dict[int, dict]:
@@ -191,6 +215,7 @@ def _finalize(path: Path, cfg: BuildConfig, done: dict[int, dict], n: int, t_bui
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "status": "complete",
         "software": {"gliomatch": __version__},
         "atlas": {
             "source": atlas.source,

@@ -3,10 +3,11 @@
 A database is a directory::
 
     DB/
-      manifest.json        format, atlas, thresholds, sampling, size filter, counts, checksums
-                           (of the table, every shard, every index and model file, and of
-                           itself: ``manifest_sha256``)
-      config.json          the build settings (a resumed build must match them)
+      manifest.json        the single record of the database: build settings
+                           (``build_config``, written when a build starts, with ``status``
+                           "building"), then format, atlas, thresholds, sampling, size filter,
+                           counts and checksums (of the table, every shard, every index and
+                           model file, and of itself: ``manifest_sha256``)
       tumors.parquet       one row per tumor (id, theta, volumes, centre of mass, bounding box)
       shards/sNNNNN/       one completed shard, written atomically (temporary name, then rename)
         densities.zarr     uint8 densities, one tumor per chunk, zstd-compressed, each chunk
@@ -39,7 +40,14 @@ from gliomatch.errors import GliomatchError
 from gliomatch.files import file_digests, sha256_file, write_json_atomic
 from gliomatch.masks import decode, masks_from_codes
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Database", "write_manifest", "write_shard"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Database",
+    "read_manifest",
+    "write_manifest",
+    "write_shard",
+]
 
 FORMAT = "gliomatch-tumor-db"
 #: 2: CRC-32C per density chunk, checksums of the table, indexes, models and manifest.
@@ -70,6 +78,36 @@ def write_manifest(path: Path, manifest: dict) -> None:
     """Write ``manifest.json`` atomically, sealed with its own checksum."""
     manifest = {**manifest, "manifest_sha256": manifest_digest(manifest)}
     write_json_atomic(Path(path) / "manifest.json", manifest)
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The sealed manifest of database folder ``path`` (None if it has none yet).
+
+    Checks that it is JSON, of this format and version, and that its own checksum matches; a
+    manifest may describe a finished database or a build in progress (``status``).
+    """
+    mpath = Path(path) / "manifest.json"
+    if not mpath.is_file():
+        return None
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GliomatchError(f"database {mpath}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise GliomatchError(f"database {mpath}: not a gliomatch tumor database manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise GliomatchError(
+            f"database {mpath}: format version {manifest.get('format_version')} is not "
+            f"supported (this gliomatch reads version {FORMAT_VERSION}); rebuild it"
+        )
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        raise GliomatchError(
+            f"database {mpath}: checksum mismatch (the manifest is corrupted or was edited); "
+            "restore it from a backup or rebuild the database"
+        )
+    if not isinstance(manifest.get("build_config"), dict):
+        raise GliomatchError(f"database {mpath}: missing entry build_config")
+    return manifest
 
 
 def write_parquet_atomic(path: Path, df: pd.DataFrame) -> None:
@@ -146,29 +184,19 @@ class Database:
     def open(cls, path) -> Database:
         """Open a database folder; a foreign, old-format or incomplete folder is a clear error."""
         path = Path(path)
-        mpath = path / "manifest.json"
         if not path.is_dir():
             raise GliomatchError(f"database {path}: no such folder")
-        if not mpath.is_file():
-            hint = " (an unfinished build? run the same `gliomatch db build` again to resume)"
-            if not (path / "config.json").is_file():
-                hint = " (not a gliomatch database)"
-            raise GliomatchError(f"database {path}: missing manifest.json{hint}")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise GliomatchError(f"database {mpath}: not valid JSON ({exc})") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise GliomatchError(f"database {mpath}: not a gliomatch tumor database manifest")
-        if manifest.get("format_version") != FORMAT_VERSION:
+        manifest = read_manifest(path)
+        mpath = path / "manifest.json"
+        if manifest is None:
+            hint = "not a gliomatch database"
+            if (path / "config.json").is_file():  # an unfinished build of gliomatch < 0.x
+                hint = "an unfinished build? run the same `gliomatch db build` again to resume"
+            raise GliomatchError(f"database {path}: missing manifest.json ({hint})")
+        if manifest.get("status", "complete") != "complete":
             raise GliomatchError(
-                f"database {mpath}: format version {manifest.get('format_version')} is not "
-                f"supported (this gliomatch reads version {FORMAT_VERSION}); rebuild it"
-            )
-        if manifest.get("manifest_sha256") != manifest_digest(manifest):
-            raise GliomatchError(
-                f"database {mpath}: checksum mismatch (the manifest is corrupted or was edited); "
-                "restore it from a backup or rebuild the database"
+                f"database {path}: the build has not finished; run the same `gliomatch db build` "
+                "again to resume it"
             )
         missing = [k for k in MANIFEST_KEYS if k not in manifest]
         if missing:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from gliomatch.database.storage import Database, hash_tree
@@ -17,23 +15,14 @@ __all__ = ["verify"]
 def verify(db: Database, *, progress: Progress | None = None) -> dict:
     """Check a database thoroughly; raise :class:`GliomatchError` naming the first bad file.
 
-    * the manifest's own checksum and the table's (checked when the database opens);
+    * the manifest's own checksum, which seals the build settings it records, and the
+      table's (checked when the database opens);
     * every shard's files match the manifest's SHA-256;
     * every index and model file listed in the manifest matches its SHA-256, and no index
       folder is unlisted;
     * the table's (shard, local) pairs exist in the shard arrays, with the right grid;
     * each tumor's stored masks reproduce the table's FLAIR/T1Gd volumes exactly.
     """
-    cfg_path = db.path / "config.json"
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise GliomatchError(f"database {cfg_path}: unreadable ({exc})") from exc
-    if config != db.manifest.get("build_config"):
-        raise GliomatchError(
-            f"database {cfg_path}: differs from the build settings in the manifest "
-            "(corrupted or edited); restore it from the manifest's build_config"
-        )
     shards_dir = db.path / "shards"
     for entry in db.manifest["shards"]:
         p = shards_dir / entry["name"]
