@@ -5,8 +5,9 @@ import torch
 from gliomatch.database import BuildConfig, build_database
 from gliomatch.errors import GliomatchError
 from gliomatch.learn.bihalf import BiHalf, bihalf
+from gliomatch.learn.config import TrainConfig
 from gliomatch.learn.models import MaskAutoencoder
-from gliomatch.learn.train import TrainConfig, encode_masks, load_model, masks_at, model_dir, train
+from gliomatch.learn.train import encode_masks, load_model, masks_at, model_dir, train
 from gliomatch.search import Query, get_strategy
 
 
@@ -255,3 +256,46 @@ def test_cli_train_hash_options(db):
     assert json.loads(r.output)["flair"]["train"]["gamma"] == 6.0  # the paper's default
     r = runner.invoke(app, [*args, "--gamma", "-1"])
     assert r.exit_code != 0 and "gamma and lr_patience must be >= 0" in r.output
+
+
+def test_training_config_takes_defaults_once_and_refuses_misplaced_options():
+    from dataclasses import fields
+
+    from gliomatch.learn.config import MultitaskConfig, default, training_config
+
+    # left-out (None) options take the dataclass defaults, per kind
+    assert training_config("ae", latent=None) == TrainConfig(kind="ae")
+    assert training_config("multitask").patience == MultitaskConfig().patience == 10
+    assert training_config("vae", epochs=3).lr == 3e-5
+    assert training_config("hash", bits=16, gamma=0.0).gamma == 0.0
+    for f in fields(TrainConfig):
+        assert default("ae", f.name) == f.default
+    # an option that does not apply to the kind is an error, not silently dropped
+    for kind, option in [
+        ("ae", "bits"),
+        ("hash", "latent"),
+        ("ae", "gamma"),
+        ("multitask", "bits"),
+    ]:
+        with pytest.raises(
+            GliomatchError,
+            match=f"--{option}: not a setting of a{'n' if kind[0] in 'aeiou' else ''} {kind} model",
+        ):
+            training_config(kind, **{option: 8})
+    with pytest.raises(GliomatchError, match="--lambda-seg: not a setting of a hash model"):
+        training_config("hash", lambda_seg=1.0)
+    with pytest.raises(GliomatchError, match="ae, vae, hash or multitask"):
+        training_config("gan")
+
+
+def test_cli_train_help_shows_the_configuration_defaults():
+    from typer.testing import CliRunner
+
+    from gliomatch.cli import app
+
+    r = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0
+    assert f"default {TrainConfig().latent}" in r.output
+    assert f"default {TrainConfig().gamma}" in r.output
+    r = CliRunner().invoke(app, ["train", "ae", "--db", "nowhere", "--bits", "16"])
+    assert r.exit_code == 1 and "--bits: not a setting of an ae model" in r.output

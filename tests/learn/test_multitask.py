@@ -6,14 +6,12 @@ import pytest
 import torch
 
 from gliomatch.errors import GliomatchError
+from gliomatch.learn.config import MultitaskConfig, multitask_name, parse_tasks
 from gliomatch.learn.labels import REGIONS, TASKS, linear_size_mm, seed_region, task_labels
 from gliomatch.learn.multitask import (
-    MultitaskConfig,
     MultitaskNet,
     embed_masks,
     load_multitask,
-    multitask_name,
-    parse_tasks,
     train_multitask,
     tumor_arrays,
 )

@@ -276,7 +276,8 @@ def test_9_model_files_are_checked_against_the_manifest(db_copy):
     """A trained model's files are listed in the manifest; a corrupted one is refused."""
     import torch
 
-    from gliomatch.learn.train import TrainConfig, load_model, model_dir, train
+    from gliomatch.learn.config import TrainConfig
+    from gliomatch.learn.train import load_model, model_dir, train
 
     cfg = TrainConfig(kind="ae", latent=16, epochs=1, n_train=4, n_val=2, input_resolution=16)
     train(db_copy, cfg, "flair")

@@ -1,7 +1,8 @@
 """`gliomatch train`: autoencoders, hashing and the multitask embedding.
 
-The learning modules (torch) are imported inside the command: the one deferred import of the
-command line, so that other commands start without loading torch.
+The defaults shown come from the training configurations (:mod:`gliomatch.learn.config`), their
+only copy; an option left out takes them. The training itself (torch) is imported inside the
+command, so that other commands start without loading torch.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from typing import Annotated
 import typer
 
 from gliomatch.cli.apps import app
-from gliomatch.cli.common import (
-    as_json,
-    handle_errors,
-    progress_bar,
-)
-from gliomatch.errors import GliomatchError
+from gliomatch.cli.common import as_json, handle_errors, progress_bar
+from gliomatch.learn.config import default
+
+
+def _d(name: str, kind: str = "ae") -> str:
+    return f"default {default(kind, name)}"
 
 
 @app.command()
@@ -25,121 +26,111 @@ from gliomatch.errors import GliomatchError
 def train(
     kind: Annotated[str, typer.Argument(help="ae, vae, hash or multitask.")],
     db_path: Annotated[Path, typer.Option("--db", help="Database folder.")],
-    latent: Annotated[int, typer.Option(help="Latent size (ae, vae).")] = 1024,
-    bits: Annotated[int, typer.Option(help="Code bits (hash).")] = 64,
+    latent: Annotated[
+        int | None, typer.Option(help=f"Latent size (ae, vae; {_d('latent')}).")
+    ] = None,
+    bits: Annotated[int | None, typer.Option(help=f"Code bits (hash; {_d('bits')}).")] = None,
     epochs: Annotated[
-        int | None, typer.Option(help="Epochs (published: 120; multitask default 30).")
+        int | None,
+        typer.Option(help=f"Epochs (published: 120; {_d('epochs', 'multitask')} for multitask)."),
     ] = None,
     input_resolution: Annotated[
-        int, typer.Option(help="Masks downsampled to this (16, 32, 64, 128).")
-    ] = 32,
-    n_train: Annotated[int, typer.Option(help="Training tumors (published: 1500).")] = 1500,
-    n_val: Annotated[int, typer.Option(help="Validation tumors (published: 150).")] = 150,
+        int | None,
+        typer.Option(
+            help=f"Masks downsampled to this (16, 32, 64, 128; {_d('input_resolution')})."
+        ),
+    ] = None,
+    n_train: Annotated[
+        int | None, typer.Option(help=f"Training tumors (published: {_d('n_train')}).")
+    ] = None,
+    n_val: Annotated[
+        int | None, typer.Option(help=f"Validation tumors (published: {_d('n_val')}).")
+    ] = None,
     batch: Annotated[
-        int | None, typer.Option(help="Batch size (published: 2; multitask default 8).")
+        int | None,
+        typer.Option(help=f"Batch size (published: 2; {_d('batch', 'multitask')} for multitask)."),
     ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Adam lr (1e-5; VAE 3e-5; multitask 1e-3).")
+        float | None,
+        typer.Option(help=f"Adam lr (1e-5; VAE 3e-5; multitask {default('multitask', 'lr')})."),
     ] = None,
-    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 20,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Early stopping patience, epochs ({_d('patience')}; "
+            f"{_d('patience', 'multitask')} for multitask)."
+        ),
+    ] = None,
     lr_patience: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="ae/vae/hash: lr x 0.2 after this many epochs without improvement "
-            "(0: constant lr)."
-        ),
-    ] = 0,
-    gamma: Annotated[
-        float | None,
-        typer.Option(
-            help="hash: bi-half quantization pull (default: the paper's 6; 0: plain STE)."
+            f"(0: constant lr; {_d('lr_patience')})."
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    gamma: Annotated[
+        float | None,
+        typer.Option(help=f"hash: bi-half quantization pull (0: plain STE; {_d('gamma')})."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default cpu).")] = None,
     modality: Annotated[str, typer.Option(help="t1gd, flair or both.")] = "both",
     tasks: Annotated[
-        str,
-        typer.Option(help="multitask: all, seg, location, regime or a comma list of labels."),
-    ] = "all",
-    lambda_seg: Annotated[float, typer.Option(help="multitask: segmentation weight.")] = 1.0,
-    lambda_cls: Annotated[float, typer.Option(help="multitask: classification weight.")] = 1e-3,
+        str | None,
+        typer.Option(
+            help="multitask: all, seg, location, regime or a comma list of labels "
+            f"({_d('tasks', 'multitask')})."
+        ),
+    ] = None,
+    lambda_seg: Annotated[
+        float | None,
+        typer.Option(help=f"multitask: segmentation weight ({_d('lambda_seg', 'multitask')})."),
+    ] = None,
+    lambda_cls: Annotated[
+        float | None,
+        typer.Option(help=f"multitask: classification weight ({_d('lambda_cls', 'multitask')})."),
+    ] = None,
     box_jitter: Annotated[
-        bool, typer.Option(help="multitask: train with distorted bounding boxes.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            help="multitask: train with distorted bounding boxes "
+            f"({_d('box_jitter', 'multitask')})."
+        ),
+    ] = None,
     atlas_channel: Annotated[
-        bool, typer.Option(help="multitask: the atlas T1 as a third input channel.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            help="multitask: the atlas T1 as a third input channel "
+            f"({_d('atlas_channel', 'multitask')})."
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
     """Train a mask autoencoder per modality, or the multitask embedding network (resumable;
     loss curves and validation figures saved with the model in the database's index folder)."""
-    from gliomatch.database import Database
+    from gliomatch.learn.run import train_model
 
-    if kind not in ("ae", "vae", "hash", "multitask"):
-        raise GliomatchError(f"unknown model kind {kind!r}; use ae, vae, hash or multitask")
-    db = Database.open(db_path)
-    # options left out take the configuration's defaults (given ones, 0 included, are checked)
-    given = {k: v for k, v in (("epochs", epochs), ("batch", batch), ("lr", lr)) if v is not None}
-    if kind == "multitask":
-        from gliomatch.learn.multitask import MultitaskConfig, multitask_dir, train_multitask
-
-        mcfg = MultitaskConfig(
-            tasks=tasks,
-            **given,
-            n_train=n_train,
-            n_val=n_val,
-            input_resolution=input_resolution,
-            lambda_seg=lambda_seg,
-            lambda_cls=lambda_cls,
-            box_jitter=box_jitter,
-            atlas_channel=atlas_channel,
-            patience=patience,
-            device=device,
-        )
-        with progress_bar(not json_out) as bar:
-            bar(0, mcfg.epochs, f"{mcfg.name}: loading the tumors")
-            r = train_multitask(db, mcfg, progress=bar)
-        if json_out:
-            typer.echo(as_json(r))
-            return
-        f = r["final"]
-        parts = ", ".join(
-            f"{k[4:]} {v:.3f}" for k, v in f.items() if k.startswith("val_") and k != "val_total"
-        )
-        typer.echo(
-            f"{mcfg.name}: {r['history_epochs']} epochs, best validation loss "
-            f"{r['best_val_loss']:.4g}; last epoch validation losses: {parts} "
-            f"-> {multitask_dir(db, mcfg.name)}"
-        )
-        return
-
-    from gliomatch.learn.train import TrainConfig, model_dir
-    from gliomatch.learn.train import train as run
-
-    cfg = TrainConfig(
-        kind=kind,
-        latent=latent,
-        bits=bits,
-        input_resolution=input_resolution,
-        n_train=n_train,
-        n_val=n_val,
-        patience=patience,
-        lr_patience=lr_patience,
-        device=device,
-        **given,
-        **({} if gamma is None else {"gamma": gamma}),
-    )
-    mods = ("t1gd", "flair") if modality == "both" else (modality,)
-    results = {}
+    options = dict(
+        latent=latent, bits=bits, epochs=epochs, input_resolution=input_resolution,
+        n_train=n_train, n_val=n_val, batch=batch, lr=lr, patience=patience,
+        lr_patience=lr_patience, gamma=gamma, device=device, tasks=tasks, lambda_seg=lambda_seg,
+        lambda_cls=lambda_cls, box_jitter=box_jitter, atlas_channel=atlas_channel,
+    )  # fmt: skip
     with progress_bar(not json_out) as bar:
-        for m in mods:
-            results[m] = run(db, cfg, m, progress=bar)
+        run = train_model(db_path, kind, modality=modality, progress=bar, **options)
     if json_out:
-        typer.echo(as_json(results))
+        typer.echo(as_json(run.summaries))
         return
-    for m, r in results.items():
-        typer.echo(
-            f"{cfg.name} {m}: {r['history_epochs']} epochs, best validation loss "
-            f"{r['best_val_loss']:.4f}, reconstruction Dice {r['recon_dice_val']:.3f} "
-            f"(validation) -> {model_dir(db, cfg.name, m)}"
-        )
+    for part, r in run.summaries.items():
+        typer.echo(f"{run.name} {part}: {_describe(r)} -> {run.folders[part]}")
+
+
+def _describe(r: dict) -> str:
+    line = f"{r['history_epochs']} epochs, best validation loss {r['best_val_loss']:.4g}"
+    if "recon_dice_val" in r:  # an autoencoder
+        return line + f", reconstruction Dice {r['recon_dice_val']:.3f} (validation)"
+    losses = ", ".join(
+        f"{k[4:]} {v:.3f}"
+        for k, v in r["final"].items()
+        if k.startswith("val_") and k != "val_total"
+    )
+    return line + f"; last epoch validation losses: {losses}"

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from gliomatch.learn.config import GAMMA
+
 __all__ = ["GAMMA", "BiHalf", "bihalf"]
-
-
-GAMMA = 6.0
 
 
 class _BiHalfFn(torch.autograd.Function):

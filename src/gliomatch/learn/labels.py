@@ -23,20 +23,9 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
+from gliomatch.learn.tasks import REGIONS, TASKS
 
 __all__ = ["REGIONS", "TASKS", "linear_size_mm", "seed_region", "task_labels"]
-
-REGIONS = ("frontal", "parietal", "occipital", "temporal", "deep", "infratentorial")
-
-TASKS: dict[str, tuple[str, ...]] = {
-    "hemisphere": ("left", "right"),
-    "frontrear": ("rear", "front"),
-    "upperlower": ("lower", "upper"),
-    "region": REGIONS,
-    "size": ("small", "medium", "large"),
-    "infiltration": ("compact", "intermediate", "diffuse"),
-    "growth": ("early", "intermediate", "late"),
-}
 
 
 def seed_region(x, y, z) -> np.ndarray:

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from gliomatch.errors import GliomatchError
-from gliomatch.learn.bihalf import GAMMA, BiHalf
+from gliomatch.learn.bihalf import BiHalf
+from gliomatch.learn.config import GAMMA, KINDS
 
 __all__ = ["KINDS", "MaskAutoencoder", "build_model"]
 
-KINDS = ("ae", "vae", "hash")
 BOTTOM = 16
 
 

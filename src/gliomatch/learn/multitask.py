@@ -28,7 +28,7 @@ the paper's robustness test (:func:`distort_boxes`) unless ``box_jitter=False``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,67 +37,31 @@ from torch import nn
 from torch.nn import functional as F
 
 from gliomatch.errors import GliomatchError
+from gliomatch.learn.config import TASK_SETS, MultitaskConfig
 from gliomatch.learn.labels import TASKS, task_labels
 from gliomatch.learn.roi import RoIMaxPool3d, distort_boxes
 from gliomatch.learn.train import (
-    check_settings,
     load_weights,
     read_json,
     record_model,
     split_ids,
     write_curves,
 )
-from gliomatch.learn.trainer import fit
+from gliomatch.learn.trainer import fit, require_device
 from gliomatch.masks import decode, downsample, mask_bbox, masks_from_codes
 
 __all__ = [
-    "TASK_SETS",
-    "MultitaskConfig",
     "MultitaskNet",
     "embed_masks",
     "load_multitask",
     "model_atlas",
     "multitask_dir",
-    "multitask_name",
-    "parse_tasks",
     "query_arrays",
     "tumor_arrays",
     "train_multitask",
 ]
 
 STRIDE = 4
-TASK_SETS = {
-    "all": tuple(TASKS),
-    "seg": (),
-    "location": ("hemisphere", "frontrear", "upperlower", "region"),
-    "regime": ("infiltration", "growth"),
-}
-
-
-def parse_tasks(spec: str) -> tuple[str, ...]:
-    """``all``, ``seg`` (segmentation only), ``location``, ``regime`` or a comma list of task
-    names; returned in the canonical order of :data:`TASKS`."""
-    spec = spec.strip().lower()
-    if spec in TASK_SETS:
-        return TASK_SETS[spec]
-    names = [t.strip() for t in spec.split(",") if t.strip()]
-    unknown = [t for t in names if t not in TASKS]
-    if unknown or not names:
-        raise GliomatchError(
-            f"unknown task(s) {unknown or spec!r}; use a set ({', '.join(TASK_SETS)}) or a "
-            f"comma list of {', '.join(TASKS)}"
-        )
-    return tuple(t for t in TASKS if t in names)
-
-
-def multitask_name(tasks: tuple[str, ...], lambda_seg: float) -> str:
-    """``multitask`` for the full model; ``multitask-size-noseg`` and the like otherwise."""
-    if tasks == TASK_SETS["all"] and lambda_seg > 0:
-        return "multitask"
-    label = next((k for k, v in TASK_SETS.items() if v == tasks), None) or "-".join(tasks)
-    return f"multitask-{label}" + ("" if lambda_seg > 0 else "-noseg")
-
-
 # ------------------------------------------------------------------------------------ model
 
 
@@ -215,38 +179,6 @@ def _atlas_channel(db, resolution: int) -> np.ndarray:
 # --------------------------------------------------------------------------------- training
 
 
-@dataclass
-class MultitaskConfig:
-    tasks: str = "all"
-    epochs: int = 30
-    lr: float = 1e-3
-    batch: int = 8
-    n_train: int = 1500
-    n_val: int = 150
-    input_resolution: int = 32
-    lambda_seg: float = 1.0
-    lambda_cls: float = 1e-3
-    box_jitter: bool = True
-    atlas_channel: bool = False
-    blocks: int = 2
-    patience: int = 10
-    device: str = "cpu"
-    seed: int = 0
-
-    def __post_init__(self):
-        self.task_list = parse_tasks(self.tasks)
-
-        check_settings(self, ("epochs", "batch", "n_train", "n_val"))
-        if self.lambda_seg < 0 or self.lambda_cls < 0:
-            raise GliomatchError("loss weights must be >= 0")
-        if self.lambda_seg == 0 and not self.task_list:
-            raise GliomatchError("nothing to train: no classification task and lambda_seg = 0")
-
-    @property
-    def name(self) -> str:
-        return multitask_name(self.task_list, self.lambda_seg)
-
-
 def _losses(model, x, dens, boxes, y, cfg):
     seg, _, logits = model(x, boxes, seg=cfg.lambda_seg > 0)
     parts = {}
@@ -271,7 +203,7 @@ def _batch(masks, dens, boxes, labels, idx, cfg, atlas, device):
 
 def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = True) -> dict:
     """Train the multitask network on ``db``; resumable; returns (and saves) its summary."""
-
+    require_device(cfg.device)
     torch.manual_seed(cfg.seed)
     folder = multitask_dir(db, cfg.name)
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,43 +14,28 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gliomatch.errors import GliomatchError
-from gliomatch.learn.bihalf import GAMMA
-from gliomatch.learn.models import KINDS, MaskAutoencoder, build_model
-from gliomatch.learn.trainer import fit, load_state
+from gliomatch.learn.config import MODALITIES, TrainConfig
+from gliomatch.learn.models import MaskAutoencoder, build_model
+from gliomatch.learn.trainer import fit, load_state, require_device
 from gliomatch.masks import dice as dice_np
 from gliomatch.masks import downsample
 
 __all__ = [
-    "TrainConfig",
-    "check_settings",
     "encode_masks",
     "load_model",
     "load_weights",
     "model_dir",
-    "model_name",
     "split_ids",
     "train",
     "write_curves",
 ]
-
-MODALITIES = ("t1gd", "flair")
-
-
-def model_name(kind: str, latent: int | None = None, bits: int | None = None) -> str:
-    if kind == "ae":
-        return "ae" if latent in (None, 1024) else f"ae{latent}"
-    if kind == "vae":
-        return f"vae{latent or 1024}"
-    if kind == "hash":
-        return "hash" if bits in (None, 64) else f"hash{bits}"
-    raise GliomatchError(f"unknown model kind {kind!r}; use one of {', '.join(KINDS)}")
 
 
 def read_json(path: Path, what: str):
@@ -68,20 +53,6 @@ def record_model(db, folder: Path) -> None:
     db.record_files(f"models/{folder.name}", folder, names=["model.pt", "config.json"])
 
 
-def check_settings(cfg, positive: tuple[str, ...]) -> None:
-    """Clear errors for training settings: the ``positive`` ones >= 1, a usable device."""
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise GliomatchError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    lr = getattr(cfg, "lr", None)
-    if lr is not None and not (np.isfinite(lr) and 0 < lr < 1):
-        raise GliomatchError(f"lr (learning rate) must be in (0, 1), got {lr}")
-    if cfg.device not in ("cpu", "cuda"):
-        raise GliomatchError(f"device must be cpu or cuda, got {cfg.device!r}")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise GliomatchError("--device cuda: no CUDA GPU is available here")
-
-
 def split_ids(n: int, n_train: int, n_val: int, seed: int):
     """Training, validation and held-out ids: a seeded permutation of the database."""
     if n < 4:
@@ -94,46 +65,6 @@ def split_ids(n: int, n_train: int, n_val: int, seed: int):
         np.sort(order[n_train : n_train + n_val]),
         np.sort(order[n_train + n_val :]),
     )
-
-
-@dataclass
-class TrainConfig:
-    kind: str = "ae"
-    latent: int = 1024
-    bits: int = 64
-    epochs: int = 120
-    lr: float | None = None  # 1e-5 (ae, hash) or 3e-5 (vae)
-    batch: int = 2
-    n_train: int = 1500
-    n_val: int = 150
-    input_resolution: int = 32
-    beta: float = 1e-3
-    gamma: float = GAMMA  # bi-half quantization pull (hash)
-    patience: int = 20
-    lr_patience: int = 0  # > 0: lr x 0.2 after this many epochs without improvement
-    device: str = "cpu"
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise GliomatchError(f"unknown model kind {self.kind!r}; use one of {KINDS}")
-        check_settings(self, ("epochs", "batch", "n_train", "n_val", "latent", "bits"))
-        if self.gamma < 0 or self.lr_patience < 0:
-            raise GliomatchError(
-                f"gamma and lr_patience must be >= 0, got {self.gamma} and {self.lr_patience}"
-            )
-        if self.kind == "hash" and self.bits % 8:
-            raise GliomatchError(f"bits must be a multiple of 8, got {self.bits}")
-        if self.lr is None:
-            self.lr = 3e-5 if self.kind == "vae" else 1e-5
-
-    @property
-    def name(self) -> str:
-        return model_name(self.kind, self.latent, self.bits)
-
-    @property
-    def code_size(self) -> int:
-        return self.bits if self.kind == "hash" else self.latent
 
 
 def model_dir(db, name: str, modality: str) -> Path:
@@ -181,6 +112,7 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
 
     if modality not in MODALITIES:
         raise GliomatchError(f"modality must be t1gd or flair, got {modality!r}")
+    require_device(cfg.device)
     torch.manual_seed(cfg.seed)
     folder = model_dir(db, cfg.name, modality)
     folder.mkdir(parents=True, exist_ok=True)

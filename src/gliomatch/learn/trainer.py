@@ -21,7 +21,20 @@ import torch
 from gliomatch.errors import GliomatchError
 from gliomatch.progress import Progress, report
 
-__all__ = ["end_epoch", "fit", "load_checkpoint", "load_state", "save_checkpoint"]
+__all__ = [
+    "end_epoch",
+    "fit",
+    "load_checkpoint",
+    "load_state",
+    "require_device",
+    "save_checkpoint",
+]
+
+
+def require_device(device: str) -> None:
+    """A clear error when training is asked to run on a CUDA GPU this machine lacks."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise GliomatchError("--device cuda: no CUDA GPU is available here")
 
 
 def fit(
