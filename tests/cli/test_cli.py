@@ -209,6 +209,15 @@ def test_search_and_bench_search(tmp_path):
         ],
     )
     assert r.exit_code == 1 and "not found" in r.output
+    # two masks on different grids (one shifted by 5 mm) are refused, not paired voxel by voxel
+    flair_img = nib.load(str(tmp_path / "q_flair.nii.gz"))
+    moved = flair_img.affine.copy()
+    moved[0, 3] += 5.0
+    nib.save(nib.Nifti1Image(np.asarray(flair_img.dataobj), moved), str(tmp_path / "m.nii.gz"))
+    r = runner.invoke(app, [*args[:5], str(tmp_path / "m.nii.gz")])
+    assert r.exit_code == 1 and "lie on other grids" in r.output
+    r = runner.invoke(app, ["bench", "search", "--db", str(db), "--queries", "0"])
+    assert r.exit_code == 1 and "queries must be >= 1" in r.output
     r = runner.invoke(
         app,
         [

@@ -18,7 +18,6 @@ from gliomatch.cli.common import (
     progress_bar,
     strategy_names,
 )
-from gliomatch.errors import GliomatchError
 
 
 @bench_app.command("solver")
@@ -106,19 +105,14 @@ def bench_search_cmd(
     """Latency and top-1/5/15 preservation of search strategies on held-out tumors."""
     from gliomatch.database import Database
     from gliomatch.evaluation.bench import bench_search
-    from gliomatch.search import get_strategy
 
     db = Database.open(db_path)
-    names = strategy_names(strategies)
-    if rerank:  # every strategy of compressed codes (learned, multitask embeddings) re-ranks
-        names += [f"{n}+rr{rerank}" for n in names if get_strategy(n, db).compressed]
-    if queries < 1:
-        raise GliomatchError(f"--queries must be >= 1, got {queries}")
     with progress_bar(not json_out, transient=True) as bar:
         rows = bench_search(
             db,
-            names,
+            strategy_names(strategies),
             queries=queries,
+            rerank=rerank,
             k=k,
             scale=scale,
             loop_max=loop_max,

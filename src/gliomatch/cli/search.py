@@ -16,17 +16,6 @@ from gliomatch.cli.common import (
     handle_errors,
     progress_bar,
 )
-from gliomatch.errors import GliomatchError
-
-
-def _load_mask(path: Path, name: str):
-
-    import numpy as np
-
-    from gliomatch.patient.inputs import load_nifti
-
-    img = load_nifti(path, f"{name} mask")
-    return np.asarray(img.dataobj), img.affine
 
 
 @app.command()
@@ -42,19 +31,14 @@ def search(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Find the database tumors that best match two atlas-space masks (Dice_T1Gd + Dice_FLAIR)."""
-    import numpy as np
-
     from gliomatch.database import Database
-    from gliomatch.search import Query, describe_matches, get_strategy
+    from gliomatch.patient.inputs import atlas_query
+    from gliomatch.search import describe_matches, get_strategy
 
     db = Database.open(db_path)
-    f, f_aff = _load_mask(flair, "FLAIR")
-    t, t_aff = _load_mask(t1gd, "T1Gd")
-    if not np.allclose(f_aff, t_aff, atol=1e-3):
-        raise GliomatchError(f"the FLAIR mask {flair} and the T1Gd mask {t1gd} lie on other grids")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        q = Query.from_masks(f, t, db.shape, affine=f_aff)
+        q = atlas_query(flair, t1gd, db.shape)
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     with progress_bar(not json_out, transient=True) as bar:

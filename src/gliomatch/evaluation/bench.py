@@ -12,6 +12,7 @@ import numpy as np
 from gliomatch.atlas import load_atlas
 from gliomatch.database import BuildConfig, build_database
 from gliomatch.database.trajectories import held_out_tumors
+from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
 from gliomatch.masks import downsample, masks_from_codes, threshold
 from gliomatch.search import Query, get_strategy
@@ -189,11 +190,15 @@ def bench_search(
     k=15,
     scale=None,
     loop_max=2000,
+    rerank: int = 0,
     seed=0,
     progress=None,
     log=print,
 ) -> list[dict]:
     """Latency and top-1/5/15 preservation of each strategy on held-out query tumors.
+
+    ``rerank`` > 0 adds, for every strategy of compressed codes (learned and multitask
+    embeddings), its re-ranked form ``NAME+rrM`` (the ``M`` x k best codes re-scored exactly).
 
     Ground truth is the exact ranking (``exact``, which the tests prove equal to ``loop``;
     checked again here whenever ``loop`` runs on the whole database). With more than
@@ -201,7 +206,11 @@ def bench_search(
     ``scale`` pads the block indexes with mirrored/shifted copies up to ``scale`` entries for
     the latency measurement only; preservation is always measured on the real entries.
     """
-
+    if queries < 1:
+        raise GliomatchError(f"queries must be >= 1, got {queries}")
+    strategies = list(strategies)
+    if rerank:
+        strategies += [f"{n}+rr{rerank}" for n in strategies if get_strategy(n, db).compressed]
     t0 = time.perf_counter()
     qs = [Query.from_codes(c) for _, c in held_out_tumors(db, queries)]
     log(f"simulated {len(qs)} held-out query tumors in {time.perf_counter() - t0:.1f} s")

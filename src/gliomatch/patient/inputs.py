@@ -36,8 +36,16 @@ import numpy as np
 from nibabel.processing import resample_from_to
 
 from gliomatch.errors import GliomatchError
+from gliomatch.search import Query
 
-__all__ = ["LABEL_SCHEMES", "binary_mask", "load_nifti", "masks_from_labels", "on_grid"]
+__all__ = [
+    "LABEL_SCHEMES",
+    "atlas_query",
+    "binary_mask",
+    "load_nifti",
+    "masks_from_labels",
+    "on_grid",
+]
 
 LABEL_SCHEMES = {
     "brats2013": {"flair": (1, 2, 3, 4), "t1gd": (1, 3, 4), "never": ()},
@@ -91,6 +99,20 @@ def load_nifti(path, name: str) -> nib.Nifti1Image:
     out = nib.Nifti1Image(data, img.affine, header=img.header)
     out.set_filename(str(path))
     return out
+
+
+def atlas_query(flair, t1gd, shape) -> Query:
+    """The query of two atlas-space mask files (FLAIR = whole tumor, T1Gd = core).
+
+    Both must lie on one grid, the database's ``shape``; T1Gd outside FLAIR is dropped with a
+    warning (:meth:`Query.from_masks`).
+    """
+    f_img, t_img = load_nifti(flair, "FLAIR mask"), load_nifti(t1gd, "T1Gd mask")
+    if f_img.shape != t_img.shape or not np.allclose(f_img.affine, t_img.affine, atol=1e-3):
+        raise GliomatchError(f"the FLAIR mask {flair} and the T1Gd mask {t1gd} lie on other grids")
+    return Query.from_masks(
+        np.asarray(f_img.dataobj), np.asarray(t_img.dataobj), shape, affine=f_img.affine
+    )
 
 
 def on_grid(
