@@ -160,3 +160,8 @@ def progress_bar(enabled: bool = True, transient: bool = False):
             bar.update(tasks[what], completed=done, total=total, description=description)
 
         yield update
+
+
+def given(**options) -> dict:
+    """The options a user gave (not None): the rest take the configuration's defaults."""
+    return {k: v for k, v in options.items() if v is not None}

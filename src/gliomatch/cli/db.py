@@ -14,6 +14,7 @@ from gliomatch.cli.common import (
     ResolutionOpt,
     StrategyOpt,
     as_json,
+    given,
     handle_errors,
     out_path,
     progress_bar,
@@ -22,7 +23,9 @@ from gliomatch.cli.common import (
 from gliomatch.errors import GliomatchError
 
 
-def _range(text: str, name: str) -> tuple[float, float]:
+def _range(text: str | None, name: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
@@ -47,14 +50,35 @@ def db_build(
         str | None, typer.Option(help="Dask scheduler address tcp://HOST:PORT.")
     ] = None,
     atlas: AtlasOpt = None,
-    dw: Annotated[str, typer.Option(help="D_w range LOW,HIGH (mm^2/day).")] = "0.02,1.5",
-    rho: Annotated[str, typer.Option(help="rho range LOW,HIGH (1/day).")] = "0.002,0.2",
-    t_end: Annotated[str, typer.Option(help="T_end range LOW,HIGH (days).")] = "50,1500",
-    log_uniform: Annotated[bool, typer.Option(help="Draw D_w, rho, T log-uniformly.")] = False,
+    dw: Annotated[
+        str | None, typer.Option(help="D_w range LOW,HIGH (mm^2/day; default 0.02,1.5).")
+    ] = None,
+    rho: Annotated[
+        str | None, typer.Option(help="rho range LOW,HIGH (1/day; default 0.002,0.2).")
+    ] = None,
+    t_end: Annotated[
+        str | None, typer.Option(help="T_end range LOW,HIGH (days; default 50,1500).")
+    ] = None,
+    log_uniform: Annotated[
+        bool | None, typer.Option(help="Draw D_w, rho, T log-uniformly (default: uniformly).")
+    ] = None,
     seed_box: Annotated[
-        str, typer.Option(help="'tissue' (uniform over WM+GM voxels) or 'paper' (fraction box).")
-    ] = "tissue",
-    snapshots: Annotated[int, typer.Option(help="T_end snapshots per trajectory.")] = 8,
+        str | None,
+        typer.Option(
+            help="'tissue' (uniform over WM+GM voxels; default) or 'paper' (fraction box)."
+        ),
+    ] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(
+            help="'scaled' (one simulation per seed and D_w/rho, in rho*t; default) or 'plain' "
+            "(one per seed, D_w and rho, in days)."
+        ),
+    ] = None,
+    snapshots: Annotated[
+        int | None,
+        typer.Option(help="Candidate stages per simulation (default: scaled 32, plain 8)."),
+    ] = None,
     flair_min: Annotated[float, typer.Option(help="Min whole-tumor volume (cm^3).")] = 5.0,
     flair_max: Annotated[float, typer.Option(help="Max whole-tumor volume (cm^3).")] = 300.0,
     t1gd_min: Annotated[float, typer.Option(help="Min tumor-core volume (cm^3).")] = 0.5,
@@ -76,12 +100,15 @@ def db_build(
         atlas=None if atlas is None else str(atlas),
         seed=seed,
         sampling=SamplingConfig(
-            dw=_range(dw, "dw"),
-            rho=_range(rho, "rho"),
-            t_end=_range(t_end, "t-end"),
-            log_uniform=log_uniform,
-            seed_box=seed_box,
-            snapshots=snapshots,
+            **given(
+                dw=_range(dw, "dw"),
+                rho=_range(rho, "rho"),
+                t_end=_range(t_end, "t-end"),
+                log_uniform=log_uniform,
+                seed_box=seed_box,
+                sampler=sampler,
+                snapshots=snapshots,
+            )
         ),
         size_filter=SizeFilter(
             flair_min_cm3=flair_min, flair_max_cm3=flair_max, t1gd_min_cm3=t1gd_min

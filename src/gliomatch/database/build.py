@@ -91,6 +91,9 @@ _COLUMNS = [
     "dw",
     "rho",
     "t_end",
+    "dw_over_rho",
+    "infiltration_mm",
+    "rho_t",
     "flair_cm3",
     "t1gd_cm3",
     "com_x_mm",
@@ -139,11 +142,18 @@ def _prepare_folder(path: Path, cfg: BuildConfig) -> None:
                 f"(found {', '.join(sorted(foreign)[:3]) or 'shards/'}); use an empty folder"
             )
         recorded = cfg.to_dict()
+    recorded = _normalized(recorded, path)
     if recorded != cfg.to_dict():
         new = cfg.to_dict()
-        diff = sorted(k for k in new if not isinstance(recorded, dict) or recorded.get(k) != new[k])
+        diff = sorted(k for k in new if recorded.get(k) != new[k])
+        detail = ""
+        if "sampling" in diff:
+            r, n = recorded["sampling"], new["sampling"]
+            detail = ": sampling " + ", ".join(
+                f"{k} {r.get(k)} (given {n[k]})" for k in n if r.get(k) != n[k]
+            )
         raise GliomatchError(
-            f"database {path} was built with other settings ({', '.join(diff)} differ); "
+            f"database {path} was built with other settings ({', '.join(diff)} differ{detail}); "
             "use another folder or the same settings to resume"
         )
     if manifest is None:
@@ -151,6 +161,14 @@ def _prepare_folder(path: Path, cfg: BuildConfig) -> None:
     legacy.unlink(missing_ok=True)
     for stale in stale_temporaries(path / "shards"):  # half-written shards of a killed build
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _normalized(recorded, path: Path) -> dict:
+    """Recorded build settings in today's form (defaults of later versions filled in)."""
+    try:
+        return BuildConfig.from_dict(recorded).to_dict()
+    except (GliomatchError, KeyError, TypeError, ValueError) as exc:
+        raise GliomatchError(f"database {path}: unreadable build settings ({exc})") from exc
 
 
 def _building_manifest(cfg: BuildConfig) -> dict:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.atlas import load_atlas
+from gliomatch.database.sampling import identifiable
 from gliomatch.errors import GliomatchError
 from gliomatch.files import file_digests, sha256_file, write_json_atomic
 from gliomatch.masks import decode, masks_from_codes
@@ -226,7 +227,17 @@ class Database:
 
     @property
     def params(self) -> pd.DataFrame:
-        """One row per tumor: id, theta (fractions and mm), volumes, centre of mass, bbox."""
+        """One row per tumor: id, theta (fractions and mm), the identifiable D_w/rho,
+        infiltration length and stage rho T, volumes, centre of mass, bounding box.
+
+        The identifiable columns are derived from theta for databases built before they were
+        stored (no rebuild needed)."""
+        if "rho_t" not in self._table.columns:
+            t = self._table
+            derived = identifiable(t["dw"].to_numpy(), t["rho"].to_numpy(), t["t_end"].to_numpy())
+            at = t.columns.get_loc("t_end") + 1
+            for offset, (name, values) in enumerate(derived.items()):
+                t.insert(at + offset, name, values)
         return self._table
 
     @property

@@ -11,7 +11,7 @@ import numpy as np
 from gliomatch.atlas import load_atlas
 from gliomatch.database.config import BuildConfig
 from gliomatch.database.kernels import tumor_stats
-from gliomatch.database.sampling import sample_trajectory
+from gliomatch.database.sampling import identifiable, sample_trajectory
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL, encode
 from gliomatch.solver import Domain, simulate
@@ -69,15 +69,15 @@ def trajectory_tumors(cfg: BuildConfig, traj_id: int, seed: int | None = None):
         tr.x,
         tr.y,
         tr.z,
-        tr.dw,
-        tr.rho,
+        tr.sim_dw,
+        tr.sim_rho,
         tr.times,
         stop_volume_cm3=filt.flair_max_cm3,
         stop_threshold=FLAIR_LEVEL,
     )
     rejected = len(tr.times) - len(sim.times)  # snapshots past the early stop: too big
     kept = []
-    for snap, (t, u) in enumerate(zip(sim.times, sim.densities, strict=True)):
+    for snap, u in enumerate(sim.densities):
         stats = _tumor_row(u, atlas, vox)
         if not filt.keep(stats["flair_cm3"], stats["t1gd_cm3"]):
             rejected += 1
@@ -91,9 +91,10 @@ def trajectory_tumors(cfg: BuildConfig, traj_id: int, seed: int | None = None):
             "x_mm": sim.seed_mm[0],
             "y_mm": sim.seed_mm[1],
             "z_mm": sim.seed_mm[2],
-            "dw": tr.dw,
-            "rho": tr.rho,
-            "t_end": t,
+            "dw": tr.dws[snap],
+            "rho": tr.rhos[snap],
+            "t_end": tr.t_ends[snap],
+            **identifiable(tr.dws[snap], tr.rhos[snap], tr.t_ends[snap]),
             **stats,
         }
         kept.append((row, encode(u)))
