@@ -222,6 +222,17 @@ def test_manifest_is_the_one_record_of_build_settings(tmp_path):
         build_database(db.path, 6, CFG, workers=1)
 
 
+def test_time_limited_build_keeps_the_finished_prefix_and_resumes(tmp_path):
+    with pytest.raises(GliomatchError, match="no tumor kept within the time limit"):
+        build_database(tmp_path / "none", 50, CFG, workers=1, time_limit_s=1e-9)
+    db = build_database(tmp_path / "t", 10_000, CFG, workers=1, time_limit_s=2.0)
+    assert 0 < len(db) < 10_000
+    verify(db)
+    grown = build_database(tmp_path / "t", len(db) + 4, CFG, workers=1)
+    assert len(grown) == len(db) + 4
+    assert grown.params.iloc[: len(db)].equals(db.params)
+
+
 def test_bad_ranges():
     with pytest.raises(GliomatchError, match="empty"):
         SamplingConfig(dw=(1.0, 0.5))

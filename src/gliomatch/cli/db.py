@@ -83,6 +83,13 @@ def db_build(
     flair_max: Annotated[float, typer.Option(help="Max whole-tumor volume (cm^3).")] = 300.0,
     t1gd_min: Annotated[float, typer.Option(help="Min tumor-core volume (cm^3).")] = 0.5,
     shard_size: Annotated[int, typer.Option(help="Trajectories per shard.")] = 8,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            help="Minutes: start no shard after this; keep the tumors finished by then "
+            "(the same command resumes)."
+        ),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the manifest counts as JSON.")
     ] = False,
@@ -116,7 +123,15 @@ def db_build(
         shard_size=shard_size,
     )
     with progress_bar(not json_out) as bar:
-        db = build_database(out, n, cfg, workers=workers, scheduler=scheduler, progress=bar)
+        db = build_database(
+            out,
+            n,
+            cfg,
+            workers=workers,
+            scheduler=scheduler,
+            progress=bar,
+            time_limit_s=None if time_limit is None else time_limit * 60,
+        )
     m = db.manifest
     if json_out:
         typer.echo(

@@ -299,6 +299,7 @@ def build_database(
     workers: int | None = None,
     scheduler: str | None = None,
     progress: Progress | None = None,
+    time_limit_s: float | None = None,
 ):
     """Build (or resume) a database of ``n`` kept tumors in ``path``; returns the Database.
 
@@ -310,6 +311,10 @@ def build_database(
         core.
     scheduler : str, optional
         Address of a Dask scheduler (``tcp://HOST:PORT``); workers must see ``path``.
+    time_limit_s : float, optional
+        Start no shard after this many seconds; the database then holds the tumors of the
+        shards finished in order (fewer than ``n``; the same command resumes towards ``n``).
+        Equal-time comparisons of build designs use it.
     """
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
         raise GliomatchError(f"n (number of tumors) must be a positive integer, got {n!r}")
@@ -336,14 +341,36 @@ def build_database(
         workers = 1 if cores <= 2 else cores
     if workers < 1:
         raise GliomatchError(f"workers must be >= 1, got {workers}")
+    if time_limit_s is not None and not time_limit_s > 0:
+        raise GliomatchError(f"time limit must be > 0 seconds, got {time_limit_s}")
+    deadline = None if time_limit_s is None else t0 + time_limit_s
     bar = _BuildReport(n, progress)
     bar.update(done)
     if _prefix(done, n) is None:
         if workers == 1 and scheduler is None:
-            _run_serial(path, cfg, n, done, bar)
+            _run_serial(path, cfg, n, done, bar, deadline)
         else:
-            _run_dask(path, cfg, n, done, bar, workers, scheduler)
+            _run_dask(path, cfg, n, done, bar, workers, scheduler, deadline)
+    if _prefix(done, n) is None:  # stopped by the time limit: keep the finished prefix
+        n = _prefix_kept(done)
+        if n == 0:
+            raise GliomatchError(
+                f"no tumor kept within the time limit of {time_limit_s:g} s; give it more time"
+            )
+        if old and n < old["counts"]["tumors"]:
+            return Database.open(path)  # no new complete shard: the database is unchanged
     return _finalize(path, cfg, done, n, time.perf_counter() - t0)
+
+
+def _prefix_kept(done: dict[int, dict]) -> int:
+    kept, s = 0, 0
+    while s in done:
+        kept, s = kept + done[s]["kept"], s + 1
+    return kept
+
+
+def _late(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
 
 
 def _next_shards(done: dict[int, dict], n: int, in_flight: set[int], limit: int) -> list[int]:
@@ -371,9 +398,9 @@ def _check_done(done: dict[int, dict], n: int, cfg: BuildConfig) -> None:
     check_progress(trajectories, sum(d["kept"] for d in done.values()), n, cfg)
 
 
-def _run_serial(path, cfg, n, done, bar):
+def _run_serial(path, cfg, n, done, bar, deadline=None):
     s = 0
-    while _prefix(done, n) is None:
+    while _prefix(done, n) is None and not _late(deadline):
         if s not in done:
             done[s] = run_shard(cfg.to_dict(), s, str(path))
             bar.update(done)
@@ -381,7 +408,7 @@ def _run_serial(path, cfg, n, done, bar):
         s += 1
 
 
-def _run_dask(path, cfg, n, done, bar, workers, scheduler):
+def _run_dask(path, cfg, n, done, bar, workers, scheduler, deadline=None):
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -406,6 +433,8 @@ def _run_dask(path, cfg, n, done, bar, workers, scheduler):
         futures = {}
 
         def submit():
+            if _late(deadline):
+                return
             for s in _next_shards(done, n, set(futures.values()), limit):
                 futures[
                     client.submit(
