@@ -132,12 +132,19 @@ def test_db_commands(tmp_path):
 
 
 def test_bench_build_json():
-    r = runner.invoke(
-        app, ["bench", "build", "--n", "5", "--resolution", "32", "--workers", "1", "--json"]
-    )
+    args = ["bench", "build", "--n", "5", "--resolution", "32", "--workers", "1"]
+    r = runner.invoke(app, [*args, "--designs", "plain:8,scaled:16", "--json"])
     assert r.exit_code == 0, r.output
-    res = json.loads(r.output.strip().splitlines()[-1])
-    assert res["n"] == 5 and res["tumors_per_min"] > 0 and 0 <= res["rejection_rate"] < 1
+    rows = [json.loads(line) for line in r.output.strip().splitlines()[-2:]]
+    assert [row["design"] for row in rows] == ["plain:8", "scaled:16"]
+    for res in rows:
+        assert res["n"] == 5 and res["tumors_per_min"] > 0 and 0 <= res["rejection_rate"] < 1
+        assert res["kept_per_simulation"] > 0
+    assert rows[0]["speedup_vs_first"] == 1.0
+    r = runner.invoke(app, [*args, "--designs", "scaled:x"])
+    assert r.exit_code == 1 and "snapshots must be an integer" in r.output
+    r = runner.invoke(app, [*args, "--designs", "fancy"])
+    assert r.exit_code == 1 and "sampler must be" in r.output
 
 
 def test_search_and_bench_search(tmp_path):

@@ -57,29 +57,47 @@ def bench_solver_cmd(
 @bench_app.command("build")
 @handle_errors
 def bench_build_cmd(
-    n: Annotated[int, typer.Option(help="Tumors to keep.")] = 500,
+    n: Annotated[int, typer.Option(help="Tumors to keep per design.")] = 500,
     resolution: ResolutionOpt = 128,
+    designs: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of sampler[:snapshots per simulation], e.g. plain:8,scaled:32 "
+            "(the first is the reference of the speed-up)."
+        ),
+    ] = "plain,scaled",
     workers: Annotated[
         int | None, typer.Option(help="Worker processes (default: all cores).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Keep the database here (default: temp).")
+        Path | None, typer.Option(help="Keep the databases here (default: temp).")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Last line is a JSON object.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per design.")] = False,
 ):
-    """Build a database and report tumors/min, simulations/min, rejection rate, bytes/tumor."""
+    """Build a database per sampler design; report tumors/min, simulations/min, tumors kept per
+    simulation, rejection rate and bytes/tumor, and the speed-up over the first design."""
     from gliomatch.evaluation.bench import bench_build
 
     with progress_bar(not json_out) as bar:
-        r = bench_build(n=n, resolution=resolution, workers=workers, out=out, progress=bar)
-    typer.echo(
-        f"{r['n']} tumors at {resolution}^3 in {r['wall_s']:.1f} s: "
-        f"{r['tumors_per_min']:.1f} tumors/min, {r['simulations_per_min']:.1f} "
-        f"simulations/min, rejection rate {100 * r['rejection_rate']:.1f} %, "
-        f"{r['bytes_per_tumor'] / 1e3:.1f} kB per tumor"
-    )
-    if json_out:
-        typer.echo(as_json(r))
+        rows = bench_build(
+            n=n,
+            resolution=resolution,
+            designs=[d for d in designs.split(",") if d.strip()],
+            workers=workers,
+            out=out,
+            progress=bar,
+        )
+    for r in rows:
+        if json_out:
+            typer.echo(as_json(r))
+            continue
+        typer.echo(
+            f"{r['design']:>10}: {r['n']} tumors at {resolution}^3 in {r['wall_s']:.1f} s: "
+            f"{r['tumors_per_min']:.1f} tumors/min ({r['speedup_vs_first']:.2f}x), "
+            f"{r['simulations_per_min']:.1f} simulations/min, {r['kept_per_simulation']:.2f} "
+            f"kept per simulation, rejection rate {100 * r['rejection_rate']:.1f} %, "
+            f"{r['bytes_per_tumor'] / 1e3:.1f} kB per tumor"
+        )
 
 
 @bench_app.command("search")

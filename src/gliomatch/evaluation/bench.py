@@ -11,7 +11,8 @@ import numpy as np
 
 from gliomatch.atlas import load_atlas
 from gliomatch.database import BuildConfig, build_database
-from gliomatch.database.trajectories import held_out_tumors
+from gliomatch.database.sampling import SamplingConfig
+from gliomatch.database.trajectories import held_out_tumors, space
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
 from gliomatch.masks import downsample, masks_from_codes, threshold
@@ -117,39 +118,76 @@ def _kernel_throughput(domain: Domain, repeats: int = 10) -> dict:
     }
 
 
-def bench_build(*, n=500, resolution=128, seed=0, workers=None, out=None, progress=None) -> dict:
-    """Build an ``n``-tumor database and report throughput, rejection rate and disk use.
+def parse_design(spec: str) -> SamplingConfig:
+    """``plain``, ``scaled``, ``plain:8`` or ``scaled:64`` (sampler[:snapshots per simulation])."""
+    name, _, count = spec.strip().partition(":")
+    try:
+        snapshots = int(count) if count else None
+    except ValueError:
+        raise GliomatchError(f"design {spec!r}: snapshots must be an integer") from None
+    return SamplingConfig(sampler=name, snapshots=snapshots)
 
-    Without ``out`` the database goes to a temporary folder that is deleted afterwards.
+
+def design_name(sampling: SamplingConfig) -> str:
+    return f"{sampling.sampler}:{sampling.snapshots}"
+
+
+def bench_build(
+    *,
+    n=500,
+    resolution=128,
+    seed=0,
+    designs=("plain", "scaled"),
+    workers=None,
+    out=None,
+    progress=None,
+) -> list[dict]:
+    """Build an ``n``-tumor database per sampler design (``plain``, ``scaled:32``, ...) in one
+    run and report tumors/min, simulations/min, tumors kept per simulation, the rejection rate
+    and bytes per tumor of each.
+
+    Without ``out`` the databases go to a temporary folder that is deleted afterwards.
     """
-
+    samplings = [parse_design(d) if isinstance(d, str) else d for d in designs]
     tmp = None
     if out is None:
         tmp = tempfile.mkdtemp(prefix="gliomatch-bench-")
-        out = Path(tmp) / "db"
+        out = Path(tmp)
+    rows = []
     try:
-        t0 = time.perf_counter()
-        db = build_database(
-            out,
-            n,
-            BuildConfig(resolution=resolution, seed=seed),
-            workers=workers,
-            progress=progress,
-        )
-        wall = time.perf_counter() - t0
-        c = db.manifest["counts"]
-        snapshots = c["trajectories"] * db.manifest["sampling"]["snapshots"]
-        return {
-            "n": len(db),
-            "resolution": resolution,
-            "workers": workers,
-            "wall_s": wall,
-            "tumors_per_min": len(db) / wall * 60,
-            "simulations_per_min": c["trajectories"] / wall * 60,
-            "rejection_rate": c["rejected_snapshots"] / max(snapshots, 1),
-            "disk_bytes": db.manifest["disk_bytes"],
-            "bytes_per_tumor": db.manifest["disk_bytes"] / len(db),
-        }
+        space(None, resolution, BuildConfig().ratio)  # the atlas is not part of any timing
+        for sampling in samplings:
+            name = design_name(sampling)
+            t0 = time.perf_counter()
+            db = build_database(
+                Path(out) / name.replace(":", "-"),
+                n,
+                BuildConfig(resolution=resolution, seed=seed, sampling=sampling),
+                workers=workers,
+                progress=progress,
+            )
+            wall = time.perf_counter() - t0
+            c = db.manifest["counts"]
+            snapshots = c["trajectories"] * sampling.snapshots
+            rows.append(
+                {
+                    "design": name,
+                    "n": len(db),
+                    "resolution": resolution,
+                    "workers": workers,
+                    "wall_s": wall,
+                    "tumors_per_min": len(db) / wall * 60,
+                    "simulations_per_min": c["trajectories"] / wall * 60,
+                    "kept_per_simulation": len(db) / c["trajectories"],
+                    "rejection_rate": c["rejected_snapshots"] / max(snapshots, 1),
+                    "disk_bytes": db.manifest["disk_bytes"],
+                    "bytes_per_tumor": db.manifest["disk_bytes"] / len(db),
+                }
+            )
+        base = rows[0]["tumors_per_min"]
+        for r in rows:
+            r["speedup_vs_first"] = r["tumors_per_min"] / base
+        return rows
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
