@@ -28,12 +28,21 @@ def search(
     strategy: StrategyOpt = "exact",
     w_t1gd: Annotated[float, typer.Option(help="Weight of Dice_T1Gd in the score.")] = 1.0,
     w_flair: Annotated[float, typer.Option(help="Weight of Dice_FLAIR in the score.")] = 1.0,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Spread the search over this Dask scheduler (tcp://HOST:PORT)."),
+    ] = None,
+    dask_workers: Annotated[
+        int | None,
+        typer.Option(help="Spread the search over a local Dask cluster of this many processes."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Find the database tumors that best match two atlas-space masks (Dice_T1Gd + Dice_FLAIR)."""
     from gliomatch.database import Database
     from gliomatch.patient.inputs import atlas_query
     from gliomatch.search import describe_matches, get_strategy
+    from gliomatch.search.sharded import maybe_sharded
 
     db = Database.open(db_path)
     with warnings.catch_warnings(record=True) as caught:
@@ -44,9 +53,10 @@ def search(
     with progress_bar(not json_out, transient=True) as bar:
         strat = get_strategy(strategy, db, w_t1gd=w_t1gd, w_flair=w_flair, progress=bar)
         strat.ensure_ready()
-    t0 = time.perf_counter()
-    scores, ids = strat.search(q, k)
-    elapsed = time.perf_counter() - t0
+    with maybe_sharded(strat, scheduler, dask_workers) as strat:
+        t0 = time.perf_counter()
+        scores, ids = strat.search(q, k)
+        elapsed = time.perf_counter() - t0
     rows = describe_matches(db, q, scores, ids)  # both Dice terms at full resolution
     if json_out:
         typer.echo(

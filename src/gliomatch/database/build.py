@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch import __version__
+from gliomatch.cluster import dask_client, worker_count
 from gliomatch.database.config import BuildConfig
 from gliomatch.database.storage import (
     FORMAT,
@@ -409,26 +410,10 @@ def _run_serial(path, cfg, n, done, bar, deadline=None):
 
 
 def _run_dask(path, cfg, n, done, bar, workers, scheduler, deadline=None):
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
 
-    cluster = None
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except OSError as exc:
-            raise GliomatchError(f"cannot reach Dask scheduler {scheduler} ({exc})") from exc
-    else:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=40,
-        )
-        client = Client(cluster)
-    try:
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
-        limit = 2 * n_workers
+    with dask_client(scheduler, workers) as client:
+        limit = 2 * worker_count(client, workers or 1)
         cfgd, spath = cfg.to_dict(), str(path.resolve())
         futures = {}
 
@@ -464,10 +449,6 @@ def _run_dask(path, cfg, n, done, bar, workers, scheduler, deadline=None):
                 ac.add(f)
         for f in futures:
             f.cancel()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 class _BuildReport:

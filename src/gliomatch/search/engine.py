@@ -120,12 +120,16 @@ class BlockIndex:
         return int(sum(np.asarray(v).nbytes for v in self.a.values()))
 
     # ------------------------------------------------------------------ search
-    def upper_bounds(self, qf: int, qt: int, qbox: np.ndarray, w_t1gd: float, w_flair: float):
-        box = np.asarray(self.a["bbox"])
+    def upper_bounds(
+        self, qf: int, qt: int, qbox: np.ndarray, w_t1gd: float, w_flair: float, part=None
+    ):
+        """Score bounds of every tumor (of ids ``part[0]:part[1]`` only, when given)."""
+        sl = slice(None) if part is None else slice(*part)
+        box = np.asarray(self.a["bbox"][sl])
         lo = np.maximum(box[:, :3], qbox[:3])
         hi = np.minimum(box[:, 3:], qbox[3:])
         overlap = np.prod(np.clip(hi - lo, 0, None).astype(np.int64), axis=1)
-        nf, nt = np.asarray(self.a["nf"]), np.asarray(self.a["nt"])
+        nf, nt = np.asarray(self.a["nf"][sl]), np.asarray(self.a["nt"][sl])
         ub_f = np.minimum(np.minimum(nf, qf), overlap)
         ub_t = np.minimum(np.minimum(nt, qt), overlap)
         return dice_scores(ub_f, ub_t, nf, nt, qf, qt, w_t1gd, w_flair)[0]
@@ -166,16 +170,20 @@ class BlockIndex:
         w_t1gd: float,
         w_flair: float,
         stats: dict | None = None,
+        part: tuple[int, int] | None = None,
     ):
-        """Exact top-k ``(scores, ids)`` by branch and bound."""
+        """Exact top-k ``(scores, ids)`` by branch and bound; over the tumors with ids in
+        ``part[0]:part[1]`` only, when given (one worker's share of a sharded search)."""
+        lo, hi = (0, self.n) if part is None else (max(0, part[0]), min(self.n, part[1]))
         q = PackedQuery.pack(flair, t1gd)
-        ub = self.upper_bounds(q.nf, q.nt, mask_bbox(flair), w_t1gd, w_flair)
-        order = np.lexsort((np.arange(self.n), -ub))
+        ub = self.upper_bounds(q.nf, q.nt, mask_bbox(flair), w_t1gd, w_flair, part=(lo, hi))
+        perm = np.lexsort((np.arange(hi - lo), -ub))
+        order, ub_sorted = lo + perm, ub[perm]
         best_s = np.zeros(0)
         best_i = np.zeros(0, dtype=np.int64)
         pos, batch = 0, max(64, 4 * k)
-        while pos < self.n:
-            if len(best_i) == k and ub[order[pos]] < best_s[-1]:
+        while pos < len(order):
+            if len(best_i) == k and ub_sorted[pos] < best_s[-1]:
                 break
             ids = order[pos : pos + batch]
             s = self.scores(ids, q, w_t1gd, w_flair)[0]

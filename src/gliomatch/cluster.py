@@ -1,0 +1,49 @@
+"""A Dask client for the work that spreads over processes or machines (builds, sharded search).
+
+Dask is imported here only, when a client is asked for: single-process runs never load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from gliomatch.errors import GliomatchError
+
+__all__ = ["dask_client", "worker_count"]
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator:
+    """A client of the scheduler at ``scheduler`` (``tcp://HOST:PORT``), or of a local cluster
+    of ``workers`` single-threaded processes; closed (and the local cluster stopped) on exit."""
+    from dask.distributed import Client, LocalCluster
+
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise GliomatchError(f"cannot reach Dask scheduler {scheduler} ({exc})") from exc
+    else:
+        if workers is None or workers < 1:
+            raise GliomatchError(f"a local Dask cluster needs >= 1 worker, got {workers}")
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,
+        )
+        client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def worker_count(client, default: int = 1) -> int:
+    """Workers connected to ``client``'s scheduler (``default`` if it reports none yet)."""
+    return max(1, len(client.scheduler_info().get("workers", {})) or default)
