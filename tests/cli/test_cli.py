@@ -258,3 +258,20 @@ def test_search_and_bench_search(tmp_path):
         ):
             assert key in row
     assert by["exact"]["scaled_to"] == 30
+
+
+def test_bench_design_compares_designs_on_the_same_queries(tmp_path):
+    args = ["bench", "design", "--out", str(tmp_path), "--designs", "plain:4,scaled:8"]
+    args += ["--budget", "0.03", "--resolution", "32", "--queries", "6", "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.output.strip().splitlines()]
+    assert [row["design"] for row in rows] == ["plain:4", "scaled:8"]
+    for row in rows:
+        assert row["tumors"] > 0 and row["queries"] == 6
+        assert 0 < row["mean_best_combined"] <= 2
+    assert rows[0]["diff_vs_first"] == 0.0
+    assert "| scaled:8 |" in (tmp_path / "design_table.md").read_text()
+    # a rerun reuses the databases (same answer, no new build)
+    again = [json.loads(line) for line in runner.invoke(app, args).output.strip().splitlines()]
+    assert [a["mean_best_combined"] for a in again] == [b["mean_best_combined"] for b in rows]

@@ -101,25 +101,43 @@ def trajectory_tumors(cfg: BuildConfig, traj_id: int, seed: int | None = None):
     return kept, rejected
 
 
-def held_out_tumors(db, n: int, *, seed_offset: int = 1_000_003, one_per_trajectory=True):
-    """``n`` size-filtered tumors simulated like ``db``'s but with another seed (not in it).
+def held_out_tumors(db_or_config, n: int, *, seed_offset: int = 1_000_003, one_per_trajectory=True):
+    """``n`` size-filtered tumors simulated like a database's but with another seed (not in it).
 
-    Returns a list of ``(row, codes)``. Deterministic in the database's seed and ``seed_offset``.
-    With ``one_per_trajectory`` each query comes from its own trajectory (independent queries).
+    ``db_or_config`` is a Database or its BuildConfig. Returns a list of ``(row, codes)``,
+    deterministic in the seed and ``seed_offset``, distributed as plain rejection sampling:
+
+    * scaled sampler: each kept candidate of a trajectory becomes a query with probability
+      :data:`QUERY_THINNING`, independently (unbiased; fewer near-duplicate queries than
+      taking them all, which ``one_per_trajectory=False`` does);
+    * plain sampler (databases built before the scaled one): one kept snapshot drawn per
+      trajectory, as those databases' published figures were measured.
     """
-    cfg = BuildConfig.from_dict(db.manifest["build_config"])
+    cfg = db_or_config
+    if not isinstance(cfg, BuildConfig):
+        cfg = BuildConfig.from_dict(db_or_config.manifest["build_config"])
     seed = cfg.seed + seed_offset
     out, traj = [], 0
     while len(out) < n:
         kept, _ = trajectory_tumors(cfg, traj, seed=seed)
-        if kept:
-            if one_per_trajectory:
-                pick = np.random.default_rng([seed, traj, 1]).integers(len(kept))
-                kept = [kept[pick]]
-            out.extend(kept[: n - len(out)])
+        if kept and one_per_trajectory:
+            rng = np.random.default_rng([seed, traj, 1])
+            if cfg.sampling.sampler == "plain":
+                kept = [kept[rng.integers(len(kept))]]
+            else:
+                kept = [
+                    k
+                    for k, u in zip(kept, rng.random(len(kept)), strict=True)
+                    if u < QUERY_THINNING
+                ]
+        out.extend(kept[: n - len(out)])
         traj += 1
         check_progress(traj, len(out), n, cfg)
     return out
+
+
+#: Probability that a kept candidate of a held-out trajectory becomes a query (scaled sampler).
+QUERY_THINNING = 0.5
 
 
 #: Trajectories after which a build (or a query sampler) that has kept no tumor stops.

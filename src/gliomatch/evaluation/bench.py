@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from gliomatch.atlas import load_atlas
-from gliomatch.database import BuildConfig, build_database
+from gliomatch.database import BuildConfig, Database, build_database
 from gliomatch.database.sampling import SamplingConfig
 from gliomatch.database.trajectories import held_out_tumors, space
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
 from gliomatch.masks import downsample, masks_from_codes, threshold
+from gliomatch.progress import report
 from gliomatch.search import Query, get_strategy
 from gliomatch.search.engine import BlockIndex
 from gliomatch.solver import Domain, simulate
@@ -191,6 +192,78 @@ def bench_build(
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_design(
+    out,
+    designs=("plain:8", "scaled:16", "scaled:32", "scaled:64"),
+    *,
+    budget_s: float = 300.0,
+    resolution: int = 128,
+    queries: int = 1000,
+    seed: int = 0,
+    progress=None,
+    log=print,
+) -> list[dict]:
+    """Databases built with each sampler design for the same time, compared by the mean
+    best-match Dice of the same held-out synthetic queries.
+
+    Each design builds into ``out/<design>`` for ``budget_s`` seconds (a database already there
+    is reused with its recorded build time); the queries are drawn once, from plain rejection
+    sampling (another seed), and are the same for every design. The score of a query is the
+    exact best match's Dice_T1Gd + Dice_FLAIR at full resolution.
+    """
+    out = Path(out)
+    samplings = [parse_design(d) if isinstance(d, str) else d for d in designs]
+    base = BuildConfig(resolution=resolution, seed=seed)
+    t0 = time.perf_counter()
+    qs = [Query.from_codes(c) for _, c in held_out_tumors(base, queries)]
+    log(f"simulated {len(qs)} held-out query tumors in {time.perf_counter() - t0:.0f} s")
+    rows = []
+    for sampling in samplings:
+        name = design_name(sampling)
+        folder = out / name.replace(":", "-")
+        cfg = BuildConfig(resolution=resolution, seed=seed, sampling=sampling)
+        if (folder / "manifest.json").is_file():
+            db = Database.open(folder)
+            build_s = db.manifest["build_seconds_this_run"]
+        else:
+            t0 = time.perf_counter()
+            db = build_database(folder, 10**8, cfg, progress=progress, time_limit_s=budget_s)
+            build_s = time.perf_counter() - t0
+        exact = get_strategy("exact", db).ensure_ready()
+        best = np.zeros((len(qs), 3))
+        for j, q in enumerate(qs):
+            _, ids = exact.search(q, 1)
+            best[j] = [v[0] for v in exact.scores(q, ids)]
+            report(progress, j + 1, len(qs), f"{name}: best matches")
+        c = db.manifest["counts"]
+        sem = best.std(axis=0, ddof=1) / np.sqrt(len(qs)) if len(qs) > 1 else np.zeros(3)
+        rows.append(
+            {
+                "design": name,
+                "tumors": len(db),
+                "simulations": c["trajectories"],
+                "build_s": build_s,
+                "tumors_per_min": len(db) / build_s * 60,
+                "queries": len(qs),
+                "mean_best_combined": float(best[:, 0].mean()),
+                "sem_best_combined": float(sem[0]),
+                "mean_best_dice_t1gd": float(best[:, 1].mean()),
+                "mean_best_dice_flair": float(best[:, 2].mean()),
+                "per_query": best[:, 0].tolist(),
+            }
+        )
+        log(
+            f"{name}: {len(db)} tumors from {c['trajectories']} simulations in {build_s:.0f} s; "
+            f"mean best-match combined Dice {rows[-1]['mean_best_combined']:.4f}"
+        )
+    ref = np.asarray(rows[0]["per_query"])
+    for r in rows:  # paired difference with the first design on the same queries
+        d = np.asarray(r["per_query"]) - ref
+        r["diff_vs_first"] = float(d.mean())
+        r["sem_diff_vs_first"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return rows
 
 
 def _variants(db, n_total: int, size: int):
