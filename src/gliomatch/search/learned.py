@@ -93,13 +93,17 @@ class LearnedStrategy(Strategy):
                 self.indexes[m] = idx
 
     def encode_queries(self, queries: list[Query]) -> dict:
-        """Codes ``{modality: (nq, size)}`` of a batch of queries (one forward pass each)."""
+        """Codes ``{modality: (nq, size)}`` of a batch of queries.
+
+        Each query goes through the network alone: a convolution's round-off depends on the
+        batch it runs in, and a hash bit at its threshold would flip with it, so a query's
+        answer would depend on the queries searched with it."""
         from gliomatch.learn.train import encode_masks
 
         out = {}
         for m in ("t1gd", "flair"):
             x = np.stack([downsample(getattr(q, m), self.resolution) for q in queries])
-            out[m] = encode_masks(self.models[m], x.astype(np.uint8))
+            out[m] = encode_masks(self.models[m], x.astype(np.uint8), batch=1)
         return out
 
     def distances(self, queries: list[Query]) -> np.ndarray:

@@ -60,13 +60,14 @@ class MultitaskStrategy(LearnedStrategy):
         self.index.add(emb)
 
     def embed_queries(self, queries: list[Query]) -> np.ndarray:
-        """Embeddings ``(nq, 64)`` of a batch of queries."""
+        """Embeddings ``(nq, 64)`` of a batch of queries, each through the network alone (its
+        answer does not depend on the queries searched with it)."""
         from gliomatch.learn.multitask import embed_masks, query_arrays
 
         parts = [query_arrays(q.flair, q.t1gd, self.model.resolution) for q in queries]
         masks = np.concatenate([m for m, _ in parts])
         boxes = np.concatenate([b for _, b in parts])
-        return embed_masks(self.model, masks, boxes, self.atlas)
+        return embed_masks(self.model, masks, boxes, self.atlas, batch=1)
 
     def distances(self, queries: list[Query]) -> np.ndarray:
         n, nq = len(self.db), len(queries)
