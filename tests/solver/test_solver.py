@@ -269,3 +269,28 @@ def test_simulate_takes_a_parameter_object(atlas32):
         simulate(d, theta, 0.5)
     with pytest.raises(GliomatchError, match="needs x, y, z"):
         simulate(d, 0.4, 0.55)
+
+
+def test_many_snapshots_equal_separate_runs_and_the_callback(atlas64):
+    """Dense snapshots (the scaled sampler asks for dozens) reuse peek's scratch buffers: each
+    equals a run to that time alone, and on_snapshot sees what would have been stored."""
+    d = Domain.from_atlas(atlas64)
+    times = np.sort(np.random.default_rng(4).uniform(5, 300, size=24)).tolist()
+    kw = dict(x=0.45, y=0.5, z=0.5, dw=0.9, rho=0.05)
+    multi = simulate(d, **kw, times=times)
+    for j in (0, 7, 15, 23):
+        alone = simulate(d, **kw, times=[times[j]])
+        assert np.array_equal(multi.densities[j], alone.densities[0])
+    seen = []
+
+    def keep(t, u):
+        assert not u.flags.writeable
+        seen.append((t, u.copy()))
+
+    streamed = simulate(d, **kw, times=times, on_snapshot=keep)
+    assert streamed.densities == [] and streamed.times == multi.times
+    for (t, u), v in zip(seen, multi.densities, strict=True):
+        assert np.array_equal(u, v)
+    ref = simulate(d, **kw, times=times[::6], method="reference")
+    for a, b in zip(multi.densities[::6], ref.densities, strict=True):
+        assert np.abs(a - b).max() <= 1e-4

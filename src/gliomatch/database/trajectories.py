@@ -64,6 +64,15 @@ def trajectory_tumors(cfg: BuildConfig, traj_id: int, seed: int | None = None):
     filt = cfg.size_filter
     seed = cfg.seed if seed is None else seed
     tr = sample_trajectory(atlas, cfg.sampling, seed, traj_id, tissue_idx)
+
+    def snapshot(t: float, u: np.ndarray) -> None:
+        # only snapshots that pass the size filter are encoded; the others are never copied
+        stats = _tumor_row(u, atlas, vox)
+        if not filt.keep(stats["flair_cm3"], stats["t1gd_cm3"]):
+            return
+        found.append((int(np.searchsorted(tr.times, t)), stats, encode(u)))
+
+    found = []
     sim = simulate(
         domain,
         tr.x,
@@ -74,30 +83,27 @@ def trajectory_tumors(cfg: BuildConfig, traj_id: int, seed: int | None = None):
         tr.times,
         stop_volume_cm3=filt.flair_max_cm3,
         stop_threshold=FLAIR_LEVEL,
+        on_snapshot=snapshot,
     )
-    rejected = len(tr.times) - len(sim.times)  # snapshots past the early stop: too big
     kept = []
-    for snap, u in enumerate(sim.densities):
-        stats = _tumor_row(u, atlas, vox)
-        if not filt.keep(stats["flair_cm3"], stats["t1gd_cm3"]):
-            rejected += 1
-            continue
+    for j, stats, codes in found:  # j: the candidate of that stage
         row = {
             "traj_id": traj_id,
-            "snapshot": snap,
+            "snapshot": j,
             "x": tr.x,
             "y": tr.y,
             "z": tr.z,
             "x_mm": sim.seed_mm[0],
             "y_mm": sim.seed_mm[1],
             "z_mm": sim.seed_mm[2],
-            "dw": tr.dws[snap],
-            "rho": tr.rhos[snap],
-            "t_end": tr.t_ends[snap],
-            **identifiable(tr.dws[snap], tr.rhos[snap], tr.t_ends[snap]),
+            "dw": tr.dws[j],
+            "rho": tr.rhos[j],
+            "t_end": tr.t_ends[j],
+            **identifiable(tr.dws[j], tr.rhos[j], tr.t_ends[j]),
             **stats,
         }
-        kept.append((row, encode(u)))
+        kept.append((row, codes))
+    rejected = len(tr.times) - len(kept)  # too small, too big, or past the early stop
     return kept, rejected
 
 

@@ -221,6 +221,8 @@ class _FastStepper:
         self.hi = np.minimum(idx.max(0) + 2, self.lim_hi).astype(np.int64)
         self.rows, self.flags = empty_rows(u0.shape[0])
         self.evaluations = 0
+        self.scratch = None  # peek's buffers
+        self.dirty_lo, self.dirty_hi = self.lo.copy(), self.hi.copy()
 
     @property
     def u(self):
@@ -246,9 +248,26 @@ class _FastStepper:
         return count
 
     def peek(self, coeffs, growth) -> tuple[np.ndarray, int]:
-        bufs = [b.copy() for b in self.bufs]
-        count, res = self._run(bufs, self.lo.copy(), self.hi.copy(), coeffs, growth)
-        return bufs[res], count
+        """The state a partial step would reach, without advancing; returns a view into
+        scratch buffers, valid until the next ``peek``.
+
+        Outside the active box every buffer holds the same values, so the scratch buffers are
+        copied in full once; later peeks refresh only the box this peek reads (with its halo)
+        united with the box the previous peek wrote.
+        """
+        if self.scratch is None:
+            self.scratch = [b.copy() for b in self.bufs]
+        else:
+            n = np.asarray(self.u.shape)
+            lo = np.maximum(np.minimum(self.lo, self.dirty_lo) - 1, 0)
+            hi = np.minimum(np.maximum(self.hi, self.dirty_hi) + 1, n)
+            region = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+            for dst, src in zip(self.scratch, self.bufs, strict=True):
+                dst[region] = src[region]
+        lo, hi = self.lo.copy(), self.hi.copy()
+        count, res = self._run(self.scratch, lo, hi, coeffs, growth)
+        self.dirty_lo, self.dirty_hi = lo, hi
+        return self.scratch[res], count
 
     def current(self) -> tuple[np.ndarray, int]:
         return self.u, int(np.count_nonzero(self.u >= self.thr))
@@ -300,6 +319,7 @@ def simulate(
     stepping: str = "rkl1",
     u0: np.ndarray | None = None,
     max_evaluations: int = MAX_EVALUATIONS,
+    on_snapshot=None,
 ) -> Simulation:
     """Simulate tumor growth from a seed and return the density at each of ``times``.
 
@@ -337,6 +357,11 @@ def simulate(
     max_evaluations : int
         Refuse a run that would take more stage evaluations than this (see
         :data:`MAX_EVALUATIONS`).
+    on_snapshot : callable, optional
+        ``on_snapshot(t, u)`` receives each snapshot instead of it being stored (``densities``
+        is then empty): ``u`` is a read-only view of the density on the unpadded grid, valid
+        during the call only. A database build keeps the few snapshots that pass its size
+        filter without copying the others.
 
     Returns
     -------
@@ -415,7 +440,13 @@ def simulate(
         else:
             snap, count = stepper.current()
         out_t.append(float(t_target))
-        out_u.append(np.ascontiguousarray(snap[1:-1, 1:-1, 1:-1], dtype=np.float32))
+        interior = snap[1:-1, 1:-1, 1:-1]
+        if on_snapshot is None:
+            out_u.append(np.ascontiguousarray(interior, dtype=np.float32))
+        else:
+            view = interior.view()
+            view.flags.writeable = False
+            on_snapshot(float(t_target), view)
         if count > stop_voxels:
             stopped = t_target != targets[-1]
             break
