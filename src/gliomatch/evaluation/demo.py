@@ -12,6 +12,7 @@ from gliomatch.atlas import cache_dir
 from gliomatch.database import BuildConfig, Database, build_database
 from gliomatch.database.storage import FORMAT_VERSION
 from gliomatch.database.trajectories import held_out_tumors
+from gliomatch.files import cache_key
 from gliomatch.masks import dice, threshold
 from gliomatch.patient.pipeline import InferResult, infer, load_patient
 from gliomatch.patient.synthetic import make_patient
@@ -35,10 +36,14 @@ def demo_database(
 ) -> Database:
     """The demo database (built once in the cache, resumed or grown to ``n``).
 
-    The cache folder names the database format, so an older demo database is rebuilt rather
-    than refused.
+    The cache folder names the database format and a key of the build settings, so a demo
+    database of an older format or sampler is rebuilt rather than refused or reused.
     """
-    path = Path(path) if path else cache_dir() / "demo" / f"db-r{resolution}-v{FORMAT_VERSION}"
+    cfg = BuildConfig(resolution=resolution, seed=0)
+    key = cache_key(config=cfg.to_dict())[:10]
+    path = (
+        Path(path) if path else cache_dir() / "demo" / f"db-r{resolution}-v{FORMAT_VERSION}-{key}"
+    )
     if (path / "manifest.json").is_file():
         db = Database.open(path)
         if len(db) == n:
@@ -48,7 +53,7 @@ def demo_database(
             f"building the demo database: {n} tumors at {resolution}^3 in {path} "
             "(once; cached and resumable)"
         )
-    return build_database(path, n, BuildConfig(resolution=resolution, seed=0), progress=progress)
+    return build_database(path, n, cfg, progress=progress)
 
 
 @dataclass
