@@ -293,6 +293,18 @@ def _variants(db, n_total: int, size: int):
             yield np.ascontiguousarray(f), np.ascontiguousarray(t)
 
 
+def _rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: kB
+
+
 def bench_search(
     db,
     strategies=("loop", "exact", "ds64", "ds32"),
@@ -340,6 +352,7 @@ def bench_search(
             opts["ids"] = np.sort(rng.choice(n, loop_max, replace=False))
             note = f"loop timed on {loop_max} random tumors and scaled x{n / loop_max:.1f}"
         strat = get_strategy(name, db, progress=progress, **opts)
+        rss_before = _rss_bytes()
         tb = time.perf_counter()
         built_before = (not strat.needs_index) or strat.is_built()
         strat.ensure_ready()
@@ -370,6 +383,10 @@ def bench_search(
             **preservation(ranks),
             "index_bytes": int(index_bytes),
             "index_build_s": None if built_before else build_s,
+            # resident memory this strategy added (index pages read, buffers), and the
+            # process' peak so far
+            "rss_added_bytes": max(0, _rss_bytes() - rss_before),
+            "peak_rss_bytes": _peak_rss_bytes(),
             "note": note,
         }
         if equal_to_loop is not None:
