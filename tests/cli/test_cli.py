@@ -257,6 +257,8 @@ def test_search_and_bench_search(tmp_path):
             "top15",
         ):
             assert key in row
+        assert row["peak_rss_bytes"] >= row["rss_added_bytes"] >= 0
+        assert row["peak_rss_bytes"] > 50e6  # a Python process with numpy: tens of MB at least
     assert by["exact"]["scaled_to"] == 30
 
 

@@ -198,6 +198,10 @@ def bench_search_cmd(
             f"{sp:>9} {100 * r['top1']:5.1f}% {100 * r['top5']:5.1f}% "
             f"{100 * r['top15']:5.1f}% {r['index_bytes'] / 1e6:7.1f}MB"
         )
+        typer.echo(
+            f"{'':>10} memory: +{r['rss_added_bytes'] / 1e6:.0f} MB resident for this strategy, "
+            f"process peak {r['peak_rss_bytes'] / 1e6:.0f} MB"
+        )
         if r.get("index_build_s"):
             typer.echo(f"{'':>10} index built in {r['index_build_s']:.1f} s")
         if "scaled_to" in r:
