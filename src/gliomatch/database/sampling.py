@@ -86,8 +86,8 @@ class SamplingConfig:
                 raise GliomatchError(f"{name} range must be >= 0, got [{lo}, {hi}]")
         if self.seed_box not in ("tissue", "paper"):
             raise GliomatchError(f"seed_box must be 'tissue' or 'paper', got {self.seed_box!r}")
-        if not 1 <= int(self.snapshots) <= 64:
-            raise GliomatchError(f"snapshots per trajectory must be 1..64, got {self.snapshots}")
+        if not 1 <= int(self.snapshots) <= 256:
+            raise GliomatchError(f"snapshots per trajectory must be 1..256, got {self.snapshots}")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
