@@ -289,8 +289,10 @@ def test_many_snapshots_equal_separate_runs_and_the_callback(atlas64):
 
     streamed = simulate(d, **kw, times=times, on_snapshot=keep)
     assert streamed.densities == [] and streamed.times == multi.times
-    for (t, u), v in zip(seen, multi.densities, strict=True):
-        assert np.array_equal(u, v)
+    for (t, u), (t_stored, v) in zip(
+        seen, zip(multi.times, multi.densities, strict=True), strict=True
+    ):
+        assert t == t_stored and np.array_equal(u, v)
     ref = simulate(d, **kw, times=times[::6], method="reference")
     for a, b in zip(multi.densities[::6], ref.densities, strict=True):
         assert np.abs(a - b).max() <= 1e-4

@@ -24,7 +24,13 @@ def evaluate(
     db_path: Annotated[Path, typer.Option("--db", help="Database folder.")],
     out: Annotated[Path, typer.Option(help="Output folder (resumable: per-query cache).")],
     synthetic: Annotated[int, typer.Option(help="Held-out synthetic query tumors.")] = 1000,
-    real: Annotated[Path | None, typer.Option(help="Cohort CSV of real patients.")] = None,
+    real: Annotated[
+        Path | None,
+        typer.Option(help="Real patients: a cohort CSV, a BraTS case folder or a folder of them."),
+    ] = None,
+    labels: Annotated[
+        str, typer.Option(help="Label convention of the BraTS folders' segmentations.")
+    ] = "auto",
     strategies: Annotated[
         str, typer.Option(help="Comma-separated strategies, or 'all'.")
     ] = "exact,ds64,ds32",
@@ -77,7 +83,7 @@ def evaluate(
     with progress_bar(not json_out) as bar:
         summary = evaluate_queries(
             db, out, synthetic=synthetic, real=real, seed=seed, registration=registration,
-            strategies=names, k=k, loop_check=loop_check, progress=bar,
+            labels=labels, strategies=names, k=k, loop_check=loop_check, progress=bar,
         )  # fmt: skip
     if json_out:
         typer.echo(as_json(summary))

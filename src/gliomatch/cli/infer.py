@@ -17,6 +17,7 @@ from gliomatch.cli.common import (
     check_k,
     handle_errors,
 )
+from gliomatch.errors import GliomatchError
 
 
 def _print_result(res, json_out: bool, extra: dict | None = None):
@@ -65,6 +66,12 @@ def infer(
     seg: Annotated[Path | None, typer.Option(help="BraTS label map (1/2/4 or 1/2/3).")] = None,
     flair_mask: Annotated[Path | None, typer.Option(help="Binary whole-tumor mask.")] = None,
     t1gd_mask: Annotated[Path | None, typer.Option(help="Binary tumor-core mask.")] = None,
+    case: Annotated[
+        Path | None,
+        typer.Option(
+            help="A BraTS case folder (<id>-t1n/-t1c/-seg.nii.gz) instead of the files above."
+        ),
+    ] = None,
     labels: Annotated[
         str,
         typer.Option(
@@ -81,21 +88,20 @@ def infer(
 ):
     """Personalize the growth model for one patient: register, search, warp back, report."""
     from gliomatch.database import Database
+    from gliomatch.patient.cohort import load_case
     from gliomatch.patient.pipeline import infer as run_infer
     from gliomatch.patient.pipeline import load_patient
 
     check_k(k)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        inputs = load_patient(
-            t1=t1,
-            t1c=t1c,
-            wm=wm,
-            seg=seg,
-            flair_mask=flair_mask,
-            t1gd_mask=t1gd_mask,
-            labels=labels,
-        )
+        files = dict(t1=t1, t1c=t1c, wm=wm, seg=seg, flair_mask=flair_mask, t1gd_mask=t1gd_mask)
+        if case is not None:
+            if any(v is not None for v in files.values()):
+                raise GliomatchError("give either --case or the patient's files, not both")
+            inputs = load_case(case, labels)
+        else:
+            inputs = load_patient(**files, labels=labels)
         from gliomatch.evaluation.demo import demo_database
 
         database = Database.open(db) if db else demo_database(log=None if json_out else typer.echo)
@@ -120,8 +126,9 @@ def infer_batch(
     csv: Annotated[
         Path,
         typer.Argument(
-            help="Cohort CSV: patient_id, t1|t1c|wm, seg (+ optional labels) or "
-            "flair_mask+t1gd_mask (paths relative to it)."
+            help="Cohort CSV (patient_id, t1|t1c|wm, seg + optional labels, or "
+            "flair_mask+t1gd_mask; paths relative to it), a BraTS case folder "
+            "(<id>-t1n/-t1c/-seg.nii.gz) or a folder of them."
         ),
     ],
     out: Annotated[Path, typer.Option(help="Output folder (one subfolder per patient).")],
@@ -129,15 +136,18 @@ def infer_batch(
     k: Annotated[int, typer.Option(help="Number of matches.")] = 15,
     strategy: StrategyOpt = "exact",
     registration: RegOpt = "syn",
+    labels: Annotated[
+        str, typer.Option(help="Label convention of the BraTS folders' segmentations.")
+    ] = "auto",
 ):
-    """Run `infer` for every row of a cohort CSV (resumable) and write summary.csv; a failed
+    """Run `infer` for every patient of a cohort (resumable) and write summary.csv; a failed
     row is recorded there and the others go on (exit code 1 if any failed)."""
     from gliomatch.database import Database
     from gliomatch.patient.cohort import infer_cohort, read_cohort
     from gliomatch.search import get_strategy
 
     check_k(k)
-    rows = read_cohort(csv)
+    rows = read_cohort(csv, labels)
     database = Database.open(db)
     get_strategy(strategy, database)  # a bad name fails now
     table = infer_cohort(

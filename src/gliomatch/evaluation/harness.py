@@ -58,8 +58,11 @@ def synthetic_queries(db, n: int, seed: int = 0) -> list[EvalQuery]:
     return out
 
 
-def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=None):
-    """A cohort (see ``gliomatch infer-batch``) registered and warped to atlas space.
+def real_queries(
+    db, csv: Path, cache: Path, *, registration="syn", labels: str = "auto", progress=None
+):
+    """A cohort (a CSV, a BraTS case folder or a folder of them; see ``gliomatch
+    infer-batch``) registered and warped to atlas space.
 
     The warped masks are cached per patient in ``cache``, keyed by the patient's input files
     (SHA-256), label convention, registration kind and the atlas: registration runs once, and
@@ -67,7 +70,7 @@ def real_queries(db, csv: Path, cache: Path, *, registration="syn", progress=Non
     """
     import nibabel as nib
 
-    cohort = read_cohort(Path(csv))
+    cohort = read_cohort(Path(csv), labels)
     atlas = db.atlas()
     out = []
     for n, rec in enumerate(cohort, 1):
@@ -306,6 +309,7 @@ def evaluate_queries(
     real: Path | None = None,
     seed: int = 0,
     registration: str = "syn",
+    labels: str = "auto",
     strategies=("exact", "ds64", "ds32"),
     k: int = 15,
     loop_check: int = 3,
@@ -325,7 +329,7 @@ def evaluate_queries(
         report(progress, 1, 1, "simulating held-out queries")
     if real is not None:
         qs += real_queries(db, real, out / "cache" / "real", registration=registration,
-                           progress=progress)  # fmt: skip
+                           labels=labels, progress=progress)  # fmt: skip
     return evaluate(
         db, out, queries=qs, strategies=strategies, k=k, loop_check=loop_check,
         progress=progress, log=lambda m: None,

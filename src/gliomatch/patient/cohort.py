@@ -1,8 +1,13 @@
-"""Cohorts: a CSV of patients, read row by row, and ``infer`` over all of them (resumable).
+"""Cohorts: a CSV of patients or a folder of BraTS cases, read row by row, and ``infer`` over
+all of them (resumable).
 
 A cohort CSV has a ``patient_id`` column, one anatomy column (``t1``, ``t1c`` or ``wm``), the
 tumor as ``seg`` (a label map, with an optional ``labels`` column naming its convention) or as
 ``flair_mask`` + ``t1gd_mask``; relative paths are relative to the CSV's folder.
+
+A BraTS case folder holds ``<id>-t1n/-t1c/-t2f/-t2w/-seg.nii.gz`` (BraTS 2023 naming) or
+``<id>_t1/_t1ce/_flair/_t2/_seg.nii.gz`` (BraTS 2017-2021): the native T1 is the anatomy (the
+T1c when there is no T1), the ``seg`` the tumor. A folder of such folders is a cohort.
 
 A problem with one row (an unusable patient id, a duplicate id, a missing file) is recorded for
 that row and the others go on; only a CSV that cannot be read at all is an error.
@@ -21,7 +26,7 @@ from gliomatch.errors import GliomatchError
 from gliomatch.files import cache_key, confined_child, sha256_file, write_json_atomic
 from gliomatch.patient.pipeline import infer, load_patient
 
-__all__ = ["CohortRow", "infer_cohort", "input_digest", "read_cohort"]
+__all__ = ["CohortRow", "brats_case", "infer_cohort", "input_digest", "load_case", "read_cohort"]
 
 FILE_COLUMNS = ("t1", "t1c", "wm", "seg", "flair_mask", "t1gd_mask")
 
@@ -39,12 +44,93 @@ class CohortRow:
         return {**{c: self.files.get(c) for c in FILE_COLUMNS}, "labels": self.labels}
 
 
-def read_cohort(csv: Path) -> list[CohortRow]:
-    """Rows of a cohort CSV with paths resolved against the CSV's folder.
+#: BraTS file suffixes: ours (the cohort's column) -> (BraTS 2023 name, BraTS 2017-2021 name).
+BRATS_SUFFIXES = {
+    "t1": ("-t1n", "_t1"),
+    "t1c": ("-t1c", "_t1ce"),
+    "seg": ("-seg", "_seg"),
+}
+NIFTI_ENDINGS = (".nii.gz", ".nii")
 
-    Raises :class:`GliomatchError` only when the CSV itself is unusable (unreadable, columns
-    missing); a bad row carries its ``error`` instead.
+
+def _brats_files(folder: Path) -> dict[str, Path]:
+    found = {}
+    for p in sorted(folder.iterdir()):
+        name = p.name
+        ending = next((e for e in NIFTI_ENDINGS if name.endswith(e)), None)
+        if ending is None or not p.is_file():
+            continue
+        stem = name[: -len(ending)]
+        for column, suffixes in BRATS_SUFFIXES.items():
+            if any(stem.endswith(sfx) and stem != sfx for sfx in suffixes):
+                found.setdefault(column, []).append(p)
+    return found
+
+
+def brats_case(folder: Path, labels: str = "auto") -> CohortRow:
+    """The patient of one BraTS case folder (its id is the folder's name).
+
+    The anatomy is the native T1 (``-t1n``/``_t1``), else the T1c; the tumor is the ``-seg``
+    label map read with ``labels``. A folder that is not a BraTS case gives a row with an error.
     """
+    folder = Path(folder)
+    row = CohortRow(folder.name, labels=labels)
+    files = _brats_files(folder)
+    for column, paths in files.items():
+        if len(paths) > 1:
+            row.error = (
+                f"case {folder}: several {column} files ({', '.join(p.name for p in paths)})"
+            )
+            return row
+    if "seg" not in files:
+        row.error = f"case {folder}: no segmentation (<id>-seg.nii.gz or <id>_seg.nii.gz)"
+        return row
+    anatomy = "t1" if "t1" in files else "t1c" if "t1c" in files else None
+    if anatomy is None:
+        row.error = f"case {folder}: no T1 or T1c image (<id>-t1n / -t1c.nii.gz)"
+        return row
+    row.files = {anatomy: files[anatomy][0], "seg": files["seg"][0]}
+    return row
+
+
+def load_case(folder: Path, labels: str = "auto"):
+    """The checked inputs of one BraTS case folder (``gliomatch infer --case``)."""
+    if not Path(folder).is_dir():
+        raise GliomatchError(f"case {folder}: no such folder")
+    row = brats_case(folder, labels)
+    if row.error:
+        raise GliomatchError(row.error)
+    return load_patient(**row.patient_kwargs())
+
+
+def is_brats_case(folder: Path) -> bool:
+    return Path(folder).is_dir() and "seg" in _brats_files(Path(folder))
+
+
+def read_cohort(source: Path, labels: str = "auto") -> list[CohortRow]:
+    """The patients of a cohort CSV (paths resolved against its folder), of a BraTS case
+    folder, or of a folder of BraTS case folders (``labels``: their label convention; a CSV
+    names its own in a ``labels`` column).
+
+    Raises :class:`GliomatchError` only when the source itself is unusable (unreadable, columns
+    missing, a folder without cases); a bad row carries its ``error`` instead.
+    """
+    source = Path(source)
+    if source.is_dir():
+        if is_brats_case(source):
+            return [brats_case(source, labels)]
+        cases = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+        rows = [brats_case(p, labels) for p in cases if is_brats_case(p)]
+        if not rows:
+            raise GliomatchError(
+                f"folder {source}: no BraTS case in it (folders with <id>-t1n/-t1c and "
+                "<id>-seg.nii.gz files); give a cohort CSV or a case folder"
+            )
+        return rows
+    return _read_csv(source)
+
+
+def _read_csv(csv: Path) -> list[CohortRow]:
     csv = Path(csv)
     if not csv.is_file():
         raise GliomatchError(f"cohort CSV {csv}: file not found")
