@@ -175,7 +175,7 @@ def test_samplers_are_deterministic_and_plain_is_unchanged(atlas32):
     assert tr.sim_rho == pytest.approx(rng.uniform(0.002, 0.2))
     assert tr.times == pytest.approx(np.sort(rng.uniform(50, 1500, size=8)))
     scaled = SamplingConfig()
-    assert scaled.sampler == "scaled" and scaled.snapshots == 32
+    assert scaled.sampler == "scaled" and scaled.snapshots == 64
     tr = sample_trajectory(atlas32, scaled, 0, 0)
     assert tr.sim_rho == 1.0 and list(tr.times) == sorted(tr.times)
     assert np.allclose(np.asarray(tr.dws) / np.asarray(tr.rhos), tr.sim_dw)

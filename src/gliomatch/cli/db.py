@@ -77,7 +77,7 @@ def db_build(
     ] = None,
     snapshots: Annotated[
         int | None,
-        typer.Option(help="Candidate stages per simulation (default: scaled 32, plain 8)."),
+        typer.Option(help="Candidate stages per simulation (default: scaled 64, plain 8)."),
     ] = None,
     flair_min: Annotated[float, typer.Option(help="Min whole-tumor volume (cm^3).")] = 5.0,
     flair_max: Annotated[float, typer.Option(help="Max whole-tumor volume (cm^3).")] = 300.0,

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: Default candidate stages per simulation, per sampler (scaled: chosen by the design table).
-SNAPSHOTS = {"plain": 8, "scaled": 32}
+SNAPSHOTS = {"plain": 8, "scaled": 64}
 #: Fractional seed box of the papers (Ezhov et al.): x 0.15-0.7, y 0.2-0.8, z 0.15-0.7.
 PAPER_SEED_BOX = ((0.15, 0.7), (0.2, 0.8), (0.15, 0.7))
 
