@@ -2,6 +2,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from gliomatch.cli import app
@@ -277,3 +278,20 @@ def test_bench_design_compares_designs_on_the_same_queries(tmp_path):
     # a rerun reuses the databases (same answer, no new build)
     again = [json.loads(line) for line in runner.invoke(app, args).output.strip().splitlines()]
     assert [a["mean_best_combined"] for a in again] == [b["mean_best_combined"] for b in rows]
+    # real patients too: registered once, scored on every design's database
+    from gliomatch.database import Database
+    from gliomatch.patient.synthetic import make_patient
+
+    db = Database.open(tmp_path / "plain-4")
+    row = db.params.iloc[0]
+    theta = {k: float(row[k]) for k in ("x", "y", "z", "dw", "rho", "t_end")}
+    pat = make_patient(db.atlas(), tmp_path / "pat", density=db.density(0), theta=theta)
+    csv = tmp_path / "cohort.csv"
+    csv.write_text(f"patient_id,t1,seg,labels\nP1,{pat.t1},{pat.seg},brats2021\n")
+    r = runner.invoke(app, [*args, "--real", str(csv)])
+    assert r.exit_code == 0, r.output
+    with_real = [json.loads(line) for line in r.output.strip().splitlines()]
+    for row in with_real:
+        combined, d_t1gd, d_flair = row["real"]["P1"]
+        assert 0 < combined <= 2 and combined == pytest.approx(d_t1gd + d_flair)
+    assert "P1 best combined" in (tmp_path / "design_table.md").read_text()

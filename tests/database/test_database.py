@@ -223,8 +223,9 @@ def test_manifest_is_the_one_record_of_build_settings(tmp_path):
 
 
 def test_time_limited_build_keeps_the_finished_prefix_and_resumes(tmp_path):
-    with pytest.raises(GliomatchError, match="no tumor kept within the time limit"):
-        build_database(tmp_path / "none", 50, CFG, workers=1, time_limit_s=1e-9)
+    # a tiny limit still gives a database: shards run until one tumor is kept
+    one = build_database(tmp_path / "one", 50, CFG, workers=1, time_limit_s=1e-9)
+    assert 0 < len(one) < 50  # the shards up to the first kept tumor
     db = build_database(tmp_path / "t", 10_000, CFG, workers=1, time_limit_s=2.0)
     assert 0 < len(db) < 10_000
     verify(db)

@@ -110,6 +110,11 @@ def bench_design_cmd(
     budget: Annotated[float, typer.Option(help="Build minutes per design.")] = 5.0,
     resolution: ResolutionOpt = 128,
     queries: Annotated[int, typer.Option(help="Held-out synthetic queries.")] = 1000,
+    real: Annotated[
+        Path | None,
+        typer.Option(help="Also real patients: a cohort CSV, a BraTS case folder or a folder."),
+    ] = None,
+    labels: Annotated[str, typer.Option(help="Label convention of BraTS folders.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per design.")] = False,
 ):
     """Equal build time per sampler design; mean best-match Dice on the same held-out queries."""
@@ -122,13 +127,17 @@ def bench_design_cmd(
             budget_s=budget * 60,
             resolution=resolution,
             queries=queries,
+            real=real,
+            labels=labels,
             progress=bar,
             log=(lambda m: None) if json_out else typer.echo,
         )
+    cases = sorted(rows[0]["real"]) if rows else []
     lines = [
         "| design | tumors | simulations | build s | tumors/min | mean best combined Dice | "
-        "vs first (paired) | mean best Dice T1Gd | mean best Dice FLAIR |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "vs first (paired) | mean best Dice T1Gd | mean best Dice FLAIR |"
+        + "".join(f" {c} best combined (T1Gd / FLAIR) |" for c in cases),
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(cases),
     ]
     for r in rows:
         if json_out:
@@ -139,6 +148,10 @@ def bench_design_cmd(
             f"{r['sem_best_combined']:.4f} | {r['diff_vs_first']:+.4f} ± "
             f"{r['sem_diff_vs_first']:.4f} | {r['mean_best_dice_t1gd']:.3f} | "
             f"{r['mean_best_dice_flair']:.3f} |"
+            + "".join(
+                f" {r['real'][c][0]:.3f} ({r['real'][c][1]:.3f} / {r['real'][c][2]:.3f}) |"
+                for c in cases
+            )
         )
     (out / "design_table.md").write_text("\n".join(lines) + "\n")
     if not json_out:

@@ -313,8 +313,9 @@ def build_database(
     scheduler : str, optional
         Address of a Dask scheduler (``tcp://HOST:PORT``); workers must see ``path``.
     time_limit_s : float, optional
-        Start no shard after this many seconds; the database then holds the tumors of the
-        shards finished in order (fewer than ``n``; the same command resumes towards ``n``).
+        Start no shard after this many seconds of simulation, once a tumor is kept; the
+        database then holds the tumors of the shards finished in order (fewer than ``n``; the
+        same command resumes towards ``n``).
         Equal-time comparisons of build designs use it.
     """
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
@@ -344,7 +345,9 @@ def build_database(
         raise GliomatchError(f"workers must be >= 1, got {workers}")
     if time_limit_s is not None and not time_limit_s > 0:
         raise GliomatchError(f"time limit must be > 0 seconds, got {time_limit_s}")
-    deadline = None if time_limit_s is None else t0 + time_limit_s
+    # the limit counts from the first shard on (not the atlas loading); shards go on past it
+    # until at least one tumor is kept (a database is never empty)
+    deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
     bar = _BuildReport(n, progress)
     bar.update(done)
     if _prefix(done, n) is None:
@@ -353,11 +356,7 @@ def build_database(
         else:
             _run_dask(path, cfg, n, done, bar, workers, scheduler, deadline)
     if _prefix(done, n) is None:  # stopped by the time limit: keep the finished prefix
-        n = _prefix_kept(done)
-        if n == 0:
-            raise GliomatchError(
-                f"no tumor kept within the time limit of {time_limit_s:g} s; give it more time"
-            )
+        n = _prefix_kept(done)  # > 0: shards go on past the limit until a tumor is kept
         if old and n < old["counts"]["tumors"]:
             return Database.open(path)  # no new complete shard: the database is unchanged
     return _finalize(path, cfg, done, n, time.perf_counter() - t0)
@@ -400,10 +399,13 @@ def _check_done(done: dict[int, dict], n: int, cfg: BuildConfig) -> None:
 
 
 def _run_serial(path, cfg, n, done, bar, deadline=None):
-    s = 0
-    while _prefix(done, n) is None and not _late(deadline):
+    s, ran = 0, False
+    while _prefix(done, n) is None:
         if s not in done:
+            if ran and _late(deadline) and _prefix_kept(done) > 0:
+                break
             done[s] = run_shard(cfg.to_dict(), s, str(path))
+            ran = True
             bar.update(done)
             _check_done(done, n, cfg)
         s += 1
@@ -416,9 +418,11 @@ def _run_dask(path, cfg, n, done, bar, workers, scheduler, deadline=None):
         limit = 2 * worker_count(client, workers or 1)
         cfgd, spath = cfg.to_dict(), str(path.resolve())
         futures = {}
+        futures_started = False
 
         def submit():
-            if _late(deadline):
+            nonlocal futures_started
+            if futures_started and _late(deadline) and _prefix_kept(done) > 0:
                 return
             for s in _next_shards(done, n, set(futures.values()), limit):
                 futures[
@@ -432,6 +436,7 @@ def _run_dask(path, cfg, n, done, bar, workers, scheduler, deadline=None):
                         key=f"shard-{s}-{os.getpid()}-{time.time_ns()}",
                     )
                 ] = s
+            futures_started = True
 
         submit()
         ac = as_completed(list(futures))

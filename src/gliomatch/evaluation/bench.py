@@ -202,11 +202,14 @@ def bench_design(
     resolution: int = 128,
     queries: int = 1000,
     seed: int = 0,
+    real=None,
+    labels: str = "auto",
     progress=None,
     log=print,
 ) -> list[dict]:
     """Databases built with each sampler design for the same time, compared by the mean
-    best-match Dice of the same held-out synthetic queries.
+    best-match Dice of the same held-out synthetic queries (and, with ``real``, a cohort CSV or
+    BraTS folder, of those real patients: registered once, each case's best Dice per design).
 
     Each design builds into ``out/<design>`` for ``budget_s`` seconds (a database already there
     is reused with its recorded build time); the queries are drawn once, from plain rejection
@@ -219,6 +222,18 @@ def bench_design(
     t0 = time.perf_counter()
     qs = [Query.from_codes(c) for _, c in held_out_tumors(base, queries)]
     log(f"simulated {len(qs)} held-out query tumors in {time.perf_counter() - t0:.0f} s")
+    real_qs = []
+    if real is not None:
+        from gliomatch.evaluation.harness import real_queries
+
+        first = BuildConfig(resolution=resolution, seed=seed, sampling=samplings[0])
+        folder = out / design_name(samplings[0]).replace(":", "-")
+        db0 = (
+            Database.open(folder)
+            if (folder / "manifest.json").is_file()
+            else build_database(folder, 10**8, first, progress=progress, time_limit_s=budget_s)
+        )
+        real_qs = real_queries(db0, real, out / "cache" / "real", labels=labels)
     rows = []
     for sampling in samplings:
         name = design_name(sampling)
@@ -237,6 +252,10 @@ def bench_design(
             _, ids = exact.search(q, 1)
             best[j] = [v[0] for v in exact.scores(q, ids)]
             report(progress, j + 1, len(qs), f"{name}: best matches")
+        real_best = {}
+        for eq in real_qs:
+            _, ids = exact.search(eq.query, 1)
+            real_best[eq.qid] = [float(v[0]) for v in exact.scores(eq.query, ids)]
         c = db.manifest["counts"]
         sem = best.std(axis=0, ddof=1) / np.sqrt(len(qs)) if len(qs) > 1 else np.zeros(3)
         rows.append(
@@ -252,6 +271,7 @@ def bench_design(
                 "mean_best_dice_t1gd": float(best[:, 1].mean()),
                 "mean_best_dice_flair": float(best[:, 2].mean()),
                 "per_query": best[:, 0].tolist(),
+                "real": real_best,  # case -> [combined, Dice T1Gd, Dice FLAIR] of its best match
             }
         )
         log(
