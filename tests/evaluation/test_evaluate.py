@@ -76,6 +76,19 @@ def test_harness_end_to_end(db, queries, tmp_path):
     assert s["plausibility"]["synthetic"]["n"] == 60
     rec = pd.read_csv(tmp_path / "parameter_recovery.csv")
     assert len(rec) == 60 and {"dw_true", "dw_best", "dw_topk_median"} <= set(rec.columns)
+    # the identifiable quantities, their posterior intervals and whether each covered the truth
+    assert {"rho_t_true", "rho_t_posterior_median", "rho_t_lo", "rho_t_hi"} <= set(rec.columns)
+    inside = (rec.rho_t_lo <= rec.rho_t_true) & (rec.rho_t_true <= rec.rho_t_hi)
+    assert (inside == rec.rho_t_covered).all()
+    cov = s["interval_coverage"]
+    assert cov["n"] == 60 and cov["posterior_k"] == len(db)  # 30 tumors < POSTERIOR_K
+    assert cov["rho_t"] == pytest.approx(inside.mean())
+    for key in ("seed_mm", "infiltration_mm", "rho_t"):
+        assert 0 <= cov[key] <= 1
+    # hotter posteriors are wider: coverage grows with the temperature
+    sweep = s["interval_coverage_by_temperature"]
+    temps = sorted(sweep, key=float)
+    assert sweep[temps[-1]]["rho_t"] >= sweep[temps[0]]["rho_t"]
 
 
 def test_queries_not_in_db_and_deterministic(db, queries):

@@ -78,7 +78,47 @@ def test_outputs(result, patient, db):
     m = json.loads((out / "matches.json").read_text())
     assert len(m["matches"]) == 5 and set(m["timing"]) >= {"register_s", "search_s"}
     p = json.loads((out / "parameters.json").read_text())
-    assert set(p["spread_over_top_k"]) == {"x_mm", "y_mm", "z_mm", "dw", "rho", "t_end"}
+    ident = {"x_mm", "y_mm", "z_mm", "infiltration_mm", "rho_t", "dw_over_rho"}
+    assert set(p["spread_over_top_k"]) == ident
+    assert set(p["estimates"]) == {"seed_mm", "infiltration_mm", "rho_t", "dw_over_rho"}
+    # the posterior is over the whole 40-tumor database (fewer than POSTERIOR_K)
+    assert p["posterior_k"] == len(db) and p["given_age"] is None
+    assert "does not determine D_w, rho and T_end" in p["not_identifiable"]
+    assert "does not determine" in m["not_identifiable"]
+    # a match's simulation parameters are labelled as such, never as an estimate
+    assert set(m["matches"][0]) >= {"seed_mm", "identifiable", "simulated_with"}
+    assert "theta" not in m["matches"][0]
+    truth = db.params.iloc[7]
+    for col in ("infiltration_mm", "rho_t"):
+        lo, hi = p["estimates"][col]["interval"]
+        assert lo <= truth[col] <= hi
+    html = (out / "report.html").read_text()
+    assert "What this scan determines" in html and "does not determine" in html
+
+
+def test_parameter_summary_given_an_age(db):
+    from gliomatch.patient.pipeline import parameter_summary
+    from gliomatch.search import Query, describe_matches, get_strategy
+
+    truth = db.params.iloc[7]
+    q = Query.from_masks(*db.masks(7), db.shape, affine=db.affine)
+    strat = get_strategy("exact", db).ensure_ready()
+    scores, ids = strat.search(q, len(db))
+    rows = describe_matches(db, q, scores[:5], ids[:5])
+    p = parameter_summary(db, q, strat, scores, ids, rows, age_days=float(truth.t_end))
+    # the hidden tumor is found, so with its true age rho and D_w come out near the truth
+    g = p["given_age"]
+    assert g["rho"]["best"] == pytest.approx(truth.rho)
+    assert g["dw"]["best"] == pytest.approx(truth.dw)
+    lo, hi = g["rho"]["interval"]
+    assert lo * (1 - 1e-9) <= truth.rho <= hi * (1 + 1e-9)
+    # another strategy's scores are re-scored at full resolution: the same posterior
+    ds = get_strategy("ds32", db).ensure_ready()
+    s2, i2 = ds.search(q, len(db))
+    p2 = parameter_summary(db, q, ds, s2, i2, rows, age_days=float(truth.t_end))
+    assert p2["estimates"]["rho_t"]["median"] == pytest.approx(p["estimates"]["rho_t"]["median"])
+    with pytest.raises(GliomatchError, match="age-days"):
+        parameter_summary(db, q, strat, scores, ids, rows, age_days=-1.0)
 
 
 def _label_map(values):

@@ -165,3 +165,36 @@ def progress_bar(enabled: bool = True, transient: bool = False):
 def given(**options) -> dict:
     """The options a user gave (not None): the rest take the configuration's defaults."""
     return {k: v for k, v in options.items() if v is not None}
+
+
+def print_estimates(par: dict) -> None:
+    """The posterior summary of ``parameters.json`` (what the scan determines), as text."""
+    est = par["estimates"]
+    pct = f"{100 * par['level']:.0f} %"
+    typer.echo(
+        f"what this scan determines (posterior median, {pct} interval; top {par['posterior_k']}, "
+        f"temperature {par['temperature']:g}):"
+    )
+    for key, unit in (("infiltration_mm", "mm"), ("rho_t", ""), ("dw_over_rho", "mm^2")):
+        e = est[key]
+        typer.echo(
+            f"  {e['label']:>13} = {e['median']:8.3g} {unit:5} "
+            f"[{e['interval'][0]:.3g}, {e['interval'][1]:.3g}]"
+        )
+    seed = est["seed_mm"]
+    typer.echo(
+        "           seed = (" + ", ".join(f"{v:.1f}" for v in seed["mean"]) + ") mm atlas, "
+        f"within {seed['radius']:.1f} mm"
+    )
+    given = par.get("given_age")
+    if given:
+        for key, unit in (("rho", "1/day"), ("dw", "mm^2/day")):
+            e = given[key]
+            typer.echo(
+                f"  {key:>13} = {e['median']:8.3g} {unit:8} [{e['interval'][0]:.3g}, "
+                f"{e['interval'][1]:.3g}] given the age {given['age_days']:g} days"
+            )
+        for w in given["warnings"]:
+            typer.echo(f"warning: {w}", err=True)
+    else:
+        typer.echo("D_w, rho, T_end: " + par["not_identifiable"])

@@ -95,11 +95,23 @@ def evaluate(
             f"{v['mean_best_dice_t1gd']:.3f}, FLAIR {v['mean_best_dice_flair']:.3f}"
         )
     if "seed_distance_mm_best" in summary["parameter_errors"]:
-        e = summary["parameter_errors"]
+        e, c = summary["parameter_errors"], summary["interval_coverage"]
         typer.echo(
-            f"parameter recovery (synthetic): seed position error median "
-            f"{e['seed_distance_mm_best']['median']:.1f} mm; D_w MAE "
-            f"{e['dw_best']['mae']:.3g} mm^2/d; rho MAE {e['rho_best']['mae']:.3g} /d; "
-            f"T MAE {e['t_end_best']['mae']:.0f} d"
+            "parameter recovery (synthetic), what one scan determines: seed error median "
+            f"{e['seed_distance_mm_best']['median']:.1f} mm; sqrt(D_w/rho) MAE "
+            f"{e['infiltration_mm_posterior_median']['mae']:.2f} mm "
+            f"(r = {e['infiltration_mm_posterior_median']['corr']:.2f}); rho*T MAE "
+            f"{e['rho_t_posterior_median']['mae']:.2f} "
+            f"(r = {e['rho_t_posterior_median']['corr']:.2f})"
+        )
+        typer.echo(
+            f"  {100 * c['level']:.0f} % intervals (temperature {c['temperature']:g}, top "
+            f"{c['posterior_k']}) cover the truth: seed {100 * c['seed_mm']:.1f} %, "
+            f"sqrt(D_w/rho) {100 * c['infiltration_mm']:.1f} %, rho*T {100 * c['rho_t']:.1f} %"
+        )
+        typer.echo(
+            "  not identifiable from one scan (r of the best match): "
+            f"D_w {e['dw_best']['corr']:.2f}, rho {e['rho_best']['corr']:.2f}, "
+            f"T {e['t_end_best']['corr']:.2f}"
         )
     typer.echo(f"report: {out / 'report.html'}")

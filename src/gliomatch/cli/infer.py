@@ -16,6 +16,7 @@ from gliomatch.cli.common import (
     as_json,
     check_k,
     handle_errors,
+    print_estimates,
 )
 from gliomatch.errors import GliomatchError
 
@@ -40,13 +41,7 @@ def _print_result(res, json_out: bool, extra: dict | None = None):
         f"best match: tumor {b['id']}, score {b['score']:.4f} "
         f"(Dice T1Gd {b['dice_t1gd']:.3f}, FLAIR {b['dice_flair']:.3f})"
     )
-    sp = res.parameters["spread_over_top_k"]
-    for p_ in ("dw", "rho", "t_end", "x_mm", "y_mm", "z_mm"):
-        v = sp[p_]
-        typer.echo(
-            f"  {p_:>6} = {v['best']:10.4g} {v['unit']:9} "
-            f"(top-{res.parameters['top_k']}: {v['mean']:.4g} +- {v['std']:.2g})"
-        )
+    print_estimates(res.parameters)
     typer.echo(
         f"registration quality {res.quality:.2f}; timing: "
         + ", ".join(f"{k_[:-2]} {v_:.1f} s" for k_, v_ in res.timing.items())
@@ -84,6 +79,13 @@ def infer(
     strategy: StrategyOpt = "exact",
     registration: RegOpt = "syn",
     skull: Annotated[str, typer.Option(help="auto, on or off: is the skull still on?")] = "auto",
+    age_days: Annotated[
+        float | None,
+        typer.Option(
+            help="The tumor's age in days, if known: then rho and D_w are estimated too "
+            "(one scan determines only D_w/rho and rho*T)."
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ):
     """Personalize the growth model for one patient: register, search, warp back, report."""
@@ -113,6 +115,7 @@ def infer(
             strategy=strategy,
             registration=registration,
             skull=skull,
+            age_days=age_days,
             progress=None if json_out else (lambda i, n, stage: typer.echo(f"[{stage}]")),
         )
     for w in caught:
@@ -195,17 +198,25 @@ def demo(
         )
         return
     _print_result(res, False)
-    b = res.matches[0]["theta"]
-    typer.echo("recovered vs true (hidden) parameters:")
-    for p_, unit in (
-        ("dw", "mm^2/d"),
-        ("rho", "1/d"),
-        ("t_end", "d"),
-        ("x_mm", "mm"),
-        ("y_mm", "mm"),
-        ("z_mm", "mm"),
-    ):
-        typer.echo(f"  {p_:>6}: {b[p_]:10.4g}  vs {truth[p_]:10.4g} {unit}")
+    est = res.parameters["estimates"]
+    from gliomatch.database.sampling import identifiable
+
+    true_id = identifiable(truth["dw"], truth["rho"], truth["t_end"])
+    typer.echo("recovered (posterior median and interval) vs true (hidden):")
+    for key, unit in (("infiltration_mm", "mm"), ("rho_t", "")):
+        e = est[key]
+        typer.echo(
+            f"  {e['label']:>13}: {e['median']:8.3g} [{e['interval'][0]:.3g}, "
+            f"{e['interval'][1]:.3g}] vs {true_id[key]:8.3g} {unit}"
+        )
+    seed_err = (
+        sum(
+            (m - truth[a]) ** 2
+            for m, a in zip(est["seed_mm"]["mean"], ("x_mm", "y_mm", "z_mm"), strict=True)
+        )
+        ** 0.5
+    )
+    typer.echo(f"           seed: {seed_err:.1f} mm from the true seed (atlas space)")
     typer.echo(
         f"patient-space prediction vs hidden tumor: Dice FLAIR (u >= 0.2) {dice_f:.3f}, "
         f"Dice T1Gd (u >= 0.6) {dice_t:.3f}"

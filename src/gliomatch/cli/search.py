@@ -14,6 +14,7 @@ from gliomatch.cli.common import (
     StrategyOpt,
     as_json,
     handle_errors,
+    print_estimates,
     progress_bar,
 )
 
@@ -40,7 +41,9 @@ def search(
 ):
     """Find the database tumors that best match two atlas-space masks (Dice_T1Gd + Dice_FLAIR)."""
     from gliomatch.database import Database
+    from gliomatch.patient.estimates import POSTERIOR_K
     from gliomatch.patient.inputs import atlas_query
+    from gliomatch.patient.pipeline import parameter_summary
     from gliomatch.search import describe_matches, get_strategy
     from gliomatch.search.sharded import maybe_sharded
 
@@ -55,29 +58,39 @@ def search(
         strat.ensure_ready()
     with maybe_sharded(strat, scheduler, dask_workers) as strat:
         t0 = time.perf_counter()
-        scores, ids = strat.search(q, k)
+        # the posterior of what the scan determines is taken over the best POSTERIOR_K
+        scores, ids = strat.search(q, min(max(k, POSTERIOR_K), len(db)))
         elapsed = time.perf_counter() - t0
-    rows = describe_matches(db, q, scores, ids)  # both Dice terms at full resolution
+        rows = describe_matches(db, q, scores[:k], ids[:k])  # both Dice at full resolution
+        params = parameter_summary(db, q, strat, scores, ids, rows)
     if json_out:
         typer.echo(
             as_json(
-                {"strategy": strategy, "metric": strat.metric, "seconds": elapsed, "matches": rows}
+                {
+                    "strategy": strategy,
+                    "metric": strat.metric,
+                    "seconds": elapsed,
+                    "parameters": params,
+                    "matches": rows,
+                }
             )
         )
         return
     typer.echo(
-        f"{strategy}: top {len(rows)} of {len(db)} in {elapsed * 1000:.1f} ms "
+        f"{strategy}: top {len(scores)} of {len(db)} in {elapsed * 1000:.1f} ms, "
+        f"the first {len(rows)} shown "
         f"(score = the strategy's {strat.metric}; Dice at full resolution)"
     )
     typer.echo(
         f"{'rank':>4} {'id':>7} {'score':>7} {'T1Gd':>6} {'FLAIR':>6} "
-        f"{'seed x,y,z (mm)':>22} {'D_w':>7} {'rho':>7} {'T (d)':>7}"
+        f"{'seed x,y,z (mm)':>22} {'sqrt(D_w/rho)':>13} {'rho*T':>7}"
     )
     for r in rows:
-        th = r["theta"]
+        th, ident = r["seed_mm"], r["identifiable"]
         seed = f"{th['x_mm']:.0f},{th['y_mm']:.0f},{th['z_mm']:.0f}"
         typer.echo(
             f"{r['rank']:>4} {r['id']:>7} {r['score']:7.4f} {r['dice_t1gd']:6.3f} "
-            f"{r['dice_flair']:6.3f} {seed:>22} {th['dw']:7.3f} {th['rho']:7.4f} "
-            f"{th['t_end']:7.0f}"
+            f"{r['dice_flair']:6.3f} {seed:>22} {ident['infiltration_mm']:10.2f} mm "
+            f"{ident['rho_t']:7.2f}"
         )
+    print_estimates(params)

@@ -157,6 +157,17 @@ class Trajectory:
     t_ends: tuple[float, ...]
 
 
+#: What a reader of one tumor's (D_w, rho, T_end) must be told (every output that lists them).
+NOT_IDENTIFIABLE = (
+    "One scan does not determine D_w, rho and T_end separately: with t' = rho*t the model "
+    "depends on D_w/rho and rho*T only, so every (D_w, rho, T_end) with the same D_w/rho and "
+    "rho*T grows the same tumor. A match's (D_w, rho, T_end) is one member of that family, not "
+    "an estimate; give the tumor's age (--age-days) or a second scan (--followup-seg with "
+    "--interval-days) to estimate them."
+)
+IDENTIFIABLE = ("dw_over_rho", "infiltration_mm", "rho_t")
+
+
 def identifiable(dw, rho, t_end) -> dict:
     """What one scan determines besides the seed: D_w/rho (mm^2), its square root, the
     infiltration length (mm), and the stage rho T (dimensionless). Works on arrays too."""

@@ -22,8 +22,10 @@ from gliomatch.database.trajectories import held_out_tumors
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
 from gliomatch.evaluation.figures import write_outputs
+from gliomatch.evaluation.recovery import recovery
 from gliomatch.files import cache_key, confined_child
 from gliomatch.patient.cohort import input_digest, read_cohort
+from gliomatch.patient.estimates import IDENTIFIABLE, POSTERIOR_K
 from gliomatch.patient.pipeline import load_patient, to_atlas
 from gliomatch.progress import Progress, report
 from gliomatch.search import Query, available_strategies, get_strategy, ready_strategies
@@ -37,7 +39,7 @@ __all__ = [
     "synthetic_queries",
 ]
 
-PARAMS = ("dw", "rho", "t_end", "x_mm", "y_mm", "z_mm")
+PARAMS = ("dw", "rho", "t_end", "x_mm", "y_mm", "z_mm", *IDENTIFIABLE)
 
 
 @dataclass
@@ -162,13 +164,15 @@ def evaluate(
         # every cached result is keyed by all it depends on: the database, the query's masks,
         # k and the weights (and, per strategy, its index settings and trained models)
         qkey = dict(db=db.fingerprint, query=query_digest(eq.query), k=k, weights=weights)
-        cpath = cache / "truth" / f"{eq.qid}-{cache_key(**qkey)}.json"
+        # the truth keeps the exact top max(k, POSTERIOR_K): the posterior's matches
+        tkey = cache_key(**qkey, posterior_k=POSTERIOR_K)
+        cpath = cache / "truth" / f"{eq.qid}-{tkey}.json"
         if cpath.is_file():
             truth_rows[eq.qid] = json.loads(cpath.read_text())
         else:
             full = exact_ranking(exact, eq.query)
             scores, d_t, d_f = full
-            top = np.lexsort((np.arange(len(scores)), -scores))[:k]
+            top = np.lexsort((np.arange(len(scores)), -scores))[: max(k, POSTERIOR_K)]
             row = {
                 "top": top.tolist(),
                 "scores": scores[top].tolist(),
@@ -245,41 +249,14 @@ def _summarise(res, queries, truth_rows, params, k, loop_ok) -> dict:
                 "mean_best_dice_flair": float(np.mean([b["best_dice_flair"] for b in best])),
                 "mean_best_score": float(np.mean([b["scores"][0] for b in best])),
             }
-    recovery = []
-    for q in queries:
-        if q.truth is None:
-            continue
-        top = truth_rows[q.qid]["top"]
-        best = params.iloc[top[0]]
-        cons = params.iloc[top[:k]]
-        row = {"qid": q.qid}
-        for p in PARAMS:
-            row[f"{p}_true"] = q.truth[p]
-            row[f"{p}_best"] = float(best[p])
-            row[f"{p}_topk_median"] = float(cons[p].median())
-        recovery.append(row)
-    errors = {}
-    if recovery:
-        rec = pd.DataFrame(recovery)
-        for p in PARAMS:
-            for est in ("best", "topk_median"):
-                e = rec[f"{p}_{est}"] - rec[f"{p}_true"]
-                errors[f"{p}_{est}"] = {
-                    "mae": float(e.abs().mean()),
-                    "median_abs": float(e.abs().median()),
-                    "corr": float(np.corrcoef(rec[f"{p}_{est}"], rec[f"{p}_true"])[0, 1])
-                    if len(rec) > 2
-                    else float("nan"),
-                }
-        pos = np.sqrt(
-            sum((rec[f"{a}_best"] - rec[f"{a}_true"]) ** 2 for a in ("x_mm", "y_mm", "z_mm"))
-        )
-        errors["seed_distance_mm_best"] = {"mean": float(pos.mean()), "median": float(pos.median())}
+    rec = recovery(queries, truth_rows, params, k)
     return {
         "table": table,
         "plausibility": plaus,
-        "parameter_errors": errors,
-        "recovery": recovery,
+        "parameter_errors": rec["errors"],
+        "recovery": rec["rows"],
+        "interval_coverage": rec["coverage"],
+        "interval_coverage_by_temperature": rec["coverage_sweep"],
         "exact_equals_loop_on_sample": loop_ok,
         "k": k,
         "n_db": int(len(params)),

@@ -228,7 +228,8 @@ def infer_cohort(
                 score=best["score"],
                 dice_t1gd=best["dice_t1gd"],
                 dice_flair=best["dice_flair"],
-                **best["theta"],
+                **best["seed_mm"],
+                **best["identifiable"],
                 registration_quality=summary["registration_quality"],
                 seconds=summary["timing"]["total_s"],
             )

@@ -19,20 +19,38 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from gliomatch.database.config import BuildConfig
+from gliomatch.database.sampling import NOT_IDENTIFIABLE
 from gliomatch.errors import GliomatchError
+from gliomatch.masks import dice
+from gliomatch.patient.estimates import POSTERIOR_K, estimate
 from gliomatch.patient.inputs import binary_mask, load_nifti, masks_from_labels, on_grid
 from gliomatch.patient.registration import register, warp_masks_to_atlas, warp_to_patient
 from gliomatch.patient.report import write_report
 from gliomatch.progress import Progress
 from gliomatch.progress import report as report_progress
 from gliomatch.search import describe_matches, get_strategy
-from gliomatch.search.base import THETA as PARAMS
-from gliomatch.search.base import Query
+from gliomatch.search.base import Query, RerankStrategy
 
-__all__ = ["AtlasQuery", "InferResult", "PatientInputs", "infer", "load_patient", "to_atlas"]
+__all__ = [
+    "AtlasQuery",
+    "InferResult",
+    "PatientInputs",
+    "infer",
+    "load_patient",
+    "parameter_summary",
+    "to_atlas",
+]
 
 
-UNITS = {"x_mm": "mm", "y_mm": "mm", "z_mm": "mm", "dw": "mm^2/day", "rho": "1/day", "t_end": "day"}
+UNITS = {
+    "x_mm": "mm",
+    "y_mm": "mm",
+    "z_mm": "mm",
+    "infiltration_mm": "mm",
+    "dw_over_rho": "mm^2",
+    "rho_t": "1",
+}
 
 
 @dataclass
@@ -151,25 +169,55 @@ class InferResult:
     files: dict
 
 
-def _parameter_summary(matches: list[dict]) -> dict:
-    best = matches[0]
+def _full_resolution_scores(db, query: Query, strat, scores, ids) -> np.ndarray:
+    """Dice_T1Gd + Dice_FLAIR at full resolution of each match: the posterior's scores. The
+    exact searches return them already; other strategies' matches are re-scored from the
+    stored masks."""
+    exact = strat.name in ("exact", "loop") or isinstance(strat, RerankStrategy)
+    if exact and strat.w_t1gd == 1 and strat.w_flair == 1:
+        return np.asarray(scores, dtype=np.float64)
+    out = []
+    for i in ids:
+        mf, mt = db.masks(int(i))
+        out.append(dice(mt, query.t1gd) + dice(mf, query.flair))
+    return np.asarray(out)
+
+
+def prior_ranges(db) -> dict:
+    """The database's sampling ranges of D_w and rho (to flag an implausible given age)."""
+    sampling = BuildConfig.from_dict(db.manifest["build_config"]).sampling
+    return {"dw": tuple(sampling.dw), "rho": tuple(sampling.rho)}
+
+
+def parameter_summary(
+    db, query: Query, strat, scores, ids, matches: list[dict], *, age_days=None
+) -> dict:
+    """``parameters.json``: the posterior summary of what one scan determines (seed,
+    sqrt(D_w/rho), rho*T; :mod:`gliomatch.patient.estimates`) over the search's matches, the
+    spread of those quantities over the top-k shown, and D_w, rho, T_end only given an age."""
+    post = estimate(
+        db.params.iloc[np.asarray(ids, dtype=np.int64)].reset_index(drop=True),
+        _full_resolution_scores(db, query, strat, scores, ids),
+        age_days=age_days,
+        prior_ranges=prior_ranges(db),
+    )
     spread = {}
-    for p in PARAMS:
-        vals = np.array([m["theta"][p] for m in matches])
-        spread[p] = {
-            "best": best["theta"][p],
-            "mean": float(vals.mean()),
-            "std": float(vals.std()),
-            "min": float(vals.min()),
-            "max": float(vals.max()),
-            "unit": UNITS[p],
-        }
+    for group in ("seed_mm", "identifiable"):
+        for p in matches[0][group]:
+            vals = np.array([m[group][p] for m in matches])
+            spread[p] = {
+                "best": float(vals[0]),
+                "mean": float(vals.mean()),
+                "std": float(vals.std()),
+                "min": float(vals.min()),
+                "max": float(vals.max()),
+                "unit": UNITS[p],
+            }
     return {
-        "best": best["theta"],
-        "best_id": best["id"],
+        "best_id": matches[0]["id"],
         "top_k": len(matches),
+        **post,
         "spread_over_top_k": spread,
-        "note": "spread over the top-k matches: a first uncertainty estimate",
     }
 
 
@@ -183,12 +231,16 @@ def infer(
     registration: str = "syn",
     skull: str = "auto",
     report: bool = True,
+    age_days: float | None = None,
+    posterior_k: int = POSTERIOR_K,
     progress: Progress | None = None,
 ) -> InferResult:
     """Run the whole pipeline for one patient; write everything into ``out``."""
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise GliomatchError(f"k must be a positive integer, got {k!r}")
+    if age_days is not None and not (np.isfinite(age_days) and age_days > 0):
+        raise GliomatchError(f"--age-days must be a positive number of days, got {age_days!r}")
     stages = ("load", "register", "warp", "search", "warp back", "report")
 
     def say(stage):  # progress: the stage about to run, of the pipeline's six
@@ -218,7 +270,8 @@ def infer(
 
     t = time.perf_counter()
     say("search")
-    scores, ids = strat.search(q, k)
+    # the posterior is taken over the best max(k, posterior_k); the first k are reported
+    scores, ids = strat.search(q, min(max(k, posterior_k), len(db)))
     timing["search_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -228,7 +281,7 @@ def infer(
     density_patient = warp_to_patient(atlas.to_nifti(density_atlas), atlas, inputs.anatomy, reg)
     timing["warp_back_s"] = time.perf_counter() - t
 
-    matches = describe_matches(db, q, scores, ids)
+    matches = describe_matches(db, q, scores[:k], ids[:k])
     files = {}
 
     def save(img, name):
@@ -240,7 +293,7 @@ def infer(
     save(atlas.to_nifti(density_atlas), "density_atlas.nii.gz")
     save(atlas.to_nifti(q.flair), "flair_atlas.nii.gz")
     save(atlas.to_nifti(q.t1gd), "t1gd_atlas.nii.gz")
-    parameters = _parameter_summary(matches)
+    parameters = parameter_summary(db, q, strat, scores, ids, matches, age_days=age_days)
     (out / "parameters.json").write_text(json.dumps(parameters, indent=2))
     files["parameters"] = str(out / "parameters.json")
 
@@ -258,6 +311,7 @@ def infer(
                 t_atlas=q.t1gd,
                 best_masks=db.masks(best),
                 matches=matches,
+                parameters=parameters,
                 quality=reg.quality,
                 timing=timing,
                 warnings_=inputs.warnings,
@@ -274,6 +328,7 @@ def infer(
         "database": str(db.path),
         "n_db": len(db),
         "timing": timing,
+        "not_identifiable": NOT_IDENTIFIABLE,
         "matches": matches,
         "warnings": inputs.warnings,
     }

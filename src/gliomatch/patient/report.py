@@ -62,6 +62,7 @@ def write_report(
     t_atlas,
     best_masks,
     matches,
+    parameters,
     quality,
     timing,
     warnings_=(),
@@ -115,11 +116,42 @@ def write_report(
     rows = "".join(
         f"<tr><td>{m['rank']}</td><td>{m['id']}</td><td>{m['score']:.4f}</td>"
         f"<td>{m['dice_t1gd']:.3f}</td><td>{m['dice_flair']:.3f}</td>"
-        f"<td>{m['theta']['x_mm']:.1f}, {m['theta']['y_mm']:.1f}, {m['theta']['z_mm']:.1f}</td>"
-        f"<td>{m['theta']['dw']:.4g}</td><td>{m['theta']['rho']:.4g}</td>"
-        f"<td>{m['theta']['t_end']:.0f}</td></tr>"
+        f"<td>{m['seed_mm']['x_mm']:.1f}, {m['seed_mm']['y_mm']:.1f}, "
+        f"{m['seed_mm']['z_mm']:.1f}</td>"
+        f"<td>{m['identifiable']['infiltration_mm']:.2f}</td>"
+        f"<td>{m['identifiable']['rho_t']:.2f}</td></tr>"
         for m in matches
     )
+    est = parameters["estimates"]
+    pct = f"{100 * parameters['level']:.0f} %"
+
+    def est_row(label, e, unit, fmt=".2f"):
+        lo, hi = e["interval"]
+        return (
+            f"<tr><td>{label}</td><td>{e['median']:{fmt}}</td><td>{lo:{fmt}} – {hi:{fmt}}</td>"
+            f"<td>{e['best']:{fmt}}</td><td>{unit}</td></tr>"
+        )
+
+    seed = est["seed_mm"]
+    estimates = (
+        est_row("infiltration length √(D<sub>w</sub>/ρ)", est["infiltration_mm"], "mm")
+        + est_row("stage ρT", est["rho_t"], "(dimensionless)")
+        + est_row("D<sub>w</sub>/ρ", est["dw_over_rho"], "mm²", ".1f")
+        + "<tr><td>seed (atlas space)</td><td>"
+        + ", ".join(f"{v:.1f}" for v in seed["mean"])
+        + f"</td><td>within {seed['radius']:.1f} mm</td><td>"
+        + ", ".join(f"{v:.1f}" for v in seed["best"])
+        + "</td><td>mm</td></tr>"
+    )
+    given = parameters.get("given_age")
+    if given:
+        estimates += est_row(
+            f"ρ (given age {given['age_days']:g} days)", given["rho"], "1/day", ".4g"
+        ) + est_row(
+            f"D<sub>w</sub> (given age {given['age_days']:g} days)", given["dw"], "mm²/day", ".4g"
+        )
+        for w in given["warnings"]:
+            warnings_ = [*warnings_, w]
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in warnings_)
     times = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timing.items() if k.endswith("_s"))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gliomatch report</title>
@@ -127,10 +159,15 @@ def write_report(
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
 <body><h1>gliomatch: personalized tumor growth model</h1>
 <p>Best match: tumor {best["id"]}, score {best["score"]:.4f} (Dice T1Gd {best["dice_t1gd"]:.3f},
-Dice FLAIR {best["dice_flair"]:.3f}). D<sub>w</sub> = {best["theta"]["dw"]:.4g} mm²/day,
-ρ = {best["theta"]["rho"]:.4g} /day, T = {best["theta"]["t_end"]:.0f} days, seed at
-({best["theta"]["x_mm"]:.1f}, {best["theta"]["y_mm"]:.1f}, {best["theta"]["z_mm"]:.1f}) mm
-(atlas space).</p>
+Dice FLAIR {best["dice_flair"]:.3f}).</p>
+<h2>What this scan determines</h2>
+<table><tr><th>quantity</th><th>posterior median</th><th>{pct} interval</th><th>best match</th>
+<th>unit</th></tr>{estimates}</table>
+<p>Posterior over the best {parameters["posterior_k"]} matches, weights
+exp((s − s<sub>1</sub>)/{parameters["temperature"]:g}) of the combined Dice s (effective number
+of matches {parameters["effective_matches"]:.1f}); the intervals' coverage on synthetic patients
+is in the README.</p>
+<p><b>{html.escape(parameters["not_identifiable"])}</b></p>
 <p>Registration quality (correlation with the atlas T1 in the brain, tumor excluded):
 {quality:.2f}. Timing: {html.escape(times)}.</p>
 {f"<h2>Warnings</h2><ul>{warn}</ul>" if warn else ""}
@@ -139,7 +176,7 @@ Dice FLAIR {best["dice_flair"]:.3f}). D<sub>w</sub> = {best["theta"]["dw"]:.4g} 
 <h2>Atlas space</h2><img src="atlas_match.png" width="100%">
 <h2>Top-{len(matches)} matches</h2><img src="scores.png">
 <table><tr><th>rank</th><th>id</th><th>score</th><th>Dice T1Gd</th><th>Dice FLAIR</th>
-<th>seed (mm)</th><th>D<sub>w</sub> (mm²/d)</th><th>ρ (1/d)</th><th>T (d)</th></tr>{rows}</table>
+<th>seed (mm)</th><th>√(D<sub>w</sub>/ρ) (mm)</th><th>ρT</th></tr>{rows}</table>
 </body></html>"""
     path = out / "report.html"
     path.write_text(page)

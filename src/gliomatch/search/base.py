@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gliomatch.database.sampling import IDENTIFIABLE
 from gliomatch.errors import GliomatchError
 from gliomatch.files import stale_temporaries
 from gliomatch.masks import dice, masks_from_codes
@@ -115,10 +116,15 @@ class Query:
 
 #: Tumor parameters reported with every match (seed in mm, D_w, rho, T_end).
 THETA = ("x_mm", "y_mm", "z_mm", "dw", "rho", "t_end")
+SEED = THETA[:3]
+#: A match's simulation parameters: not identifiable separately from one scan.
+SIMULATED = THETA[3:]
 
 
 def describe_matches(db, query: Query, scores, ids) -> list[dict]:
-    """Rank, id, score, both full-resolution Dice terms and theta of each match."""
+    """Rank, id, score, both full-resolution Dice terms, the seed and the identifiable
+    quantities of each match, and the (D_w, rho, T_end) it was simulated with: one member of
+    the family that grows the same tumor, not an estimate (see ``NOT_IDENTIFIABLE``)."""
     f, t = query.flair, query.t1gd
     params = db.params
     rows = []
@@ -132,7 +138,9 @@ def describe_matches(db, query: Query, scores, ids) -> list[dict]:
                 "score": float(s),
                 "dice_t1gd": dice(mt, t),
                 "dice_flair": dice(mf, f),
-                "theta": {p: float(r[p]) for p in THETA},
+                "seed_mm": {p: float(r[p]) for p in SEED},
+                "identifiable": {p: float(r[p]) for p in IDENTIFIABLE},
+                "simulated_with": {p: float(r[p]) for p in SIMULATED},
             }
         )
     return rows
