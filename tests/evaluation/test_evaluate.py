@@ -220,3 +220,23 @@ def test_real_cohort_empty_after_registration_names_the_patient(db, tmp_path, mo
     monkeypatch.setattr(pipeline, "warp_masks_to_atlas", lambda *a, **kw: (empty, empty))
     with pytest.raises(GliomatchError, match="patient lost: the tumor vanished"):
         real_queries(db, csv, cache, registration="affine")
+
+
+def test_calibrate_then_evaluate_reports_calibrated_coverage(make_db, tmp_path):
+    from gliomatch.evaluation.recovery import calibrate
+    from gliomatch.patient.estimates import load_calibration
+
+    db = make_db(30, seed=22)
+    rec = calibrate(db, queries=24)
+    assert rec["queries"] == 24 and (db.path / "calibration.json").is_file()
+    assert load_calibration(db.path, db.fingerprint)[0] is not None
+    qs = synthetic_queries(db, 30, seed=0)  # other held-out tumors than the calibration's
+    s = evaluate(db, tmp_path, queries=qs, strategies=["exact"], loop_check=0, log=lambda m: None)
+    cov = s["interval_coverage"]
+    assert cov["calibrated"] is True
+    # the calibrated intervals cover at least as often as the raw ones, here near the level
+    for key in ("seed_mm", "infiltration_mm", "rho_t"):
+        assert cov[key] >= cov["raw"][key]
+        assert cov[key] >= 0.7
+    with pytest.raises(GliomatchError, match="at least 20|>= 20"):
+        calibrate(db, queries=5)

@@ -98,3 +98,59 @@ def test_age_gives_rho_and_dw():
 def test_estimate_refuses_mismatched_scores():
     with pytest.raises(GliomatchError, match="one score per match"):
         estimate(_matches(5), [1.0, 0.9])
+
+
+def test_conformal_margins_reach_the_level():
+    from gliomatch.patient.estimates import conformal_margins, nonconformity
+
+    rng = np.random.default_rng(1)
+    m = _matches(30)
+    scores = np.linspace(1.6, 1.2, len(m))
+    est = estimate(m, scores)
+    # truths scattered around the posterior: the raw interval covers only some of them
+    truths = []
+    for _ in range(200):
+        t = {c: float(m[c].median() * np.exp(rng.normal(0, 0.8))) for c in m.columns}
+        t.update({a: float(m[a].mean() + rng.normal(0, 6)) for a in ("x_mm", "y_mm", "z_mm")})
+        truths.append(t)
+    scores_nc = [nonconformity(est, t) for t in truths]
+    cal = conformal_margins(scores_nc)
+    est_c = estimate(m, scores, calibration=cal)
+    assert est_c["calibrated"] and not est["calibrated"]
+    for col in ("rho_t", "infiltration_mm"):
+        lo, hi = est_c["estimates"][col]["interval"]
+        assert est_c["estimates"][col]["raw_interval"] == est["estimates"][col]["interval"]
+        covered = np.mean([lo <= t[col] <= hi for t in truths])
+        assert 0.9 <= covered <= 0.93  # split conformal on the same set: >= level, tight
+    r = est_c["estimates"]["seed_mm"]["radius"]
+    centre = np.asarray(est_c["estimates"]["seed_mm"]["mean"])
+    d = [np.linalg.norm(centre - [t["x_mm"], t["y_mm"], t["z_mm"]]) for t in truths]
+    assert 0.9 <= np.mean(np.asarray(d) <= r) <= 0.93
+    with pytest.raises(GliomatchError, match="at least 20"):
+        conformal_margins(scores_nc[:5])
+
+
+def test_calibration_file_is_checked(tmp_path):
+    import json
+
+    from gliomatch.patient.estimates import load_calibration, save_calibration
+
+    margins = {
+        "log_margin": {"infiltration_mm": 0.1, "rho_t": 0.2, "dw_over_rho": 0.2},
+        "seed_margin_mm": 1.5,
+    }
+    assert load_calibration(tmp_path, "abc") == (None, None)  # none yet
+    path = save_calibration(tmp_path, "abc", margins, queries=50)
+    rec, why = load_calibration(tmp_path, "abc")
+    assert why is None and rec["log_margin"]["rho_t"] == 0.2
+    rec, why = load_calibration(tmp_path, "other")
+    assert rec is None and "another database" in why
+    bad = json.loads(path.read_text())
+    bad["temperature"] = 123.0
+    path.write_text(json.dumps(bad))
+    assert "other posterior settings" in load_calibration(tmp_path, "abc")[1]
+    bad["log_margin"]["rho_t"] = float("nan")
+    path.write_text(json.dumps(bad).replace("NaN", "1e999"))
+    assert "out of range" in load_calibration(tmp_path, "abc")[1]
+    path.write_text("{not json")
+    assert "unreadable" in load_calibration(tmp_path, "abc")[1]

@@ -1,4 +1,4 @@
-"""`gliomatch bench solver | build | search | infer`: fast paths against references."""
+"""`gliomatch bench solver | build | design | search | infer | two-scan`: measurements."""
 
 from __future__ import annotations
 
@@ -266,4 +266,38 @@ def bench_infer_cmd(
                     "registration_quality": res.quality,
                 }
             )
+        )
+
+
+@bench_app.command("two-scan")
+@handle_errors
+def bench_two_scan_cmd(
+    db: Annotated[Path, typer.Option(help="Database folder.")],
+    patients: Annotated[int, typer.Option(help="Synthetic two-scan patients.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic patients.")] = 0,
+    strategy: Annotated[str, typer.Option(help="Search strategy for the candidates.")] = "exact",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Recover rho, D_w and the age from synthetic two-scan patients (atlas space)."""
+    from gliomatch.database import Database
+    from gliomatch.evaluation.twoscan import bench_two_scan
+
+    database = Database.open(db)
+    with progress_bar(not json_out) as bar:
+        res = bench_two_scan(
+            database, patients=patients, seed=seed, strategy=strategy, progress=bar
+        )
+    if json_out:
+        typer.echo(as_json(res))
+        return
+    typer.echo(
+        f"{res['patients']} synthetic two-scan patients, {res['n_db']} tumors, {strategy}; "
+        f"median {res['median_seconds']:.1f} s per patient"
+    )
+    typer.echo("| quantity | median relative error | 90th percentile | within 25 % | r (log) |")
+    typer.echo("|---|---|---|---|---|")
+    for q, e in res["errors"].items():
+        typer.echo(
+            f"| {q} | {100 * e['median_rel_error']:.1f} % | {100 * e['p90_rel_error']:.1f} % | "
+            f"{100 * e['within_25pct']:.0f} % | {e['corr_log']:.2f} |"
         )

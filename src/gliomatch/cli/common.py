@@ -171,9 +171,10 @@ def print_estimates(par: dict) -> None:
     """The posterior summary of ``parameters.json`` (what the scan determines), as text."""
     est = par["estimates"]
     pct = f"{100 * par['level']:.0f} %"
+    cal = "calibrated" if par["calibrated"] else "NOT calibrated for this database"
     typer.echo(
-        f"what this scan determines (posterior median, {pct} interval; top {par['posterior_k']}, "
-        f"temperature {par['temperature']:g}):"
+        f"what this scan determines (posterior median, {pct} interval, {cal}; top "
+        f"{par['posterior_k']}, temperature {par['temperature']:g}):"
     )
     for key, unit in (("infiltration_mm", "mm"), ("rho_t", ""), ("dw_over_rho", "mm^2")):
         e = est[key]
@@ -196,5 +197,16 @@ def print_estimates(par: dict) -> None:
             )
         for w in given["warnings"]:
             typer.echo(f"warning: {w}", err=True)
-    else:
+    both = par.get("two_scan")
+    if both:
+        b = both["best"]
+        typer.echo(
+            f"two scans {both['interval_days']:g} days apart: rho = {b['rho']:.4g} /day, "
+            f"D_w = {b['dw']:.4g} mm^2/day, age at the first scan {b['t_first_days']:.0f} days "
+            f"(stages rho*T {b['tau_first']:.2f} -> {b['tau_followup']:.2f}, "
+            f"Dice-sum {b['score']:.3f} of 4)"
+        )
+        for w in both["warnings"]:
+            typer.echo(f"warning: {w}", err=True)
+    if not given and not both:
         typer.echo("D_w, rho, T_end: " + par["not_identifiable"])

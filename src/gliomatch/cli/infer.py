@@ -86,6 +86,16 @@ def infer(
             "(one scan determines only D_w/rho and rho*T)."
         ),
     ] = None,
+    followup_seg: Annotated[
+        Path | None,
+        typer.Option(
+            help="A later label map of the same untreated tumor, on the anatomy's grid: with "
+            "--interval-days, estimates rho, D_w and the age from both scans."
+        ),
+    ] = None,
+    interval_days: Annotated[
+        float | None, typer.Option(help="Days between the first scan and --followup-seg.")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ):
     """Personalize the growth model for one patient: register, search, warp back, report."""
@@ -101,9 +111,9 @@ def infer(
         if case is not None:
             if any(v is not None for v in files.values()):
                 raise GliomatchError("give either --case or the patient's files, not both")
-            inputs = load_case(case, labels)
+            inputs = load_case(case, labels, followup_seg=followup_seg)
         else:
-            inputs = load_patient(**files, labels=labels)
+            inputs = load_patient(**files, labels=labels, followup_seg=followup_seg)
         from gliomatch.evaluation.demo import demo_database
 
         database = Database.open(db) if db else demo_database(log=None if json_out else typer.echo)
@@ -116,6 +126,7 @@ def infer(
             registration=registration,
             skull=skull,
             age_days=age_days,
+            interval_days=interval_days,
             progress=None if json_out else (lambda i, n, stage: typer.echo(f"[{stage}]")),
         )
     for w in caught:

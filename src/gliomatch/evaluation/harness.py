@@ -25,7 +25,7 @@ from gliomatch.evaluation.figures import write_outputs
 from gliomatch.evaluation.recovery import recovery
 from gliomatch.files import cache_key, confined_child
 from gliomatch.patient.cohort import input_digest, read_cohort
-from gliomatch.patient.estimates import IDENTIFIABLE, POSTERIOR_K
+from gliomatch.patient.estimates import IDENTIFIABLE, POSTERIOR_K, load_calibration
 from gliomatch.patient.pipeline import load_patient, to_atlas
 from gliomatch.progress import Progress, report
 from gliomatch.search import Query, available_strategies, get_strategy, ready_strategies
@@ -218,14 +218,17 @@ def evaluate(
         if not loop_ok:
             raise GliomatchError("exact and loop disagree: the ground truth is unreliable")
     res = pd.DataFrame(records)
-    summary = _summarise(res, queries, truth_rows, params, k, loop_ok)
+    calibration, why = load_calibration(db.path, db.fingerprint)
+    if why:
+        log(f"warning: {why}")
+    summary = _summarise(res, queries, truth_rows, params, k, loop_ok, calibration)
 
     write_outputs(out, db, res, queries, truth_rows, summary, k)
     log(f"wrote {out / 'report.html'}")
     return summary
 
 
-def _summarise(res, queries, truth_rows, params, k, loop_ok) -> dict:
+def _summarise(res, queries, truth_rows, params, k, loop_ok, calibration=None) -> dict:
     table = []
     for (name, kind), g in res.groupby(["strategy", "kind"], sort=False):
         table.append(
@@ -249,7 +252,7 @@ def _summarise(res, queries, truth_rows, params, k, loop_ok) -> dict:
                 "mean_best_dice_flair": float(np.mean([b["best_dice_flair"] for b in best])),
                 "mean_best_score": float(np.mean([b["scores"][0] for b in best])),
             }
-    rec = recovery(queries, truth_rows, params, k)
+    rec = recovery(queries, truth_rows, params, k, calibration)
     return {
         "table": table,
         "plausibility": plaus,

@@ -9,12 +9,27 @@ at the shipped temperature and, to show how it was chosen, at a few others.
 
 from __future__ import annotations
 
+import datetime
+
 import numpy as np
 import pandas as pd
 
-from gliomatch.patient.estimates import IDENTIFIABLE, TEMPERATURE, estimate
+from gliomatch.database.trajectories import held_out_tumors
+from gliomatch.errors import GliomatchError
+from gliomatch.patient.estimates import (
+    IDENTIFIABLE,
+    POSTERIOR_K,
+    TEMPERATURE,
+    conformal_margins,
+    estimate,
+    load_calibration,
+    nonconformity,
+    save_calibration,
+)
+from gliomatch.progress import report
+from gliomatch.search import Query, get_strategy
 
-__all__ = ["COVERAGE_TEMPERATURES", "RAW", "recovery"]
+__all__ = ["CALIBRATION_SEED_OFFSET", "COVERAGE_TEMPERATURES", "RAW", "calibrate", "recovery"]
 
 #: The parameters each simulation was run with (not identifiable from one scan).
 RAW = ("dw", "rho", "t_end")
@@ -44,12 +59,15 @@ def _coverage(est: dict, truth: dict) -> dict:
     return out
 
 
-def recovery(queries, truth_rows: dict, params: pd.DataFrame, k: int) -> dict:
+def recovery(
+    queries, truth_rows: dict, params: pd.DataFrame, k: int, calibration: dict | None = None
+) -> dict:
     """``{"rows", "errors", "coverage", "coverage_sweep", ...}`` over the synthetic queries.
 
     ``truth_rows[qid]`` holds the exact ranking's ``top`` ids and ``scores`` (at least
-    ``POSTERIOR_K`` of them when the database has that many)."""
-    rows, covers, sweep = [], [], {t: [] for t in COVERAGE_TEMPERATURES}
+    ``POSTERIOR_K`` of them when the database has that many). ``calibration``: the database's
+    (then the coverage is of the calibrated intervals, and the raw coverage is reported too)."""
+    rows, covers, raw_covers, sweep = [], [], [], {t: [] for t in COVERAGE_TEMPERATURES}
     widths = {c: [] for c in IDENTIFIABLE} | {"seed_mm": []}
     for q in queries:
         if q.truth is None:
@@ -57,7 +75,7 @@ def recovery(queries, truth_rows: dict, params: pd.DataFrame, k: int) -> dict:
         top = np.asarray(truth_rows[q.qid]["top"])
         scores = np.asarray(truth_rows[q.qid]["scores"])
         matches = params.iloc[top].reset_index(drop=True)
-        post = estimate(matches, scores)
+        post = estimate(matches, scores, calibration=calibration)
         row = {"qid": q.qid}
         for p in (*RAW, *SEED, *IDENTIFIABLE):
             row[f"{p}_true"] = q.truth[p]
@@ -72,6 +90,7 @@ def recovery(queries, truth_rows: dict, params: pd.DataFrame, k: int) -> dict:
         c = _coverage(post, q.truth)
         row.update({f"{key}_covered": v for key, v in c.items()})
         covers.append(c)
+        raw_covers.append({key: v <= 0 for key, v in nonconformity(post, q.truth).items()})
         for t in COVERAGE_TEMPERATURES:
             sweep[t].append(_coverage(estimate(matches, scores, temperature=t), q.truth))
         rows.append(row)
@@ -97,9 +116,45 @@ def recovery(queries, truth_rows: dict, params: pd.DataFrame, k: int) -> dict:
             "temperature": TEMPERATURE,
             "level": post["level"],
             "posterior_k": post["posterior_k"],
+            "calibrated": calibration is not None,
             "n": len(rows),
             **rate(covers),
+            "raw": rate(raw_covers),
             "median_width": {key: float(np.median(v)) for key, v in widths.items()},
         },
         "coverage_sweep": {str(t): rate(cs) for t, cs in sweep.items()},
     }
+
+
+#: Held-out tumors for calibration use this seed offset (evaluate's queries use others).
+CALIBRATION_SEED_OFFSET = 3_000_017
+
+
+def calibrate(db, *, queries: int = 400, progress=None) -> dict:
+    """Calibrate the database's posterior intervals on ``queries`` held-out synthetic tumors
+    (exact top ``POSTERIOR_K`` of each) and write ``calibration.json``; returns the record."""
+    if queries < 20:
+        raise GliomatchError(f"--queries must be >= 20 for a calibration, got {queries}")
+    exact = get_strategy("exact", db).ensure_ready()
+    report(progress, 0, queries, "simulating held-out tumors")
+    tumors = held_out_tumors(db, queries, seed_offset=CALIBRATION_SEED_OFFSET)
+    params = db.params
+    scores, raw = [], []
+    for n, (row, codes) in enumerate(tumors, 1):
+        s, ids = exact.search(Query.from_codes(codes), min(POSTERIOR_K, len(db)))
+        post = estimate(params.iloc[ids].reset_index(drop=True), s)
+        e = nonconformity(post, row)
+        scores.append(e)
+        raw.append({key: v <= 0 for key, v in e.items()})
+        report(progress, n, queries, "calibrating")
+    margins = conformal_margins(scores)
+    raw_cov = {key: float(np.mean([r[key] for r in raw])) for key in raw[0]}
+    save_calibration(
+        db.path, db.fingerprint, margins, queries=len(scores), raw_coverage=raw_cov,
+        seed_offset=CALIBRATION_SEED_OFFSET,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )  # fmt: skip
+    rec, why = load_calibration(db.path, db.fingerprint)
+    if rec is None:  # pragma: no cover - just written
+        raise GliomatchError(why or "calibration not written")
+    return rec

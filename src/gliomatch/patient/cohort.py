@@ -93,14 +93,15 @@ def brats_case(folder: Path, labels: str = "auto") -> CohortRow:
     return row
 
 
-def load_case(folder: Path, labels: str = "auto"):
-    """The checked inputs of one BraTS case folder (``gliomatch infer --case``)."""
+def load_case(folder: Path, labels: str = "auto", *, followup_seg=None):
+    """The checked inputs of one BraTS case folder (``gliomatch infer --case``), with an
+    optional follow-up segmentation on the same grid."""
     if not Path(folder).is_dir():
         raise GliomatchError(f"case {folder}: no such folder")
     row = brats_case(folder, labels)
     if row.error:
         raise GliomatchError(row.error)
-    return load_patient(**row.patient_kwargs())
+    return load_patient(**row.patient_kwargs(), followup_seg=followup_seg)
 
 
 def is_brats_case(folder: Path) -> bool:

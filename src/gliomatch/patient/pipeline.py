@@ -23,10 +23,11 @@ from gliomatch.database.config import BuildConfig
 from gliomatch.database.sampling import NOT_IDENTIFIABLE
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import dice
-from gliomatch.patient.estimates import POSTERIOR_K, estimate
+from gliomatch.patient.estimates import POSTERIOR_K, estimate, load_calibration
 from gliomatch.patient.inputs import binary_mask, load_nifti, masks_from_labels, on_grid
 from gliomatch.patient.registration import register, warp_masks_to_atlas, warp_to_patient
 from gliomatch.patient.report import write_report
+from gliomatch.patient.twoscan import two_scan
 from gliomatch.progress import Progress
 from gliomatch.progress import report as report_progress
 from gliomatch.search import describe_matches, get_strategy
@@ -61,12 +62,25 @@ class PatientInputs:
     t1gd: np.ndarray
     label_scheme: str | None
     warnings: list[str] = field(default_factory=list)
+    #: A follow-up scan's (FLAIR, T1Gd) masks on the anatomy's grid (``--followup-seg``).
+    followup: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def load_patient(
-    *, t1=None, t1c=None, wm=None, seg=None, flair_mask=None, t1gd_mask=None, labels: str = "auto"
+    *,
+    t1=None,
+    t1c=None,
+    wm=None,
+    seg=None,
+    flair_mask=None,
+    t1gd_mask=None,
+    labels: str = "auto",
+    followup_seg=None,
 ) -> PatientInputs:
-    """Read and check a patient's files (see the module notes); clear errors naming files."""
+    """Read and check a patient's files (see the module notes); clear errors naming files.
+
+    ``followup_seg``: a later label map of the same patient on the same grid as the anatomy
+    (registered to the first scan), for two-scan inference."""
     given = [(k, v) for k, v in (("t1", t1), ("t1c", t1c), ("wm", wm)) if v is not None]
     if len(given) != 1:
         raise GliomatchError("give exactly one anatomical reference: --t1, --t1c or --wm")
@@ -97,6 +111,16 @@ def load_patient(
             scheme = None
             if not flair.any():
                 raise GliomatchError(f"FLAIR mask {flair_mask}: empty (no tumor)")
+        followup = None
+        if followup_seg is not None:
+            s2 = load_nifti(followup_seg, "follow-up segmentation")
+            data2 = on_grid(s2, anatomy, f"follow-up segmentation {followup_seg}", "the anatomy")
+            f2, t2, _ = masks_from_labels(
+                data2, scheme or labels, name=f"follow-up segmentation {followup_seg}"
+            )
+            if not f2.any():
+                raise GliomatchError(f"follow-up segmentation {followup_seg}: no tumor label")
+            followup = (f2 | t2, t2)
         outside = t1gd & ~flair
         if outside.any():
             warnings.warn(
@@ -108,7 +132,7 @@ def load_patient(
         caught = [str(x.message) for x in w]
     for msg in caught:
         warnings.warn(msg, stacklevel=2)
-    return PatientInputs(anatomy, kind, flair, t1gd, scheme, caught)
+    return PatientInputs(anatomy, kind, flair, t1gd, scheme, caught, followup)
 
 
 @dataclass
@@ -195,12 +219,16 @@ def parameter_summary(
     """``parameters.json``: the posterior summary of what one scan determines (seed,
     sqrt(D_w/rho), rho*T; :mod:`gliomatch.patient.estimates`) over the search's matches, the
     spread of those quantities over the top-k shown, and D_w, rho, T_end only given an age."""
+    calibration, why = load_calibration(db.path, db.fingerprint)
     post = estimate(
         db.params.iloc[np.asarray(ids, dtype=np.int64)].reset_index(drop=True),
         _full_resolution_scores(db, query, strat, scores, ids),
         age_days=age_days,
         prior_ranges=prior_ranges(db),
+        calibration=calibration,
     )
+    if why:
+        post["calibration"] = why
     spread = {}
     for group in ("seed_mm", "identifiable"):
         for p in matches[0][group]:
@@ -232,6 +260,7 @@ def infer(
     skull: str = "auto",
     report: bool = True,
     age_days: float | None = None,
+    interval_days: float | None = None,
     posterior_k: int = POSTERIOR_K,
     progress: Progress | None = None,
 ) -> InferResult:
@@ -241,6 +270,15 @@ def infer(
         raise GliomatchError(f"k must be a positive integer, got {k!r}")
     if age_days is not None and not (np.isfinite(age_days) and age_days > 0):
         raise GliomatchError(f"--age-days must be a positive number of days, got {age_days!r}")
+    if (inputs.followup is None) != (interval_days is None):
+        raise GliomatchError(
+            "two-scan inference needs both --followup-seg and --interval-days (days between "
+            "the scans)"
+        )
+    if interval_days is not None and not (np.isfinite(interval_days) and interval_days > 0):
+        raise GliomatchError(
+            f"--interval-days must be a positive number of days, got {interval_days!r}"
+        )
     stages = ("load", "register", "warp", "search", "warp back", "report")
 
     def say(stage):  # progress: the stage about to run, of the pipeline's six
@@ -294,6 +332,26 @@ def infer(
     save(atlas.to_nifti(q.flair), "flair_atlas.nii.gz")
     save(atlas.to_nifti(q.t1gd), "t1gd_atlas.nii.gz")
     parameters = parameter_summary(db, q, strat, scores, ids, matches, age_days=age_days)
+    if inputs.followup is not None:
+        t = time.perf_counter()
+        f2, t2 = warp_masks_to_atlas(
+            *(nib.Nifti1Image(m.astype(np.uint8), inputs.anatomy.affine) for m in inputs.followup),
+            atlas,
+            reg,
+        )
+        q2 = Query.from_masks(
+            np.asarray(f2.dataobj) > 0, np.asarray(t2.dataobj) > 0, atlas.shape,
+            affine=atlas.affine,
+        )  # fmt: skip
+        both = two_scan(db, q, q2, interval_days, strategy=strat)
+        parameters["two_scan"] = both.summary
+        save(atlas.to_nifti(q2.flair), "flair_followup_atlas.nii.gz")
+        save(atlas.to_nifti(q2.t1gd), "t1gd_followup_atlas.nii.gz")
+        save(
+            warp_to_patient(atlas.to_nifti(both.density_followup), atlas, inputs.anatomy, reg),
+            "density_followup_patient.nii.gz",
+        )
+        timing["two_scan_s"] = time.perf_counter() - t
     (out / "parameters.json").write_text(json.dumps(parameters, indent=2))
     files["parameters"] = str(out / "parameters.json")
 

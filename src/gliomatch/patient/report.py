@@ -152,6 +152,20 @@ def write_report(
         )
         for w in given["warnings"]:
             warnings_ = [*warnings_, w]
+    both = parameters.get("two_scan")
+    two = ""
+    if both:
+        b = both["best"]
+        two = (
+            f"<h2>Two scans, {both['interval_days']:g} days apart</h2><p>One trajectory (seed, "
+            f"√(D<sub>w</sub>/ρ) = {b['infiltration_mm']:.2f} mm) at stages ρT = "
+            f"{b['tau_first']:.2f} and {b['tau_followup']:.2f} (Dice-sum {b['score']:.3f} of 4) "
+            f"gives ρ = {b['rho']:.4g} /day, D<sub>w</sub> = {b['dw']:.4g} mm²/day, and a tumor "
+            f"age of {b['t_first_days']:.0f} days at the first scan. {html.escape(both['method'])}"
+            ".</p>"
+        )
+        for w in both["warnings"]:
+            warnings_ = [*warnings_, w]
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in warnings_)
     times = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timing.items() if k.endswith("_s"))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gliomatch report</title>
@@ -168,6 +182,7 @@ exp((s − s<sub>1</sub>)/{parameters["temperature"]:g}) of the combined Dice s 
 of matches {parameters["effective_matches"]:.1f}); the intervals' coverage on synthetic patients
 is in the README.</p>
 <p><b>{html.escape(parameters["not_identifiable"])}</b></p>
+{two}
 <p>Registration quality (correlation with the atlas T1 in the brain, tumor excluded):
 {quality:.2f}. Timing: {html.escape(times)}.</p>
 {f"<h2>Warnings</h2><ul>{warn}</ul>" if warn else ""}
