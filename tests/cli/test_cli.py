@@ -189,8 +189,17 @@ def test_search_and_bench_search(tmp_path):
     res = json.loads(r.output.strip().splitlines()[-1])
     assert res["matches"][0]["id"] == 3 and res["matches"][0]["score"] == 2.0
     assert len(res["matches"]) == 4
+    # what one scan determines, over the whole 12-tumor database; never D_w, rho, T alone
+    par = res["parameters"]
+    assert par["posterior_k"] == 12 and par["calibrated"] is False
+    assert set(par["estimates"]) == {"seed_mm", "infiltration_mm", "rho_t", "dw_over_rho"}
+    assert "simulated_with" in res["matches"][0] and "theta" not in res["matches"][0]
     r = runner.invoke(app, args)
     assert r.exit_code == 0 and "rank" in r.output
+    assert "what this scan determines" in r.output and "does not determine" in r.output
+    assert "NOT calibrated" in r.output
+    r = runner.invoke(app, ["db", "calibrate", str(db), "--queries", "5"])
+    assert r.exit_code == 1 and ">= 20" in r.output
     # a mask on another grid is refused with a clear message
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.uint8), np.eye(4)), str(tmp_path / "s.nii.gz"))
     r = runner.invoke(

@@ -321,3 +321,44 @@ def test_real_clinical_scan_registers(atlas64, tmp_path):
     inside = warped[atlas64.brain].mean()
     outside = warped[~atlas64.brain].mean()
     assert inside > 1.5 * outside
+
+
+def test_two_scans_end_to_end(db, patient, tmp_path):
+    """A follow-up of the hidden tumor (its own trajectory, one e-folding time later) on the
+    same patient grid: infer estimates rho, D_w and the age from both scans."""
+    from gliomatch.database.config import BuildConfig
+    from gliomatch.database.trajectories import space
+    from gliomatch.solver import simulate
+
+    row = db.params.iloc[7]
+    cfg = BuildConfig.from_dict(db.manifest["build_config"])
+    _, domain, _ = space(cfg.atlas, cfg.resolution, cfg.ratio)
+    days = 1.0 / row.rho
+    u2 = simulate(
+        domain, row.x, row.y, row.z, row.dw_over_rho, 1.0, [row.rho * (row.t_end + days)]
+    ).densities[0]
+    theta = {k: float(row[k]) for k in ("x", "y", "z", "dw", "rho", "t_end")}
+    later = make_patient(db.atlas(), tmp_path / "later", density=u2, theta=theta, seed=3)
+    assert nib.load(later.seg).shape == nib.load(patient.seg).shape
+    inputs = load_patient(
+        t1=patient.t1, seg=patient.seg, labels="brats2021", followup_seg=later.seg
+    )
+    res = infer(inputs, db, tmp_path / "out", k=5, interval_days=days, report=False)
+    best = res.parameters["two_scan"]["best"]
+    assert best["traj_id"] == int(row.traj_id)
+    # registration and two warps blur both scans: rho to within 30 %
+    assert best["rho"] == pytest.approx(row.rho, rel=0.3)
+    assert best["dw"] == pytest.approx(row.dw, rel=0.3)
+    assert (tmp_path / "out" / "density_followup_patient.nii.gz").is_file()
+    # one without the other is refused before any work
+    with pytest.raises(GliomatchError, match="both --followup-seg and --interval-days"):
+        infer(inputs, db, tmp_path / "o2", interval_days=None)
+    other = nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), np.eye(4))
+    nib.save(other, tmp_path / "small.nii.gz")
+    with pytest.raises(GliomatchError, match="another grid"):
+        load_patient(
+            t1=patient.t1,
+            seg=patient.seg,
+            labels="brats2021",
+            followup_seg=tmp_path / "small.nii.gz",
+        )

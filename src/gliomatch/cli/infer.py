@@ -22,6 +22,8 @@ from gliomatch.errors import GliomatchError
 
 
 def _print_result(res, json_out: bool, extra: dict | None = None):
+    from gliomatch.patient.report import describe_quality
+
     if json_out:
         typer.echo(
             as_json(
@@ -31,6 +33,7 @@ def _print_result(res, json_out: bool, extra: dict | None = None):
                     "parameters": res.parameters,
                     "timing": res.timing,
                     "registration_quality": res.quality,
+                    "registration_quality_figures": res.quality_figures,
                     **(extra or {}),
                 }
             )
@@ -43,7 +46,7 @@ def _print_result(res, json_out: bool, extra: dict | None = None):
     )
     print_estimates(res.parameters)
     typer.echo(
-        f"registration quality {res.quality:.2f}; timing: "
+        f"registration quality: {describe_quality(res.quality_figures)}; timing: "
         + ", ".join(f"{k_[:-2]} {v_:.1f} s" for k_, v_ in res.timing.items())
     )
     typer.echo(f"outputs in {res.out} (report: {res.out / 'report.html'})")

@@ -190,6 +190,7 @@ class InferResult:
     parameters: dict
     timing: dict
     quality: float
+    quality_figures: dict
     files: dict
 
 
@@ -370,7 +371,7 @@ def infer(
                 best_masks=db.masks(best),
                 matches=matches,
                 parameters=parameters,
-                quality=reg.quality,
+                quality=reg.quality_figures,
                 timing=timing,
                 warnings_=inputs.warnings,
             )
@@ -381,6 +382,7 @@ def infer(
         "strategy": strategy,
         "registration": registration,
         "registration_quality": reg.quality,
+        "registration_quality_figures": reg.quality_figures,
         "skull_stripped": reg.skull_stripped,
         "label_scheme": inputs.label_scheme,
         "database": str(db.path),
@@ -392,4 +394,4 @@ def infer(
     }
     (out / "matches.json").write_text(json.dumps(summary, indent=2))
     files["matches"] = str(out / "matches.json")
-    return InferResult(out, matches, parameters, timing, reg.quality, files)
+    return InferResult(out, matches, parameters, timing, reg.quality, reg.quality_figures, files)

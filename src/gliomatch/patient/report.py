@@ -11,7 +11,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["write_report"]
+__all__ = ["describe_quality", "write_report"]
+
+
+def describe_quality(q: dict) -> str:
+    """One line: the headline registration quality figure and the others."""
+    parts = [f"{q['measure']} {q[q['measure']]:.2f} (headline)"]
+    if q.get("brain_dice") is not None and q["measure"] != "brain_dice":
+        parts.append(f"brain Dice {q['brain_dice']:.2f}")
+    if q["measure"] != "tissue_eta":
+        parts.append(f"tissue correlation ratio {q['tissue_eta']:.2f}")
+    parts.append(f"T1 correlation {q['t1_correlation']:.2f} (contrast-dependent)")
+    return "; ".join(parts)
 
 _PLANES = (("sagittal", 0), ("coronal", 1), ("axial", 2))
 
@@ -167,6 +178,7 @@ def write_report(
         for w in both["warnings"]:
             warnings_ = [*warnings_, w]
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in warnings_)
+    quality_text = describe_quality(quality)
     times = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timing.items() if k.endswith("_s"))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gliomatch report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}
@@ -183,8 +195,7 @@ of matches {parameters["effective_matches"]:.1f}); the intervals' coverage on sy
 is in the README.</p>
 <p><b>{html.escape(parameters["not_identifiable"])}</b></p>
 {two}
-<p>Registration quality (correlation with the atlas T1 in the brain, tumor excluded):
-{quality:.2f}. Timing: {html.escape(times)}.</p>
+<p>Registration quality: {html.escape(quality_text)}. Timing: {html.escape(times)}.</p>
 {f"<h2>Warnings</h2><ul>{warn}</ul>" if warn else ""}
 <h2>Patient</h2><img src="patient.png" width="100%">
 <h2>Predicted density</h2><img src="density.png" width="100%">
