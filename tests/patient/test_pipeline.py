@@ -13,6 +13,7 @@ from gliomatch.cli import app
 from gliomatch.errors import GliomatchError
 from gliomatch.patient.inputs import masks_from_labels
 from gliomatch.patient.pipeline import infer, load_patient
+from gliomatch.patient.registration import POOR_QUALITY
 from gliomatch.patient.synthetic import make_patient
 from gliomatch.search import dice
 
@@ -44,7 +45,9 @@ def result(db, patient, tmp_path_factory):
 def test_recovers_hidden_tumor(result, patient):
     # the hidden tumor is in the database: registration + warps + exact search must find it
     assert result.matches[0]["id"] == 7
-    assert result.quality > 0.7
+    q = result.quality_figures
+    assert result.quality == q[q["measure"]] > POOR_QUALITY[q["measure"]], q
+    assert q["t1_correlation"] > 0.7  # a T1 input: the contrast-dependent figure agrees
     pred = nib.load(result.files["density_patient"]).get_fdata()
     true = nib.load(patient.density_true).get_fdata()
     # 0.8: the masks cross two interpolations (patient->atlas labels, atlas->patient density)
@@ -362,3 +365,24 @@ def test_two_scans_end_to_end(db, patient, tmp_path):
             labels="brats2021",
             followup_seg=tmp_path / "small.nii.gz",
         )
+
+
+def test_quality_figures_do_not_depend_on_the_contrast(atlas32):
+    from gliomatch.patient.registration import correlation_ratio, registration_quality
+
+    t1 = atlas32.t1
+    good = registration_quality(t1, t1, atlas32, brain_atlas=atlas32.brain)
+    inverted = registration_quality(2.0 - 3.0 * t1, t1, atlas32, brain_atlas=atlas32.brain)
+    assert good["measure"] == "brain_dice" and good["brain_dice"] == pytest.approx(1.0)
+    # an inverted (T2-like) contrast: the T1 correlation flips, the other figures do not
+    assert inverted["t1_correlation"] == pytest.approx(-good["t1_correlation"])
+    assert inverted["tissue_eta"] == pytest.approx(good["tissue_eta"])
+    assert inverted["brain_dice"] == pytest.approx(good["brain_dice"])
+    # a misaligned scan scores lower on both contrast-free figures
+    shifted = np.roll(t1, 3, axis=0)
+    bad = registration_quality(
+        shifted, t1, atlas32, brain_atlas=np.roll(atlas32.brain, 3, axis=0)
+    )
+    assert bad["brain_dice"] < good["brain_dice"] - 0.05
+    assert bad["tissue_eta"] < good["tissue_eta"] - 0.05
+    assert correlation_ratio(np.ones(10), np.arange(10) % 2) == 0.0
