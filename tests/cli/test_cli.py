@@ -304,3 +304,8 @@ def test_bench_design_compares_designs_on_the_same_queries(tmp_path):
         combined, d_t1gd, d_flair = row["real"]["P1"]
         assert 0 < combined <= 2 and combined == pytest.approx(d_t1gd + d_flair)
     assert "P1 best combined" in (tmp_path / "design_table.md").read_text()
+
+
+def test_bench_infer_case_needs_a_database(tmp_path):
+    r = runner.invoke(app, ["bench", "infer", "--case", str(tmp_path)])
+    assert r.exit_code == 1 and "--case needs --db" in r.output

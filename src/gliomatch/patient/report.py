@@ -24,6 +24,7 @@ def describe_quality(q: dict) -> str:
     parts.append(f"T1 correlation {q['t1_correlation']:.2f} (contrast-dependent)")
     return "; ".join(parts)
 
+
 _PLANES = (("sagittal", 0), ("coronal", 1), ("axial", 2))
 
 
