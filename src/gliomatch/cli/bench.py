@@ -317,3 +317,38 @@ def bench_two_scan_cmd(
             f"| {q} | {100 * e['median_rel_error']:.1f} % | {100 * e['p90_rel_error']:.1f} % | "
             f"{100 * e['within_25pct']:.0f} % | {e['corr_log']:.2f} |"
         )
+
+
+@bench_app.command("registration")
+@handle_errors
+def bench_registration_cmd(
+    db: Annotated[Path | None, typer.Option(help="Database (default: the demo database).")] = None,
+    patients: Annotated[int, typer.Option(help="Synthetic patients (each registered 6 ways).")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic patients.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Do the registration quality figures track the true accuracy, in any contrast?
+    Synthetic patients (known deformation) in T1 and inverted contrast, registered by SyN,
+    affine only or not at all."""
+    from gliomatch.database import Database
+    from gliomatch.evaluation.demo import demo_database
+    from gliomatch.evaluation.regstudy import FIGURES, bench_registration
+
+    database = Database.open(db) if db else demo_database(log=None if json_out else typer.echo)
+    with progress_bar(not json_out) as bar:
+        res = bench_registration(database, patients=patients, seed=seed, progress=bar)
+    if json_out:
+        typer.echo(as_json(res))
+        return
+    s = res["summary"]
+    cells = [(c, k) for c in ("t1", "inverted") for k in ("syn", "affine", "none")]
+    typer.echo(f"{res['patients']} synthetic patients; means per contrast and registration:")
+    typer.echo("| figure | " + " | ".join(f"{c} {k}" for c, k in cells) + " | Spearman vs true |")
+    typer.echo("|---|" + "---|" * (len(cells) + 1))
+    for f in ("true_dice_flair", *FIGURES):
+        rho = s[f].get("spearman_with_true_dice")
+        typer.echo(
+            f"| {f} | "
+            + " | ".join(f"{s[f][f'mean_{c}_{k}']:.3f}" for c, k in cells)
+            + f" | {'–' if rho is None else f'{rho:.2f}'} |"
+        )
