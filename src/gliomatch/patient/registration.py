@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 #: Below these (see the module notes) the registration is flagged poor.
-POOR_QUALITY = {"brain_dice": 0.85, "tissue_eta": 0.35}
+POOR_QUALITY = {"brain_dice": 0.94, "tissue_eta": 0.45}
 #: Affine schedule (iterations per level at shrink 6, 4, 2, 1): ANTs' default is
 #: (2100, 1200, 1200, 10); on the working-resolution copy far fewer converge as well.
 AFF_ITERATIONS = (100, 50, 25, 0)
