@@ -380,9 +380,7 @@ def test_quality_figures_do_not_depend_on_the_contrast(atlas32):
     assert inverted["brain_dice"] == pytest.approx(good["brain_dice"])
     # a misaligned scan scores lower on both contrast-free figures
     shifted = np.roll(t1, 3, axis=0)
-    bad = registration_quality(
-        shifted, t1, atlas32, brain_atlas=np.roll(atlas32.brain, 3, axis=0)
-    )
+    bad = registration_quality(shifted, t1, atlas32, brain_atlas=np.roll(atlas32.brain, 3, axis=0))
     assert bad["brain_dice"] < good["brain_dice"] - 0.05
     assert bad["tissue_eta"] < good["tissue_eta"] - 0.05
     assert correlation_ratio(np.ones(10), np.arange(10) % 2) == 0.0

@@ -32,9 +32,7 @@ def test_recovers_rho_dw_and_age_on_the_database_trajectory(db, i):
     row = db.params.iloc[i]
     days = 1.0 / row.rho  # one e-folding time of growth between the scans
     first = Query.from_masks(*db.masks(i), db.shape)
-    res = two_scan(
-        db, first, later_scan(db, i, days), days, strategy=get_strategy("exact", db)
-    )
+    res = two_scan(db, first, later_scan(db, i, days), days, strategy=get_strategy("exact", db))
     best = res.summary["best"]
     assert best["traj_id"] == int(row.traj_id)
     # the stage grid's step is 1.5 %, so rho = (tau2 - tau1) / N is good to a few %

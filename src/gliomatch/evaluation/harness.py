@@ -25,7 +25,7 @@ from gliomatch.evaluation.figures import write_outputs
 from gliomatch.evaluation.recovery import recovery
 from gliomatch.files import cache_key, confined_child
 from gliomatch.patient.cohort import input_digest, read_cohort
-from gliomatch.patient.estimates import IDENTIFIABLE, POSTERIOR_K, load_calibration
+from gliomatch.patient.estimates import POSTERIOR_K, QUANTITIES, load_calibration
 from gliomatch.patient.pipeline import load_patient, to_atlas
 from gliomatch.progress import Progress, report
 from gliomatch.search import Query, available_strategies, get_strategy, ready_strategies
@@ -39,7 +39,7 @@ __all__ = [
     "synthetic_queries",
 ]
 
-PARAMS = ("dw", "rho", "t_end", "x_mm", "y_mm", "z_mm", *IDENTIFIABLE)
+PARAMS = ("dw", "rho", "t_end", "x_mm", "y_mm", "z_mm", *QUANTITIES)
 
 
 @dataclass

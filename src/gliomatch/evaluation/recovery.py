@@ -17,8 +17,8 @@ import pandas as pd
 from gliomatch.database.trajectories import held_out_tumors
 from gliomatch.errors import GliomatchError
 from gliomatch.patient.estimates import (
-    IDENTIFIABLE,
     POSTERIOR_K,
+    QUANTITIES,
     TEMPERATURE,
     conformal_margins,
     estimate,
@@ -50,7 +50,7 @@ def _errors(rec: pd.DataFrame, p: str, est: str) -> dict:
 
 def _coverage(est: dict, truth: dict) -> dict:
     out = {}
-    for col in IDENTIFIABLE:
+    for col in QUANTITIES:
         lo, hi = est["estimates"][col]["interval"]
         out[col] = bool(lo <= truth[col] <= hi)
     s = est["estimates"]["seed_mm"]
@@ -68,7 +68,7 @@ def recovery(
     ``POSTERIOR_K`` of them when the database has that many). ``calibration``: the database's
     (then the coverage is of the calibrated intervals, and the raw coverage is reported too)."""
     rows, covers, raw_covers, sweep = [], [], [], {t: [] for t in COVERAGE_TEMPERATURES}
-    widths = {c: [] for c in IDENTIFIABLE} | {"seed_mm": []}
+    widths = {c: [] for c in QUANTITIES} | {"seed_mm": []}
     for q in queries:
         if q.truth is None:
             continue
@@ -77,11 +77,11 @@ def recovery(
         matches = params.iloc[top].reset_index(drop=True)
         post = estimate(matches, scores, calibration=calibration)
         row = {"qid": q.qid}
-        for p in (*RAW, *SEED, *IDENTIFIABLE):
+        for p in (*RAW, *SEED, *QUANTITIES):
             row[f"{p}_true"] = q.truth[p]
             row[f"{p}_best"] = float(matches[p].iloc[0])
             row[f"{p}_topk_median"] = float(matches[p].iloc[:k].median())
-        for col in IDENTIFIABLE:
+        for col in QUANTITIES:
             e = post["estimates"][col]
             row[f"{col}_posterior_median"] = e["median"]
             row[f"{col}_lo"], row[f"{col}_hi"] = e["interval"]
@@ -98,10 +98,10 @@ def recovery(
         return {"rows": [], "errors": {}, "coverage": {}, "coverage_sweep": {}}
     rec = pd.DataFrame(rows)
     errors = {}
-    for p in (*RAW, *SEED, *IDENTIFIABLE):
+    for p in (*RAW, *SEED, *QUANTITIES):
         for est in ("best", "topk_median"):
             errors[f"{p}_{est}"] = _errors(rec, p, est)
-    for col in IDENTIFIABLE:
+    for col in QUANTITIES:
         errors[f"{col}_posterior_median"] = _errors(rec, col, "posterior_median")
     pos = np.sqrt(sum((rec[f"{a}_best"] - rec[f"{a}_true"]) ** 2 for a in SEED))
     errors["seed_distance_mm_best"] = {"mean": float(pos.mean()), "median": float(pos.median())}

@@ -57,8 +57,7 @@ def _unregistered(anatomy, flair, atlas):
         brain_support(np.asarray(anatomy.dataobj)).astype(np.float32), anatomy.affine
     )
     brain = np.asarray(resample_from_to(support, ref, order=0).dataobj) > 0.5
-    atlas_t1 = atlas.t1
-    return registration_quality(warped, atlas_t1, atlas, f_atlas, brain_atlas=brain), f_atlas
+    return registration_quality(warped, atlas.t1, atlas, f_atlas, brain_atlas=brain), f_atlas
 
 
 def bench_registration(db, *, patients: int = 4, seed: int = 0, progress=None) -> dict:

@@ -39,10 +39,11 @@ import pandas as pd
 
 from gliomatch.database.sampling import NOT_IDENTIFIABLE
 from gliomatch.errors import GliomatchError
+from gliomatch.patient.inputs import positive_days
 
 __all__ = [
     "CALIBRATION_FILE",
-    "IDENTIFIABLE",
+    "QUANTITIES",
     "NOT_IDENTIFIABLE",
     "POSTERIOR_K",
     "TEMPERATURE",
@@ -62,8 +63,9 @@ POSTERIOR_K = 100
 #: Central interval level reported.
 LEVEL = 0.9
 
-#: The quantities one scan determines: column -> (label, unit).
-IDENTIFIABLE = {
+#: The quantities one scan determines (``database.sampling.IDENTIFIABLE``): column -> (label,
+#: unit), in the order they are reported.
+QUANTITIES = {
     "infiltration_mm": ("sqrt(D_w/rho)", "mm"),
     "rho_t": ("rho*T", "1"),
     "dw_over_rho": ("D_w/rho", "mm^2"),
@@ -140,7 +142,7 @@ def estimate(
         "level": float(level),
     }
     est = {}
-    for col, (label, unit) in IDENTIFIABLE.items():
+    for col, (label, unit) in QUANTITIES.items():
         est[col] = {"label": label, "unit": unit, **_summary(params[col].to_numpy(float), w, level)}
     xyz = params[list(SEED)].to_numpy(float)
     centre = (w[:, None] * xyz).sum(0)
@@ -154,7 +156,7 @@ def estimate(
         "radius": weighted_quantile(dist, w, level),
     }
     if calibration is not None:
-        for col in IDENTIFIABLE:
+        for col in QUANTITIES:
             c = calibration["log_margin"][col]
             lo, hi = est[col]["interval"]
             est[col]["raw_interval"] = [lo, hi]
@@ -173,8 +175,7 @@ def estimate(
     out["not_identifiable"] = NOT_IDENTIFIABLE
     out["given_age"] = None
     if age_days is not None:
-        if not (np.isfinite(age_days) and age_days > 0):
-            raise GliomatchError(f"--age-days must be a positive number of days, got {age_days!r}")
+        age_days = positive_days(age_days, "--age-days")
         rho = params["rho_t"].to_numpy(float) / age_days
         dw = params["dw_over_rho"].to_numpy(float) * rho
         given = {
@@ -213,7 +214,7 @@ def nonconformity(est: dict, truth: dict) -> dict:
     """How far the truth lies outside each raw interval: max(log lo - log y, log y - log hi)
     for the positive quantities, distance - radius (mm) for the seed (negative: inside)."""
     out = {}
-    for col in IDENTIFIABLE:
+    for col in QUANTITIES:
         e = est["estimates"][col]
         lo, hi = e.get("raw_interval", e["interval"])
         y = float(truth[col])
@@ -236,7 +237,7 @@ def conformal_margins(scores: list[dict], level: float = LEVEL) -> dict:
         return float(np.quantile([s[key] for s in scores], q, method="higher"))
 
     return {
-        "log_margin": {col: margin(col) for col in IDENTIFIABLE},
+        "log_margin": {col: margin(col) for col in QUANTITIES},
         "seed_margin_mm": margin("seed_mm"),
     }
 
@@ -264,7 +265,7 @@ def load_calibration(folder, fingerprint: str) -> tuple[dict | None, str | None]
         return None, None
     try:
         rec = json.loads(path.read_text())
-        margins = [float(rec["log_margin"][c]) for c in IDENTIFIABLE]
+        margins = [float(rec["log_margin"][c]) for c in QUANTITIES]
         margins.append(float(rec["seed_margin_mm"]))
         ok = all(math.isfinite(m) and abs(m) < 1e3 for m in margins)
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -45,6 +45,7 @@ __all__ = [
     "load_nifti",
     "masks_from_labels",
     "on_grid",
+    "positive_days",
 ]
 
 LABEL_SCHEMES = {
@@ -113,6 +114,18 @@ def atlas_query(flair, t1gd, shape) -> Query:
     return Query.from_masks(
         np.asarray(f_img.dataobj), np.asarray(t_img.dataobj), shape, affine=f_img.affine
     )
+
+
+def positive_days(value, option: str) -> float:
+    """``value`` as a positive, finite number of days; else a one-line error naming ``option``
+    (``--age-days``, ``--interval-days``)."""
+    try:
+        days = float(value)
+    except (TypeError, ValueError):
+        days = float("nan")
+    if isinstance(value, bool) or not (np.isfinite(days) and days > 0):
+        raise GliomatchError(f"{option} must be a positive number of days, got {value!r}")
+    return days
 
 
 def on_grid(

@@ -24,7 +24,13 @@ from gliomatch.database.sampling import NOT_IDENTIFIABLE
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import dice
 from gliomatch.patient.estimates import POSTERIOR_K, estimate, load_calibration
-from gliomatch.patient.inputs import binary_mask, load_nifti, masks_from_labels, on_grid
+from gliomatch.patient.inputs import (
+    binary_mask,
+    load_nifti,
+    masks_from_labels,
+    on_grid,
+    positive_days,
+)
 from gliomatch.patient.registration import register, warp_masks_to_atlas, warp_to_patient
 from gliomatch.patient.report import write_report
 from gliomatch.patient.twoscan import two_scan
@@ -189,9 +195,14 @@ class InferResult:
     matches: list[dict]
     parameters: dict
     timing: dict
-    quality: float
     quality_figures: dict
     files: dict
+
+    @property
+    def quality(self) -> float:
+        """The registration's headline quality figure."""
+        q = self.quality_figures
+        return q[q["measure"]]
 
 
 def _full_resolution_scores(db, query: Query, strat, scores, ids) -> np.ndarray:
@@ -269,17 +280,15 @@ def infer(
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise GliomatchError(f"k must be a positive integer, got {k!r}")
-    if age_days is not None and not (np.isfinite(age_days) and age_days > 0):
-        raise GliomatchError(f"--age-days must be a positive number of days, got {age_days!r}")
+    if age_days is not None:
+        positive_days(age_days, "--age-days")
     if (inputs.followup is None) != (interval_days is None):
         raise GliomatchError(
             "two-scan inference needs both --followup-seg and --interval-days (days between "
             "the scans)"
         )
-    if interval_days is not None and not (np.isfinite(interval_days) and interval_days > 0):
-        raise GliomatchError(
-            f"--interval-days must be a positive number of days, got {interval_days!r}"
-        )
+    if interval_days is not None:
+        positive_days(interval_days, "--interval-days")
     stages = ("load", "register", "warp", "search", "warp back", "report")
 
     def say(stage):  # progress: the stage about to run, of the pipeline's six
@@ -394,4 +403,4 @@ def infer(
     }
     (out / "matches.json").write_text(json.dumps(summary, indent=2))
     files["matches"] = str(out / "matches.json")
-    return InferResult(out, matches, parameters, timing, reg.quality, reg.quality_figures, files)
+    return InferResult(out, matches, parameters, timing, reg.quality_figures, files)

@@ -102,7 +102,6 @@ class Registration:
     inverse: list[str]
     inverse_invert: list[bool]
     kind: str
-    quality: float
     seconds: float
     skull_stripped: bool
     #: every quality figure: brain_dice (or None), tissue_eta, t1_correlation, measure
@@ -111,6 +110,12 @@ class Registration:
     #: the ``tumor`` mask given to :func:`register` and its warp to the atlas (label interp.)
     tumor: np.ndarray | None = field(default=None, repr=False)
     tumor_atlas: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def quality(self) -> float:
+        """The headline quality figure (``quality_figures[measure]``; NaN before it is set)."""
+        q = self.quality_figures
+        return q[q["measure"]] if q else float("nan")
 
 
 def _atlas_images(atlas: Atlas):
@@ -225,7 +230,6 @@ def register(
         inverse=inv,
         inverse_invert=invert,
         kind=kind,
-        quality=float("nan"),
         seconds=0.0,
         skull_stripped=has_skull,
         files=fwd + inv,
@@ -243,7 +247,6 @@ def register(
     reg.quality_figures = registration_quality(
         warped.numpy(), fixed.numpy(), atlas, reg.tumor_atlas, brain_atlas=brain_atlas
     )
-    reg.quality = reg.quality_figures[reg.quality_figures["measure"]]
     reg.seconds = time.perf_counter() - t0
     measure = reg.quality_figures["measure"]
     if reg.quality < POOR_QUALITY[measure]:

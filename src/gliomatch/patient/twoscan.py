@@ -27,6 +27,7 @@ from gliomatch.database.config import BuildConfig
 from gliomatch.database.trajectories import space
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
+from gliomatch.patient.inputs import positive_days
 from gliomatch.search.base import Query
 from gliomatch.solver import simulate
 
@@ -115,14 +116,12 @@ def _refine(db, cfg: BuildConfig, traj_id: int, q1: Query, q2: Query) -> dict:
         raise GliomatchError(f"trajectory {traj_id}: the refinement reached fewer than 2 stages")
     a = np.array([t + f for t, f in d1])
     b = np.array([t + f for t, f in d2])
-    # best pair i < j: for each j, the best a before it
-    prefix = np.maximum.accumulate(a)
-    arg = np.zeros(len(a), dtype=int)
+    # best pair i < j: for each j, the first stage before it where scan 1 scores best
+    best_before = np.zeros(len(a), dtype=int)
     for j in range(1, len(a)):
-        arg[j] = j if a[j] > a[arg[j - 1]] else arg[j - 1]
-    total = prefix[:-1] + b[1:]
-    j = int(np.argmax(total)) + 1
-    i = int(arg[j - 1])
+        best_before[j] = j if a[j] > a[best_before[j - 1]] else best_before[j - 1]
+    j = int(np.argmax(a[best_before[:-1]] + b[1:])) + 1
+    i = int(best_before[j - 1])
     return {
         "traj_id": int(traj_id),
         "seed_mm": [float(row.x_mm), float(row.y_mm), float(row.z_mm)],
@@ -149,13 +148,7 @@ def two_scan(
 ) -> TwoScanResult:
     """Fit one trajectory and two stages to two atlas-space scans ``interval_days`` apart
     (``first`` before ``followup``, no treatment between); see the module notes."""
-    if not (isinstance(interval_days, int | float) and math.isfinite(interval_days)):
-        raise GliomatchError(f"--interval-days must be a number of days, got {interval_days!r}")
-    if interval_days <= 0:
-        raise GliomatchError(
-            f"--interval-days must be > 0 (the follow-up comes after the first scan), "
-            f"got {interval_days:g}"
-        )
+    interval_days = positive_days(interval_days, "--interval-days")
     if trajectories < 1:
         raise GliomatchError(f"refine at least one trajectory, got {trajectories}")
     cfg = BuildConfig.from_dict(db.manifest["build_config"])
