@@ -15,8 +15,9 @@ brats2023   1 non-enhancing core, 2 edema (SNFH),       1, 2, 3        1, 3
 brats2024   1 non-enhancing core, 2 edema (SNFH),       1, 2, 3        1, 3      4
             3 enhancing, 4 resection cavity (BraTS
             2024 post-treatment)
-predictgbm  1 necrotic, 2 edema, 3 enhancing            1, 2, 3        1, 3
-            (PREDICT-GBM)
+predictgbm  1 necrotic, 2 edema, 3 enhancing,           1, 2, 3        1, 3      4
+            4 resection cavity (PREDICT-GBM; the
+            cavity in follow-up scans)
 ==========  ==========================================  =============  ========  =====
 
 ``auto`` picks a convention only when exactly one family fits the labels present (labels
@@ -45,15 +46,16 @@ __all__ = [
     "load_nifti",
     "masks_from_labels",
     "on_grid",
+    "recurrence_masks",
     "positive_days",
 ]
 
 LABEL_SCHEMES = {
-    "brats2013": {"flair": (1, 2, 3, 4), "t1gd": (1, 3, 4), "never": ()},
-    "brats2021": {"flair": (1, 2, 4), "t1gd": (1, 4), "never": ()},
-    "brats2023": {"flair": (1, 2, 3), "t1gd": (1, 3), "never": ()},
-    "brats2024": {"flair": (1, 2, 3), "t1gd": (1, 3), "never": (4,)},
-    "predictgbm": {"flair": (1, 2, 3), "t1gd": (1, 3), "never": ()},
+    "brats2013": {"flair": (1, 2, 3, 4), "t1gd": (1, 3, 4), "enhancing": (4,), "never": ()},
+    "brats2021": {"flair": (1, 2, 4), "t1gd": (1, 4), "enhancing": (4,), "never": ()},
+    "brats2023": {"flair": (1, 2, 3), "t1gd": (1, 3), "enhancing": (3,), "never": ()},
+    "brats2024": {"flair": (1, 2, 3), "t1gd": (1, 3), "enhancing": (3,), "never": (4,)},
+    "predictgbm": {"flair": (1, 2, 3), "t1gd": (1, 3), "enhancing": (3,), "never": (4,)},
 }
 #: When several conventions fit and read the labels identically, ``auto`` names this one.
 _PREFERENCE = ("brats2021", "brats2023", "predictgbm", "brats2013", "brats2024")
@@ -227,6 +229,20 @@ def masks_from_labels(labels: np.ndarray, scheme: str = "auto", *, name: str = "
             "never tumor in that convention)"
         )
     return flair, t1gd, scheme
+
+
+def recurrence_masks(labels: np.ndarray, scheme: str = "auto", *, name: str = "follow-up"):
+    """(enhancing, any tumor) boolean masks of a follow-up label map, as PREDICT-GBM scores a
+    recurrence: the enhancing label alone, and every tumor label (a cavity label, "never" in
+    the convention, belongs to neither). Unlike a pre-operative map, a follow-up may hold no
+    tumor at all (all background or only a cavity): both masks are then empty."""
+    lab = np.asarray(labels)
+    if lab.dtype.kind in "biuf" and np.all(np.isfinite(lab)):
+        never = LABEL_SCHEMES[scheme]["never"] if scheme in LABEL_SCHEMES else ()
+        if set(np.unique(lab).astype(int).tolist()) <= {0, *never}:
+            return np.zeros(lab.shape, bool), np.zeros(lab.shape, bool), scheme
+    flair, _, scheme = masks_from_labels(lab, scheme, name=name)
+    return np.isin(lab, LABEL_SCHEMES[scheme]["enhancing"]), flair, scheme
 
 
 def binary_mask(img: nib.Nifti1Image, name: str) -> np.ndarray:

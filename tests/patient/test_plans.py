@@ -1,0 +1,203 @@
+"""Radiotherapy plans: standard CTV, same-volume personalized CTV, recurrence coverage."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gliomatch.errors import GliomatchError
+from gliomatch.patient.inputs import recurrence_masks
+from gliomatch.patient.plans import (
+    make_plans,
+    plan_figures,
+    recurrence_coverage,
+    standard_ctv,
+    top_volume,
+)
+
+
+def _ball_count(radius, zooms):
+    """Lattice points within ``radius`` mm of the origin: the slow, obvious reference."""
+    r = [int(radius // z) + 1 for z in zooms]
+    n = 0
+    for i, j, k in itertools.product(*(range(-a, a + 1) for a in r)):
+        if (i * zooms[0]) ** 2 + (j * zooms[1]) ** 2 + (k * zooms[2]) ** 2 <= radius**2:
+            n += 1
+    return n
+
+
+@pytest.mark.parametrize("zooms", [(1.0, 1.0, 1.0), (1.0, 1.0, 2.5), (0.8, 1.2, 5.5)])
+def test_standard_ctv_is_a_ball_in_mm(zooms):
+    core = np.zeros((41, 41, 41), bool)
+    core[20, 20, 20] = True
+    brain = np.ones_like(core)
+    ctv = standard_ctv(core, brain, zooms, margin_mm=7.0)
+    assert ctv.sum() == _ball_count(7.0, zooms)
+    # anisotropic voxels: the margin reaches fewer voxels along the coarse axis
+    assert ctv[20, 20, :].sum() == 2 * int(7.0 // zooms[2]) + 1
+
+
+def test_standard_ctv_is_clipped_to_the_brain():
+    core = np.zeros((30, 30, 30), bool)
+    core[15, 15, 15] = True
+    brain = np.zeros_like(core)
+    brain[:, :, 15:] = True
+    ctv = standard_ctv(core, brain, (1, 1, 1), 5.0)
+    assert not ctv[:, :, :15].any() and ctv[15, 15, 20]
+
+
+@pytest.mark.parametrize("margin", [0.0, -3.0, float("nan")])
+def test_standard_ctv_refuses_a_margin_that_is_not_positive(margin):
+    core = np.zeros((8, 8, 8), bool)
+    core[4, 4, 4] = True
+    with pytest.raises(GliomatchError, match="--margin"):
+        standard_ctv(core, np.ones_like(core), (1, 1, 1), margin)
+
+
+def test_plans_refuse_no_core_empty_brain_and_other_grids():
+    core = np.zeros((8, 8, 8), bool)
+    with pytest.raises(GliomatchError, match="no tumor core"):
+        standard_ctv(core, np.ones_like(core), (1, 1, 1))
+    core[4, 4, 4] = True
+    with pytest.raises(GliomatchError, match="brain mask is empty"):
+        standard_ctv(core, np.zeros_like(core), (1, 1, 1))
+    with pytest.raises(GliomatchError, match="another grid"):
+        standard_ctv(core, np.ones((8, 8, 9), bool), (1, 1, 1))
+    with pytest.raises(GliomatchError, match="another grid"):
+        make_plans(np.zeros((8, 8, 9)), core, np.ones_like(core), (1, 1, 1))
+
+
+def _reference_top(u, brain, n, core, zooms):
+    """Slow, obvious top-n: sort (-u, distance to the support, distance to the core, index)."""
+    pts = np.argwhere(np.ones(u.shape, bool)).astype(float) * np.asarray(zooms)
+    flat_u = u.ravel()
+    sup = pts[flat_u > 0]
+    cor = pts[core.ravel()]
+
+    def dist(p, s):
+        return 0.0 if len(s) == 0 else float(np.sqrt(((s - p) ** 2).sum(axis=1)).min())
+
+    keys = []
+    for idx in np.flatnonzero(brain.ravel()):
+        keys.append((-flat_u[idx], dist(pts[idx], sup), dist(pts[idx], cor), idx))
+    keys.sort()
+    out = np.zeros(u.size, bool)
+    out[[k[3] for k in keys[:n]]] = True
+    return out.reshape(u.shape)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    levels=st.integers(1, 4),
+    frac=st.floats(0.05, 0.95),
+    n=st.integers(1, 120),
+)
+def test_top_volume_matches_the_slow_reference_and_is_exactly_n(seed, levels, frac, n):
+    rng = np.random.default_rng(seed)
+    shape, zooms = (6, 5, 5), (1.0, 1.5, 2.0)
+    # few distinct values and many zeros: ties everywhere
+    u = rng.integers(0, levels + 1, size=shape) / levels * (rng.random(shape) < frac)
+    brain = rng.random(shape) < 0.9
+    core = np.zeros(shape, bool)
+    core[2, 2, 2] = True
+    n = min(n, int(brain.sum()))
+    if n == 0:
+        return
+    plan = top_volume(u, brain, n, core=core, zooms=zooms)
+    assert plan.sum() == n and not (plan & ~brain).any()
+    np.testing.assert_array_equal(plan, _reference_top(u, brain, n, core, zooms))
+
+
+def test_top_volume_beyond_a_zero_density_grows_from_the_support():
+    u = np.zeros((21, 21, 21))
+    u[10, 10, 10] = 1.0
+    plan = top_volume(u, np.ones(u.shape, bool), 7, zooms=(1, 1, 1))
+    assert plan[10, 10, 10] and plan.sum() == 7
+    assert plan[9, 10, 10] and plan[10, 10, 11]  # the six face neighbours
+
+
+def test_top_volume_refuses_too_large_or_empty_plans_and_nan():
+    u = np.ones((4, 4, 4))
+    brain = np.ones_like(u, bool)
+    with pytest.raises(GliomatchError, match="exceeds the brain"):
+        top_volume(u, brain, 65)
+    with pytest.raises(GliomatchError, match="positive"):
+        top_volume(u, brain, 0)
+    u[0, 0, 0] = np.nan
+    with pytest.raises(GliomatchError, match="NaN"):
+        top_volume(u, brain, 3)
+
+
+def _sphere(shape, center, radius, zooms=(1, 1, 1)):
+    g = np.indices(shape).astype(float)
+    d2 = sum(((g[i] - center[i]) * zooms[i]) ** 2 for i in range(3))
+    return d2 <= radius**2
+
+
+def test_make_plans_same_volume_other_volume_and_isodensity():
+    shape = (40, 40, 40)
+    brain = _sphere(shape, (20, 20, 20), 18)
+    core = _sphere(shape, (20, 20, 20), 3)
+    g = np.indices(shape).astype(float)
+    # an elongated density: the personalized plan follows it, the standard does not
+    u = np.exp(-(((g[0] - 20) / 10) ** 2) - ((g[1] - 20) / 3) ** 2 - ((g[2] - 20) / 3) ** 2)
+    p = make_plans(u, core, brain, (1, 1, 1), margin_mm=6)
+    assert p.personalized.sum() == p.standard.sum()
+    assert p.personalized[32, 20, 20] and not p.standard[32, 20, 20]
+    p2 = make_plans(u, core, brain, (1, 1, 1), margin_mm=6, volume_cm3=0.5)
+    assert p2.personalized.sum() == 500
+    p3 = make_plans(u, core, brain, (1, 1, 1), margin_mm=6, level=0.5)
+    np.testing.assert_array_equal(p3.personalized, (u >= 0.5) & brain)
+    with pytest.raises(GliomatchError, match="not both"):
+        make_plans(u, core, brain, (1, 1, 1), volume_cm3=1.0, level=0.5)
+    with pytest.raises(GliomatchError, match="isodensity level"):
+        make_plans(u, core, brain, (1, 1, 1), level=1.5)
+
+
+def test_recurrence_coverage_follows_predict_gbm():
+    rec = np.zeros((5, 5, 5), bool)
+    plan = np.zeros_like(rec)
+    assert recurrence_coverage(rec, plan) == 1.0  # no recurrence
+    rec[0, 0, :4] = True
+    plan[0, 0, :3] = True
+    assert recurrence_coverage(rec, plan) == 0.75
+
+
+def test_recurrence_coverage_equals_predict_gbms_own_function():
+    metrics = pytest.importorskip("predict_gbm.evaluation.metrics")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rec, plan = rng.random((9, 9, 9)) < 0.2, rng.random((9, 9, 9)) < 0.5
+        assert recurrence_coverage(rec, plan) == pytest.approx(
+            float(metrics.recurrence_coverage(rec, plan))
+        )
+
+
+def test_plan_figures():
+    plan = np.zeros((10, 10, 10), bool)
+    plan[:5] = True
+    wt = np.zeros_like(plan)
+    wt[3:7] = True
+    core = np.zeros_like(plan)
+    core[4] = True
+    f = plan_figures(plan, (2, 2, 2), whole_tumor=wt, core=core)
+    assert f["volume_cm3"] == pytest.approx(500 * 8 / 1000)
+    assert f["outside_visible_tumor_cm3"] == pytest.approx(300 * 8 / 1000)
+    assert f["covers_whole_tumor"] == 0.5 and f["covers_core"] == 1.0
+
+
+def test_recurrence_masks_enhancing_any_and_cavity():
+    lab = np.array([0, 1, 2, 3, 4])
+    enh, anyt, scheme = recurrence_masks(lab, "predictgbm")
+    assert enh.tolist() == [False, False, False, True, False]
+    assert anyt.tolist() == [False, True, True, True, False]
+    enh, anyt, _ = recurrence_masks(np.array([0, 1, 2, 4]), "brats2021")
+    assert enh.tolist() == [False, False, False, True]
+    # no recurrence at all, or only a cavity: empty masks, not an error
+    enh, anyt, _ = recurrence_masks(np.array([0, 4, 4]), "predictgbm")
+    assert not enh.any() and not anyt.any()
+    enh, anyt, _ = recurrence_masks(np.zeros(4, int), "auto")
+    assert not enh.any() and not anyt.any()
