@@ -97,6 +97,28 @@ def test_outputs(result, patient, db):
         assert lo <= truth[col] <= hi
     html = (out / "report.html").read_text()
     assert "What this scan determines" in html and "does not determine" in html
+    # the plans: on the patient's grid, the personalized one exactly the standard's volume
+    std = nib.load(out / "ctv_standard.nii.gz")
+    per = nib.load(out / "ctv_personalized.nii.gz")
+    assert std.shape == p_img.shape and np.allclose(per.affine, p_img.affine)
+    s_arr, p_arr = np.asarray(std.dataobj) > 0, np.asarray(per.dataobj) > 0
+    assert s_arr.sum() == p_arr.sum() > 0
+    core = np.isin(np.asarray(nib.load(patient.seg).dataobj), (1, 4))
+    assert s_arr[core].all()  # the standard plan holds the core
+    figs = m["plans"]["figures"]
+    assert figs["standard"]["volume_cm3"] == pytest.approx(figs["personalized"]["volume_cm3"])
+    assert "Radiotherapy target volumes" in html and (out / "plans.png").is_file()
+
+
+def test_ensemble_plan(db, patient, tmp_path):
+    inputs = load_patient(t1=patient.t1, seg=patient.seg, labels="brats2021")
+    res = infer(inputs, db, tmp_path / "o", k=5, report=False, ensemble=True, plan_level=0.3)
+    assert res.parameters["ensemble"]["members"] >= 1
+    ens = np.asarray(nib.load(res.files["density_ensemble_patient"]).dataobj)
+    per = np.asarray(nib.load(res.files["ctv_personalized"]).dataobj) > 0
+    # the isodensity plan is u >= 0.3 clipped to the brain (nearly all of it lies inside)
+    assert np.array_equal(per & (ens >= 0.3), per) and per.sum() >= 0.9 * (ens >= 0.3).sum()
+    assert res.plans["description"].count("posterior mean") == 1
 
 
 def test_parameter_summary_given_an_age(db):

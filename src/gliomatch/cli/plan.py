@@ -1,0 +1,123 @@
+"""`gliomatch plan | evaluate-plan`: radiotherapy target volumes from a density, and their
+recurrence coverage (PREDICT-GBM's protocol)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gliomatch.cli.apps import app
+from gliomatch.cli.common import (
+    JsonOpt,
+    MarginOpt,
+    PlanLevelOpt,
+    PlanVolumeOpt,
+    as_json,
+    handle_errors,
+    print_plans,
+)
+from gliomatch.errors import GliomatchError
+
+DensityOpt = Annotated[
+    Path, typer.Option(help="Predicted tumor-cell density (NIfTI, values in [0, 1]).")
+]
+SegOpt = Annotated[Path, typer.Option(help="Pre-treatment tumor label map (same grid).")]
+LabelsOpt = Annotated[
+    str, typer.Option(help="Label convention of --seg (auto, brats2021, predictgbm, ...).")
+]
+BrainOpt = Annotated[Path | None, typer.Option(help="Binary brain mask (same grid).")]
+AnatomyOpt = Annotated[
+    Path | None, typer.Option(help="A skull-stripped scan whose support is the brain.")
+]
+
+
+def _rule(margin, plan_volume, plan_level) -> dict:
+    return {"margin_mm": margin, "volume_cm3": plan_volume, "level": plan_level}
+
+
+@app.command()
+@handle_errors
+def plan(
+    density: DensityOpt,
+    seg: SegOpt,
+    out: Annotated[Path, typer.Option(help="Output folder for the two plans.")],
+    labels: LabelsOpt = "auto",
+    brain_mask: BrainOpt = None,
+    anatomy: AnatomyOpt = None,
+    margin: MarginOpt = 15.0,
+    plan_volume: PlanVolumeOpt = None,
+    plan_level: PlanLevelOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Standard CTV (core + margin, in the brain) and the personalized CTV of the same volume
+    (the highest-density voxels), from any density and segmentation on one grid."""
+    import nibabel as nib
+
+    from gliomatch.patient.plans import load_plan_inputs, plans_for
+
+    inp = load_plan_inputs(density, seg, labels=labels, brain_mask=brain_mask, anatomy=anatomy)
+    plans, figures = plans_for(inp, **_rule(margin, plan_volume, plan_level))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GliomatchError(f"output folder {out}: cannot create it ({exc.strerror})") from exc
+    files = {}
+    for name, p in (("standard", plans.standard), ("personalized", plans.personalized)):
+        path = out / f"ctv_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(p.astype("uint8"), inp.affine), str(path))
+        files[name] = str(path)
+    summary = {"figures": figures, "rule": plans.rule, "margin_mm": margin, "files": files}
+    (out / "plans.json").write_text(as_json(summary))
+    if json_out:
+        typer.echo(as_json(summary))
+        return
+    print_plans({"figures": figures})
+    typer.echo(f"personalized: {plans.rule}; wrote {files['standard']}, {files['personalized']}")
+
+
+@app.command("evaluate-plan")
+@handle_errors
+def evaluate_plan_cmd(
+    density: DensityOpt,
+    seg: SegOpt,
+    followup: Annotated[
+        Path, typer.Option(help="Follow-up label map (the recurrence), on the same grid.")
+    ],
+    labels: LabelsOpt = "auto",
+    followup_labels: Annotated[
+        str, typer.Option(help="Label convention of --followup (a cavity label is excluded).")
+    ] = "auto",
+    brain_mask: BrainOpt = None,
+    anatomy: AnatomyOpt = None,
+    margin: MarginOpt = 15.0,
+    plan_volume: PlanVolumeOpt = None,
+    plan_level: PlanLevelOpt = None,
+    json_out: JsonOpt = False,
+):
+    """How much of the recurrence each plan covers (PREDICT-GBM's recurrence coverage, for the
+    enhancing recurrence and for any tumor label)."""
+    from gliomatch.patient.plans import evaluate_plan, load_plan_inputs
+
+    inp = load_plan_inputs(density, seg, labels=labels, brain_mask=brain_mask, anatomy=anatomy)
+    res = evaluate_plan(
+        inp, followup, followup_labels=followup_labels, **_rule(margin, plan_volume, plan_level)
+    )
+    res.pop("plans")
+    if json_out:
+        typer.echo(as_json(res))
+        return
+    rc = res["recurrence_cm3"]
+    typer.echo(
+        f"recurrence: enhancing {rc['enhancing']:.1f} cm3, any tumor {rc['any']:.1f} cm3 "
+        f"(follow-up labels: {res['followup_labels']})"
+    )
+    typer.echo("| plan | volume cm3 | covers enhancing recurrence | covers any recurrence |")
+    typer.echo("|---|---|---|---|")
+    for name, c in res["coverage"].items():
+        typer.echo(
+            f"| {name} | {res['figures'][name]['volume_cm3']:.1f} | "
+            f"{100 * c['enhancing']:.1f} % | {100 * c['any']:.1f} % |"
+        )
+    typer.echo(f"personalized: {res['rule']}. {res['definition']}.")
