@@ -1,4 +1,4 @@
-"""`gliomatch bench solver | build | design | search | infer | two-scan`: measurements."""
+"""`gliomatch bench`: solver, build, design, search, infer, two-scan, registration, plans."""
 
 from __future__ import annotations
 
@@ -352,3 +352,58 @@ def bench_registration_cmd(
             + " | ".join(f"{s[f][f'mean_{c}_{k}']:.3f}" for c, k in cells)
             + f" | {'–' if rho is None else f'{rho:.2f}'} |"
         )
+
+
+@bench_app.command("plans")
+@handle_errors
+def bench_plans_cmd(
+    db: Annotated[
+        list[Path],
+        typer.Option(help="Database folder; repeat to compare sizes on the same patients."),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for plans.json and plans.png.")],
+    patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic patients.")] = 0,
+    margin: Annotated[float, typer.Option(help="Standard CTV margin around the core (mm).")] = 15.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Recurrence coverage of the standard and personalized plans (equal volume) on synthetic
+    patients whose recurrence is their hidden simulation 90-365 days later (atlas space)."""
+    from gliomatch.database import Database
+    from gliomatch.evaluation.figures import plan_coverage_figure
+    from gliomatch.evaluation.plans import PLANS, RECURRENCES, bench_plans
+
+    folder = out
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GliomatchError(f"output folder {out}: cannot create it ({exc.strerror})") from exc
+    databases = [Database.open(d) for d in db]
+    with progress_bar(not json_out) as bar:
+        res = bench_plans(databases, patients=patients, seed=seed, margin_mm=margin, progress=bar)
+    (folder / "plans.json").write_text(as_json(res))
+    plan_coverage_figure(res, folder / "plans.png")
+    if json_out:
+        typer.echo(as_json(res))
+        return
+    typer.echo(
+        f"{res['patients']} synthetic patients, recurrence {res['interval_range_days'][0]:g}-"
+        f"{res['interval_range_days'][1]:g} days later; plans of equal volume (core + "
+        f"{margin:g} mm); mean coverage %"
+    )
+    head = " | ".join(f"{p} {r}" for r in RECURRENCES for p in PLANS)
+    typer.echo(f"| tumors | patients | median plan cm3 | {head} |")
+    typer.echo("|" + "---|" * (3 + len(PLANS) * len(RECURRENCES)))
+    for n, s in res["summary"].items():
+        cells = " | ".join(f"{100 * s[f'{p}_{r}']:.1f}" for r in RECURRENCES for p in PLANS)
+        typer.echo(f"| {int(n):,} | {s['patients']} | {s['median_plan_cm3']:.0f} | {cells} |")
+    typer.echo("personalized minus standard (points, ± standard error):")
+    for n, s in res["summary"].items():
+        parts = [
+            f"{p} {r} {100 * s[f'{p}_minus_standard_{r}']:+.1f} ± "
+            f"{100 * s[f'{p}_minus_standard_{r}_se']:.1f}"
+            for p in PLANS[1:]
+            for r in RECURRENCES
+        ]
+        typer.echo(f"  {int(n):,} tumors: " + "; ".join(parts))
+    typer.echo(f"wrote {folder / 'plans.json'} and {folder / 'plans.png'}")

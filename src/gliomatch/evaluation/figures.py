@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["write_outputs"]
+__all__ = ["plan_coverage_figure", "write_outputs"]
 
 PARAM_LABELS = {
     "infiltration_mm": "√(D_w/ρ) (mm), identifiable",
@@ -195,3 +195,38 @@ measure): mean best-match Dice.</p><ul>{pl}</ul>
 <p>All numbers: <a href="summary.json">summary.json</a>.
 {html.escape("Tables: table_strategies.md / .csv.")}</p></body></html>"""
     (out / "report.html").write_text(page)
+
+
+def plan_coverage_figure(res: dict, path) -> Path:
+    """``bench plans``: mean recurrence coverage (± standard error) of the standard, best-match
+    and ensemble plans, per recurrence and database size."""
+    from gliomatch.evaluation.plans import PLANS, RECURRENCES
+
+    sizes = list(res["summary"])
+    fig, axes = plt.subplots(1, len(RECURRENCES), figsize=(4 * len(RECURRENCES), 3.4), sharey=True)
+    width = 0.8 / len(PLANS)
+    for ax, r in zip(axes, RECURRENCES, strict=True):
+        for j, name in enumerate(PLANS):
+            vals, errs = [], []
+            for s in sizes:
+                sub = [x[f"{name}_{r}"] for x in res["rows"] if str(x["n_db"]) == s]
+                vals.append(100 * np.mean(sub))
+                errs.append(100 * np.std(sub, ddof=1) / np.sqrt(len(sub)) if len(sub) > 1 else 0)
+            x = np.arange(len(sizes)) + (j - 1) * width
+            ax.bar(x, vals, width, yerr=errs, label=name, capsize=2)
+        ax.set_xticks(np.arange(len(sizes)), [f"{int(s):,} tumors" for s in sizes])
+        ax.set_title(f"{r.replace('_', ' ')} recurrence")
+        ax.set_ylim(0, 100)
+    axes[0].set_ylabel("recurrence covered (%)")
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(
+        f"{res['patients']} synthetic patients, plans of equal volume (core + "
+        f"{res['margin_mm']:g} mm), follow-up {res['interval_range_days'][0]:g}-"
+        f"{res['interval_range_days'][1]:g} days later",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -35,6 +35,14 @@ class TwoScanPatient:
     truth: dict  # seed fraction, dw, rho, t_first_days, dw_over_rho
 
 
+def _candidates(db, n: int, seed_offset: int):
+    """The held-out tumors in order, 2n of them first and 10n if those run out (the list is
+    prefix-stable in its length, so the patients do not depend on how many were drawn)."""
+    first = held_out_tumors(db, 2 * n, seed_offset=seed_offset)
+    yield from first
+    yield from held_out_tumors(db, 10 * n, seed_offset=seed_offset)[len(first) :]
+
+
 def two_scan_patients(
     db, n: int, *, seed: int = 0, interval_range=(30.0, 180.0)
 ) -> list[TwoScanPatient]:
@@ -48,9 +56,8 @@ def two_scan_patients(
     atlas, domain, _ = space(cfg.atlas, cfg.resolution, cfg.ratio)
     vox = atlas.voxel_volume_cm3
     max_cm3 = cfg.size_filter.flair_max_cm3
-    first = held_out_tumors(db, n * 10, seed_offset=2_000_003 + seed)
     out = []
-    for j, (row, codes) in enumerate(first):
+    for j, (row, codes) in enumerate(_candidates(db, n, 2_000_003 + seed)):
         if len(out) == n:
             break
         rng = np.random.default_rng([cfg.seed + 2_000_003 + seed, j, 7])
