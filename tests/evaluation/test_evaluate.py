@@ -240,3 +240,34 @@ def test_calibrate_then_evaluate_reports_calibrated_coverage(make_db, tmp_path):
         assert cov[key] >= 0.7
     with pytest.raises(GliomatchError, match="at least 20|>= 20"):
         calibrate(db, queries=5)
+
+
+def test_real_cohort_with_followups_scores_the_plans(db, tmp_path):
+    """A follow-up equal to the first scan's core is fully covered by the standard plan (core
+    + 15 mm); a follow-up with only a cavity is no recurrence (coverage 1)."""
+    atlas = db.atlas()
+    lines = ["patient_id,t1,seg,labels,followup_seg,followup_labels"]
+    for j in range(2):
+        row = db.params.iloc[j]
+        p = make_patient(
+            atlas, tmp_path / f"p{j}", density=db.density(j), theta={"dw": float(row.dw)}, seed=j
+        )
+        seg = nib.load(p.seg)
+        lab = np.asarray(seg.dataobj)
+        # the follow-up in PREDICT-GBM's labels: the old core as enhancing (3), or a cavity (4)
+        fu = np.where(np.isin(lab, (1, 4)), 3 if j == 0 else 4, 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(fu, seg.affine), tmp_path / f"fu{j}.nii.gz")
+        lines.append(f"p{j},{p.t1},{p.seg},brats2021,{tmp_path / f'fu{j}.nii.gz'},predictgbm")
+    csv = tmp_path / "cohort.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    qs = real_queries(db, csv, tmp_path / "regcache", registration="affine")
+    assert all(q.followup is not None for q in qs)
+    s = evaluate(
+        db, tmp_path / "ev", queries=qs, strategies=["exact"], loop_check=0, log=lambda m: None
+    )
+    rows = {r["patient_id"]: r for r in s["recurrence_coverage"]}
+    assert rows["p0"]["status"] == "ok" and rows["p0"]["standard_enhancing"] > 0.95
+    assert rows["p1"]["standard_enhancing"] == rows["p1"]["best_any"] == 1.0  # no recurrence
+    for r in rows.values():
+        assert all(0 <= r[f"{p}_{x}"] <= 1 for p in ("standard", "best", "ensemble")
+                   for x in ("enhancing", "any"))  # fmt: skip

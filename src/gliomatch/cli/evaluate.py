@@ -114,4 +114,21 @@ def evaluate(
             f"D_w {e['dw_best']['corr']:.2f}, rho {e['rho_best']['corr']:.2f}, "
             f"T {e['t_end_best']['corr']:.2f}"
         )
+    rc = [r for r in summary.get("recurrence_coverage", []) if r["status"] == "ok"]
+    if rc:
+        typer.echo(
+            "recurrence coverage (real follow-ups, atlas space, plans of equal volume; "
+            "enhancing / any tumor):"
+        )
+        for r in rc:
+            typer.echo(
+                f"  {r['patient_id']}: plan {r['plan_cm3']:.0f} cm3; "
+                + "; ".join(
+                    f"{p} {100 * r[f'{p}_enhancing']:.1f} / {100 * r[f'{p}_any']:.1f} %"
+                    for p in ("standard", "best", "ensemble")
+                )
+            )
+    for r in summary.get("recurrence_coverage", []):
+        if r["status"] != "ok":
+            typer.echo(f"  {r['patient_id']}: {r['status']}")
     typer.echo(f"report: {out / 'report.html'}")

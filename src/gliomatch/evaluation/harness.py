@@ -22,11 +22,14 @@ from gliomatch.database.trajectories import held_out_tumors
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
 from gliomatch.evaluation.figures import write_outputs
+from gliomatch.evaluation.plans import atlas_plan_coverage
 from gliomatch.evaluation.recovery import recovery
 from gliomatch.files import cache_key, confined_child
-from gliomatch.patient.cohort import input_digest, read_cohort
+from gliomatch.patient.cohort import FOLLOWUP_COLUMN, input_digest, read_cohort
 from gliomatch.patient.estimates import POSTERIOR_K, QUANTITIES, load_calibration
 from gliomatch.patient.pipeline import load_patient, to_atlas
+from gliomatch.patient.plans import MARGIN_MM
+from gliomatch.patient.registration import warp_masks_to_atlas
 from gliomatch.progress import Progress, report
 from gliomatch.search import Query, available_strategies, get_strategy, ready_strategies
 
@@ -48,6 +51,8 @@ class EvalQuery:
     kind: str  # "synthetic" or "real"
     query: Query
     truth: dict | None  # hidden parameters (synthetic only)
+    #: a real patient's recurrence in atlas space: (enhancing, any tumor) masks, if given
+    followup: tuple | None = None
 
 
 def synthetic_queries(db, n: int, seed: int = 0) -> list[EvalQuery]:
@@ -86,6 +91,8 @@ def real_queries(
         )
         pdir = confined_child(cache, rec.patient_id, "patient_id") / key
         fp, tp = pdir / "flair_atlas.nii.gz", pdir / "t1gd_atlas.nii.gz"
+        fu = rec.files.get(FOLLOWUP_COLUMN)
+        ep, ap = pdir / "recurrence_enhancing_atlas.nii.gz", pdir / "recurrence_any_atlas.nii.gz"
         if not (fp.is_file() and tp.is_file()):
             inputs = load_patient(**rec.patient_kwargs())
             try:
@@ -98,6 +105,17 @@ def real_queries(
                     f"registration in {pdir}, or remove the patient from the cohort)"
                 ) from exc
             pdir.mkdir(parents=True, exist_ok=True)
+            if fu is not None:  # the recurrence, warped like the tumor (cached with it)
+                enh, anyt = _followup_masks(fu, rec, inputs.anatomy)
+                aff = inputs.anatomy.affine
+                a_img, e_img = warp_masks_to_atlas(
+                    nib.Nifti1Image(anyt.astype(np.uint8), aff),
+                    nib.Nifti1Image(enh.astype(np.uint8), aff),
+                    atlas,
+                    moved.registration,
+                )
+                nib.save(e_img, str(ep))
+                nib.save(a_img, str(ap))
             nib.save(atlas.to_nifti(moved.query.t1gd), str(tp))
             nib.save(atlas.to_nifti(moved.query.flair), str(fp))  # last: marks a whole entry
         f = nib.load(str(fp)).get_fdata() > 0.5
@@ -109,9 +127,48 @@ def real_queries(
                 f"patient {rec.patient_id}: {exc} after registration to the atlas (check the "
                 f"registration in {pdir}, or remove the patient from the cohort)"
             ) from exc
-        out.append(EvalQuery(rec.patient_id, "real", query, None))
+        followup = None
+        if fu is not None:
+            followup = tuple(nib.load(str(p)).get_fdata() > 0.5 for p in (ep, ap))
+        out.append(EvalQuery(rec.patient_id, "real", query, None, followup))
         report(progress, n, len(cohort), "registering patients")
     return out
+
+
+def _followup_masks(path, rec, anatomy):
+    """(enhancing, any tumor) recurrence masks of a cohort row's follow-up label map."""
+    from gliomatch.patient.inputs import load_nifti, on_grid, recurrence_masks
+
+    img = load_nifti(path, "follow-up segmentation")
+    lab = on_grid(img, anatomy, f"follow-up segmentation {path}", "the anatomy")
+    enh, anyt, _ = recurrence_masks(lab, rec.followup_labels, name=f"follow-up {path}")
+    return enh, anyt
+
+
+def recurrence_coverage_rows(db, queries, truth_rows, *, margin_mm=MARGIN_MM) -> list[dict]:
+    """For real patients with a follow-up: each plan's coverage of their recurrence, in atlas
+    space (the standard plan of the warped core; the best match's and the ensemble plan of the
+    same volume, over the exact search's matches)."""
+    rows = []
+    for q in queries:
+        if q.kind != "real" or q.followup is None:
+            continue
+        if not q.query.t1gd.any():
+            rows.append({"patient_id": q.qid, "status": "no tumor core: no standard plan"})
+            continue
+        truth = truth_rows[q.qid]
+        enh, anyt = q.followup
+        cov, n = atlas_plan_coverage(
+            db, q.query, truth["top"], truth["scores"], {"enhancing": enh, "any": anyt},
+            margin_mm=margin_mm,
+        )  # fmt: skip
+        vox = db.atlas().voxel_volume_cm3
+        rows.append(
+            {"patient_id": q.qid, "status": "ok", "plan_cm3": n * vox,
+             "recurrence_enhancing_cm3": float(enh.sum() * vox),
+             "recurrence_any_cm3": float(anyt.sum() * vox), **cov}
+        )  # fmt: skip
+    return rows
 
 
 def query_digest(q: Query) -> str:
@@ -222,6 +279,7 @@ def evaluate(
     if why:
         log(f"warning: {why}")
     summary = _summarise(res, queries, truth_rows, params, k, loop_ok, calibration)
+    summary["recurrence_coverage"] = recurrence_coverage_rows(db, queries, truth_rows)
 
     write_outputs(out, db, res, queries, truth_rows, summary, k)
     log(f"wrote {out / 'report.html'}")

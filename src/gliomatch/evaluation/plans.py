@@ -29,7 +29,7 @@ from gliomatch.patient.plans import MARGIN_MM, recurrence_coverage, standard_ctv
 from gliomatch.progress import report
 from gliomatch.search import get_strategy
 
-__all__ = ["PLANS", "RECURRENCES", "bench_plans"]
+__all__ = ["PLANS", "RECURRENCES", "atlas_plan_coverage", "bench_plans"]
 
 PLANS = ("standard", "best", "ensemble")
 RECURRENCES = ("enhancing", "any", "new_enhancing")
@@ -43,6 +43,30 @@ def _same_grid(db, ref) -> None:
         raise GliomatchError(
             f"database {db.path} is on another grid than {ref.path}: the patients cannot be shared"
         )
+
+
+def atlas_plan_coverage(db, query, ids, scores, recurrences: dict, *, margin_mm=MARGIN_MM):
+    """In atlas space: the standard plan of ``query``'s core, the best match's and the ensemble
+    plan of the same volume (matches ``ids`` with full-resolution ``scores``), each scored
+    against every mask of ``recurrences``. Returns ``({"<plan>_<recurrence>": coverage}, V)``."""
+    atlas = db.atlas()
+    zooms = np.full(3, float(atlas.spacing))
+    core = query.t1gd
+    brain = atlas.brain | query.flair
+    std = standard_ctv(core, brain, zooms, margin_mm)
+    n = int(std.sum())
+    ens, _ = ensemble_density(db, ids, scores)
+    plans = {
+        "standard": std,
+        "best": top_volume(db.density(int(ids[0])), brain, n, core=core, zooms=zooms),
+        "ensemble": top_volume(ens, brain, n, core=core, zooms=zooms),
+    }
+    cov = {
+        f"{name}_{r}": recurrence_coverage(mask, plan)
+        for name, plan in plans.items()
+        for r, mask in recurrences.items()
+    }
+    return cov, n
 
 
 def bench_plans(
@@ -79,34 +103,22 @@ def bench_plans(
             core = p.first.t1gd
             if not core.any():
                 continue  # no visible core: no standard plan (counted below)
-            brain = atlas.brain | p.first.flair
             scores, ids = strat.search(p.first, k)
-            best = db.density(int(ids[0]))
-            ens, info = ensemble_density(db, ids, scores)
-            std = standard_ctv(core, brain, zooms, margin_mm)
-            n = int(std.sum())
-            plans = {
-                "standard": std,
-                "best": top_volume(best, brain, n, core=core, zooms=zooms),
-                "ensemble": top_volume(ens, brain, n, core=core, zooms=zooms),
-            }
             rec = {
                 "enhancing": p.followup.t1gd,
                 "any": p.followup.flair,
                 "new_enhancing": p.followup.t1gd & ~core,
             }
+            cov, n = atlas_plan_coverage(db, p.first, ids, scores, rec, margin_mm=margin_mm)
             row = {
                 "n_db": len(db),
                 "patient": j,
                 "interval_days": p.interval_days,
                 "plan_cm3": n * voxel_cm3,
                 "best_score": float(scores[0]),
-                "ensemble_members": info["effective_members"],
                 "recurrence_cm3": float(rec["enhancing"].sum() * voxel_cm3),
+                **cov,
             }
-            for name, plan in plans.items():
-                for r, mask in rec.items():
-                    row[f"{name}_{r}"] = recurrence_coverage(mask, plan)
             rows.append(row)
             report(progress, j + 1, len(pats), f"plans ({len(db)} tumors)")
     summary = {}

@@ -3,7 +3,9 @@ all of them (resumable).
 
 A cohort CSV has a ``patient_id`` column, one anatomy column (``t1``, ``t1c`` or ``wm``), the
 tumor as ``seg`` (a label map, with an optional ``labels`` column naming its convention) or as
-``flair_mask`` + ``t1gd_mask``; relative paths are relative to the CSV's folder.
+``flair_mask`` + ``t1gd_mask``; relative paths are relative to the CSV's folder. An optional
+``followup_seg`` column (with ``followup_labels``) gives a later label map on the anatomy's
+grid: ``gliomatch evaluate --real`` scores the plans by how much of that recurrence they cover.
 
 A BraTS case folder holds ``<id>-t1n/-t1c/-t2f/-t2w/-seg.nii.gz`` (BraTS 2023 naming) or
 ``<id>_t1/_t1ce/_flair/_t2/_seg.nii.gz`` (BraTS 2017-2021): the native T1 is the anatomy (the
@@ -29,6 +31,8 @@ from gliomatch.patient.pipeline import infer, load_patient
 __all__ = ["CohortRow", "brats_case", "infer_cohort", "input_digest", "load_case", "read_cohort"]
 
 FILE_COLUMNS = ("t1", "t1c", "wm", "seg", "flair_mask", "t1gd_mask")
+#: A follow-up label map (the recurrence) for ``evaluate --real``; not an input of ``infer``.
+FOLLOWUP_COLUMN = "followup_seg"
 
 
 @dataclass
@@ -39,6 +43,7 @@ class CohortRow:
     files: dict = field(default_factory=dict)
     labels: str = "auto"
     error: str | None = None
+    followup_labels: str = "auto"
 
     def patient_kwargs(self) -> dict:
         return {**{c: self.files.get(c) for c in FILE_COLUMNS}, "labels": self.labels}
@@ -148,7 +153,11 @@ def _read_csv(csv: Path) -> list[CohortRow]:
     rows, seen = [], set()
     for n, r in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
         pid = str(r.get("patient_id", "")).strip()
-        row = CohortRow(pid or f"<line {n}>", labels=str(r.get("labels", "") or "auto").strip())
+        row = CohortRow(
+            pid or f"<line {n}>",
+            labels=str(r.get("labels", "") or "auto").strip(),
+            followup_labels=str(r.get("followup_labels", "") or "auto").strip(),
+        )
         rows.append(row)
         try:
             confined_child(Path("."), pid, "patient_id")
@@ -159,7 +168,7 @@ def _read_csv(csv: Path) -> list[CohortRow]:
             row.error = f"line {n}: patient_id {pid!r} appears more than once"
             continue
         seen.add(pid)
-        for c in FILE_COLUMNS:
+        for c in (*FILE_COLUMNS, FOLLOWUP_COLUMN):
             v = str(r.get(c, "") or "").strip()
             if not v:
                 continue
