@@ -39,6 +39,20 @@ def test_standard_ctv_is_a_ball_in_mm(zooms):
     assert ctv[20, 20, :].sum() == 2 * int(7.0 // zooms[2]) + 1
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), margin=st.floats(0.5, 12.0))
+def test_standard_ctv_on_the_core_box_equals_the_whole_grid_distance(seed, margin):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape, zooms = (20, 17, 12), (1.0, 1.3, 2.2)
+    core = rng.random(shape) < 0.01
+    core[rng.integers(0, 20), rng.integers(0, 17), rng.integers(0, 12)] = True
+    brain = rng.random(shape) < 0.95
+    full = (ndimage.distance_transform_edt(~core, sampling=zooms) <= margin) & brain
+    np.testing.assert_array_equal(standard_ctv(core, brain, zooms, margin), full)
+
+
 def test_standard_ctv_is_clipped_to_the_brain():
     core = np.zeros((30, 30, 30), bool)
     core[15, 15, 15] = True

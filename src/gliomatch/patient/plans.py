@@ -72,8 +72,17 @@ def standard_ctv(core, brain, zooms, margin_mm: float = MARGIN_MM) -> np.ndarray
         )
     if not brain.any():
         raise GliomatchError("the brain mask is empty")
-    dist = ndimage.distance_transform_edt(~core, sampling=np.asarray(zooms, dtype=np.float64))
-    return (dist <= margin_mm) & brain
+    # the distance is needed only within the margin: on the core's box grown by the margin
+    # (every voxel within margin_mm of the core lies in it, and all the core does), exact
+    sampling = np.asarray(zooms, dtype=np.float64)
+    reach = np.ceil(margin_mm / sampling).astype(int) + 1
+    idx = np.argwhere(core)
+    lo = np.maximum(idx.min(axis=0) - reach, 0)
+    hi = np.minimum(idx.max(axis=0) + reach + 1, core.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    out = np.zeros(core.shape, bool)
+    out[box] = ndimage.distance_transform_edt(~core[box], sampling=sampling) <= margin_mm
+    return out & brain
 
 
 def top_volume(density, brain, n_voxels: int, *, core=None, zooms=(1.0, 1.0, 1.0)) -> np.ndarray:
