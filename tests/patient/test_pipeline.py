@@ -406,3 +406,21 @@ def test_quality_figures_do_not_depend_on_the_contrast(atlas32):
     assert bad["brain_dice"] < good["brain_dice"] - 0.05
     assert bad["tissue_eta"] < good["tissue_eta"] - 0.05
     assert correlation_ratio(np.ones(10), np.arange(10) % 2) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        (["--margin", "0"], "--margin must be a positive"),
+        (["--plan-volume", "-3"], "plan volume must be positive"),
+        (["--plan-level", "2"], "isodensity level"),
+        (["--plan-volume", "5", "--plan-level", "0.3"], "not both"),
+    ],
+)
+def test_bad_plan_options_of_infer(patient, db, tmp_path, opts, message):
+    r = runner.invoke(
+        app,
+        ["infer", "--db", str(db.path), "--out", str(tmp_path / "o"), "--t1", str(patient.t1),
+         "--seg", str(patient.seg), "--labels", "brats2021", "--registration", "affine", *opts],
+    )  # fmt: skip
+    assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output

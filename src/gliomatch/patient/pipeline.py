@@ -36,7 +36,7 @@ from gliomatch.patient.inputs import (
     on_grid,
     positive_days,
 )
-from gliomatch.patient.plans import MARGIN_MM, PlanInputs, plans_for
+from gliomatch.patient.plans import MARGIN_MM, PlanInputs, check_rule, plans_for
 from gliomatch.patient.registration import (
     brain_support,
     register,
@@ -342,8 +342,8 @@ def infer(
         )
     if interval_days is not None:
         positive_days(interval_days, "--interval-days")
-    if plans and (not np.isfinite(margin_mm) or margin_mm <= 0):
-        raise GliomatchError(f"--margin must be a positive number of mm, got {margin_mm}")
+    if plans:
+        check_rule(margin_mm, plan_volume_cm3, plan_level)
     stages = ("load", "register", "warp", "search", "warp back", "plans", "report")
 
     def say(stage):  # progress: the stage about to run, of the pipeline's six

@@ -33,6 +33,7 @@ from gliomatch.errors import GliomatchError
 __all__ = [
     "MARGIN_MM",
     "PlanInputs",
+    "check_rule",
     "Plans",
     "evaluate_plan",
     "load_plan_inputs",
@@ -146,6 +147,18 @@ class Plans:
     rule: str  # "same volume", "volume 123.0 cm3" or "isodensity 0.05"
 
 
+def check_rule(margin_mm=MARGIN_MM, volume_cm3=None, level=None) -> None:
+    """A one-line error for a plan rule that cannot work (before any slow step runs)."""
+    if not np.isfinite(margin_mm) or margin_mm <= 0:
+        raise GliomatchError(f"--margin must be a positive number of mm, got {margin_mm}")
+    if volume_cm3 is not None and level is not None:
+        raise GliomatchError("give either a plan volume or an isodensity level, not both")
+    if level is not None and (not np.isfinite(level) or not 0 < level <= 1):
+        raise GliomatchError(f"the isodensity level must lie in (0, 1], got {level}")
+    if volume_cm3 is not None and (not np.isfinite(volume_cm3) or volume_cm3 <= 0):
+        raise GliomatchError(f"the plan volume must be positive, got {volume_cm3} cm3")
+
+
 def make_plans(
     density,
     core,
@@ -158,23 +171,18 @@ def make_plans(
 ) -> Plans:
     """The standard CTV and the personalized one: of the standard's volume by default, of
     ``volume_cm3``, or the isodensity region ``density >= level`` in the brain."""
-    if volume_cm3 is not None and level is not None:
-        raise GliomatchError("give either a plan volume or an isodensity level, not both")
+    check_rule(margin_mm, volume_cm3, level)
     u = np.asarray(density, dtype=np.float64)
     _check_same("the tumor core", np.asarray(core), u)
     brain = np.asarray(brain, bool) | np.asarray(core, bool)  # the core is brain
     standard = standard_ctv(core, brain, zooms, margin_mm)
     voxel_cm3 = float(np.prod(zooms)) / 1000.0
     if level is not None:
-        if not np.isfinite(level) or not 0 < level <= 1:
-            raise GliomatchError(f"the isodensity level must lie in (0, 1], got {level}")
         plan = (u >= level) & brain
         if not plan.any():
             raise GliomatchError(f"no brain voxel has density >= {level}")
         return Plans(standard, plan, f"isodensity {level:g}")
     if volume_cm3 is not None:
-        if not np.isfinite(volume_cm3) or volume_cm3 <= 0:
-            raise GliomatchError(f"the plan volume must be positive, got {volume_cm3} cm3")
         n, rule = int(round(volume_cm3 / voxel_cm3)), f"volume {volume_cm3:g} cm3"
     else:
         n, rule = int(standard.sum()), "same volume as the standard plan"
