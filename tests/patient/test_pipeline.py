@@ -424,3 +424,28 @@ def test_bad_plan_options_of_infer(patient, db, tmp_path, opts, message):
          "--seg", str(patient.seg), "--labels", "brats2021", "--registration", "affine", *opts],
     )  # fmt: skip
     assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
+
+
+def test_binary_masks_warp_as_generic_label_does(db, patient, tmp_path):
+    """The fast path (linear, > 0.5) against ANTs' generic-label interpolation, both ways."""
+    import ants
+
+    from gliomatch.patient.registration import register, to_ants, warp_to_atlas, warp_to_patient
+
+    inputs = load_patient(t1=patient.t1, seg=patient.seg, labels="brats2021")
+    atlas = db.atlas()
+    reg = register(inputs.anatomy, atlas, tumor=inputs.flair, workdir=tmp_path / "t")
+    mask = nib.Nifti1Image(inputs.flair.astype(np.float32), inputs.anatomy.affine)
+    fast = warp_to_atlas(mask, atlas, reg, label=True).get_fdata()
+    ref = ants.apply_transforms(
+        fixed=to_ants(atlas.to_nifti(np.zeros(atlas.shape, np.float32))), moving=to_ants(mask),
+        transformlist=reg.forward, interpolator="genericLabel",
+    ).numpy()  # fmt: skip
+    assert fast.sum() > 100 and np.array_equal(fast > 0.5, ref > 0.5)
+    brain = atlas.to_nifti(atlas.brain.astype(np.float32))
+    back = warp_to_patient(brain, atlas, inputs.anatomy, reg, label=True).get_fdata()
+    ref = ants.apply_transforms(
+        fixed=to_ants(inputs.anatomy), moving=to_ants(brain), transformlist=reg.inverse,
+        whichtoinvert=reg.inverse_invert, interpolator="genericLabel",
+    ).numpy()  # fmt: skip
+    assert np.array_equal(back > 0.5, ref > 0.5)

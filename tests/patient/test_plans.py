@@ -125,6 +125,45 @@ def test_top_volume_matches_the_slow_reference_and_is_exactly_n(seed, levels, fr
     np.testing.assert_array_equal(plan, _reference_top(u, brain, n, core, zooms))
 
 
+def _top_volume_whole_grid(u, brain, n, core, zooms):
+    """The first implementation: both distance transforms on the whole grid."""
+    from scipy import ndimage
+
+    cand = np.flatnonzero(brain)
+    support = u > 0
+    d_s = (
+        ndimage.distance_transform_edt(~support, sampling=zooms)
+        if support.any() and not support.all()
+        else np.zeros(u.shape)
+    )
+    d_c = ndimage.distance_transform_edt(~core, sampling=zooms) if core.any() else np.zeros(u.shape)
+    order = np.lexsort((cand, d_c.flat[cand], d_s.flat[cand], -u.flat[cand]))
+    out = np.zeros(u.shape, bool)
+    out.flat[cand[order[:n]]] = True
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 20_000), with_core=st.booleans())
+def test_top_volume_on_growing_boxes_equals_the_whole_grid(seed, n, with_core):
+    """A small density and core in a large brain: the tie group (zero density) is ordered on
+    growing boxes; the plan equals the whole-grid ordering for any volume."""
+    rng = np.random.default_rng(seed)
+    shape, zooms = (48, 40, 30), (1.0, 1.2, 2.5)
+    u = np.zeros(shape)
+    c = rng.integers(8, 22, size=3)
+    u[c[0] : c[0] + 4, c[1] : c[1] + 3, c[2] : c[2] + 2] = rng.integers(1, 4, size=(4, 3, 2)) / 4
+    core = np.zeros(shape, bool)
+    if with_core:
+        core[c[0] + 5, c[1], c[2]] = True  # partly outside the support
+    brain = rng.random(shape) < 0.97
+    n = min(n, int(brain.sum()))
+    np.testing.assert_array_equal(
+        top_volume(u, brain, n, core=core, zooms=zooms),
+        _top_volume_whole_grid(u, brain, n, core, zooms),
+    )
+
+
 def test_top_volume_beyond_a_zero_density_grows_from_the_support():
     u = np.zeros((21, 21, 21))
     u[10, 10, 10] = 1.0

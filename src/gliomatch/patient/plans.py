@@ -76,11 +76,7 @@ def standard_ctv(core, brain, zooms, margin_mm: float = MARGIN_MM) -> np.ndarray
     # the distance is needed only within the margin: on the core's box grown by the margin
     # (every voxel within margin_mm of the core lies in it, and all the core does), exact
     sampling = np.asarray(zooms, dtype=np.float64)
-    reach = np.ceil(margin_mm / sampling).astype(int) + 1
-    idx = np.argwhere(core)
-    lo = np.maximum(idx.min(axis=0) - reach, 0)
-    hi = np.minimum(idx.max(axis=0) + reach + 1, core.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = _box(core, np.ceil(margin_mm / sampling).astype(int) + 1)
     out = np.zeros(core.shape, bool)
     out[box] = ndimage.distance_transform_edt(~core[box], sampling=sampling) <= margin_mm
     return out & brain
@@ -110,23 +106,59 @@ def top_volume(density, brain, n_voxels: int, *, core=None, zooms=(1.0, 1.0, 1.0
     tied = cand[vals == kth]
     need = n_voxels - int(plan.sum())
     if need < tied.size:
-        sampling = np.asarray(zooms, dtype=np.float64)
-        support = u > 0
-        d_support = (
-            ndimage.distance_transform_edt(~support, sampling=sampling)
-            if support.any() and not support.all()
-            else np.zeros(u.shape)
-        )
-        core = None if core is None else np.asarray(core, bool)
-        d_core = (
-            ndimage.distance_transform_edt(~core, sampling=sampling)
-            if core is not None and core.any()
-            else np.zeros(u.shape)
-        )
-        # lexsort: the last key is the primary one
-        tied = tied[np.lexsort((tied, d_core.flat[tied], d_support.flat[tied]))]
+        tied = _nearest_tied(u, tied, need, core, np.asarray(zooms, dtype=np.float64))
     plan.flat[tied[:need]] = True
     return plan
+
+
+def _box(mask: np.ndarray, reach: np.ndarray) -> tuple:
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(axis=0) - reach, 0)
+    hi = np.minimum(idx.max(axis=0) + reach + 1, mask.shape)
+    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+
+
+def _nearest_tied(u, tied, need, core, sampling) -> np.ndarray:
+    """``tied`` (flat indices of equal density) ordered by (distance to the support u > 0,
+    distance to the core, index); the first ``need`` of them are exact.
+
+    The distances are computed on the box around the support and the core grown by a radius R,
+    doubled until the box holds ``need`` tied voxels within R of the primary source: every
+    voxel within R lies in the box and the sources lie in it, so those distances are exact, and
+    any voxel outside ranks after them. (On a 1 mm scan the whole-grid transforms took ~2.5 s.)
+    """
+    support = u > 0
+    core = np.zeros(u.shape, bool) if core is None else np.asarray(core, bool)
+    primary = support if support.any() and not support.all() else core
+    if not primary.any():  # no distance to order by: voxel order
+        return tied
+    sources = primary | core
+    radius = 4.0 * float(sampling.max())
+    while True:
+        box = _box(sources, np.ceil(radius / sampling).astype(int) + 1)
+        full = all(b.stop - b.start == n for b, n in zip(box, u.shape, strict=True))
+        sub_shape = tuple(b.stop - b.start for b in box)
+        coords = np.unravel_index(tied, u.shape)
+        inside = np.all(
+            [(c >= b.start) & (c < b.stop) for c, b in zip(coords, box, strict=True)], 0
+        )
+        cand = tied[inside]
+        local = np.ravel_multi_index(
+            tuple(c[inside] - b.start for c, b in zip(coords, box, strict=True)), sub_shape
+        )
+        d1 = ndimage.distance_transform_edt(~primary[box], sampling=sampling).ravel()[local]
+        near = d1 <= radius
+        if full or near.sum() >= need:
+            break
+        radius *= 2.0
+    if not full:
+        cand, local, d1 = cand[near], local[near], d1[near]
+    if primary is core or not core.any():
+        d2 = np.zeros(len(cand))
+    else:
+        d2 = ndimage.distance_transform_edt(~core[box], sampling=sampling).ravel()[local]
+    # lexsort: the last key is the primary one
+    return cand[np.lexsort((cand, d2, d1))]
 
 
 def recurrence_coverage(recurrence, plan) -> float:
