@@ -10,8 +10,7 @@
 # Not built in CI (no docker there); the command it runs is tested on a fabricated folder.
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=0 \
-    GLIOMATCH_CACHE=/opt/gliomatch-cache \
+ENV GLIOMATCH_CACHE=/opt/gliomatch-cache \
     MPLBACKEND=Agg
 WORKDIR /opt/gliomatch
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential make \
