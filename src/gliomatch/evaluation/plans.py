@@ -86,9 +86,7 @@ def bench_plans(
     ref = dbs[0]
     for db in dbs[1:]:
         _same_grid(db, ref)
-    atlas = ref.atlas()
-    zooms = np.full(3, float(atlas.spacing))
-    voxel_cm3 = float(np.prod(zooms)) / 1000.0
+    voxel_cm3 = ref.atlas().voxel_volume_cm3
     report(progress, 0, patients, "simulating patients")
     t = time.perf_counter()
     pats = two_scan_patients(

@@ -239,15 +239,18 @@ def prior_ranges(db) -> dict:
 
 
 def parameter_summary(
-    db, query: Query, strat, scores, ids, matches: list[dict], *, age_days=None
+    db, query: Query, strat, scores, ids, matches: list[dict], *, age_days=None, full_scores=None
 ) -> dict:
     """``parameters.json``: the posterior summary of what one scan determines (seed,
     sqrt(D_w/rho), rho*T; :mod:`gliomatch.patient.estimates`) over the search's matches, the
-    spread of those quantities over the top-k shown, and D_w, rho, T_end only given an age."""
+    spread of those quantities over the top-k shown, and D_w, rho, T_end only given an age.
+    ``full_scores``: the matches' full-resolution scores, when already computed."""
     calibration, why = load_calibration(db.path, db.fingerprint)
+    if full_scores is None:
+        full_scores = _full_resolution_scores(db, query, strat, scores, ids)
     post = estimate(
         db.params.iloc[np.asarray(ids, dtype=np.int64)].reset_index(drop=True),
-        _full_resolution_scores(db, query, strat, scores, ids),
+        full_scores,
         age_days=age_days,
         prior_ranges=prior_ranges(db),
         calibration=calibration,
@@ -396,7 +399,10 @@ def infer(
     save(atlas.to_nifti(density_atlas), "density_atlas.nii.gz")
     save(atlas.to_nifti(q.flair), "flair_atlas.nii.gz")
     save(atlas.to_nifti(q.t1gd), "t1gd_atlas.nii.gz")
-    parameters = parameter_summary(db, q, strat, scores, ids, matches, age_days=age_days)
+    full = _full_resolution_scores(db, q, strat, scores, ids)  # the posterior's scores
+    parameters = parameter_summary(
+        db, q, strat, scores, ids, matches, age_days=age_days, full_scores=full
+    )
     if inputs.followup is not None:
         t = time.perf_counter()
         f2, t2 = warp_masks_to_atlas(
@@ -423,7 +429,6 @@ def infer(
         say("plans")
         density, source = density_patient, f"best match, tumor {best}"
         if ensemble:
-            full = _full_resolution_scores(db, q, strat, scores, ids)
             ens, info = ensemble_density(db, ids, full)
             ens_img = warp_to_patient(atlas.to_nifti(ens), atlas, inputs.anatomy, reg)
             save(ens_img, "density_ensemble_patient.nii.gz")
