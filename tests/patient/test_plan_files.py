@@ -123,3 +123,17 @@ def test_brain_from_a_skull_stripped_scan_or_refused(case):
     scan = np.asarray(nib.load(case["brain"]).dataobj).astype(np.float32) * 100
     r = runner.invoke(app, [*base, "--anatomy", _save(scan, case["tmp"] / "t1.nii.gz")])
     assert r.exit_code == 0, r.output
+
+
+def test_header_noise_is_resampled_with_a_warning_line(case):
+    noisy = AFF.copy()
+    noisy[0, 3] += 0.01  # a header that differs by 0.01 mm: the same grid
+    u = np.asarray(nib.load(case["density"]).dataobj)
+    density = _save(u, case["tmp"] / "u_noisy.nii.gz", affine=noisy)
+    r = runner.invoke(
+        app,
+        ["plan", "--density", density, "--seg", case["seg"], "--brain-mask", case["brain"],
+         "--labels", "predictgbm", "--out", str(case["tmp"] / "pn")],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "warning: density" in r.output and "resampled" in r.output

@@ -3,6 +3,8 @@ recurrence coverage (PREDICT-GBM's protocol)."""
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -37,6 +39,16 @@ def _rule(margin, plan_volume, plan_level) -> dict:
     return {"margin_mm": margin, "volume_cm3": plan_volume, "level": plan_level}
 
 
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Library warnings (e.g. a header that differs slightly, resampled) as `warning:` lines."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+
+
 @app.command()
 @handle_errors
 def plan(
@@ -57,8 +69,9 @@ def plan(
 
     from gliomatch.patient.plans import load_plan_inputs, plans_for
 
-    inp = load_plan_inputs(density, seg, labels=labels, brain_mask=brain_mask, anatomy=anatomy)
-    plans, figures = plans_for(inp, **_rule(margin, plan_volume, plan_level))
+    with _warnings_as_lines():
+        inp = load_plan_inputs(density, seg, labels=labels, brain_mask=brain_mask, anatomy=anatomy)
+        plans, figures = plans_for(inp, **_rule(margin, plan_volume, plan_level))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -100,10 +113,12 @@ def evaluate_plan_cmd(
     enhancing recurrence and for any tumor label)."""
     from gliomatch.patient.plans import evaluate_plan, load_plan_inputs
 
-    inp = load_plan_inputs(density, seg, labels=labels, brain_mask=brain_mask, anatomy=anatomy)
-    res = evaluate_plan(
-        inp, followup, followup_labels=followup_labels, **_rule(margin, plan_volume, plan_level)
-    )
+    with _warnings_as_lines():
+        inp = load_plan_inputs(density, seg, labels=labels, brain_mask=brain_mask, anatomy=anatomy)
+        res = evaluate_plan(
+            inp, followup, followup_labels=followup_labels,
+            **_rule(margin, plan_volume, plan_level),
+        )  # fmt: skip
     res.pop("plans")
     if json_out:
         typer.echo(as_json(res))
