@@ -114,14 +114,24 @@ def test_resume_uses_cache(db, queries, tmp_path):
     assert [p.stat().st_mtime_ns for p in cached] == stamp
 
 
-def test_real_cohort_of_synthetic_patients(db, tmp_path, monkeypatch):
+def _synthetic_cohort(db, tmp_path, n=2):
+    """``n`` synthetic patients whose hidden tumors are database tumors 0..n-1."""
     atlas = db.atlas()
+    return [
+        make_patient(
+            atlas,
+            tmp_path / f"p{j}",
+            density=db.density(j),
+            theta={"dw": float(db.params.iloc[j].dw)},
+            seed=j,
+        )  # fmt: skip
+        for j in range(n)
+    ]
+
+
+def test_real_cohort_of_synthetic_patients(db, tmp_path, monkeypatch):
     lines = ["patient_id,t1,seg,labels"]
-    for j in range(2):
-        row = db.params.iloc[j]
-        p = make_patient(
-            atlas, tmp_path / f"p{j}", density=db.density(j), theta={"dw": float(row.dw)}, seed=j
-        )
+    for j, p in enumerate(_synthetic_cohort(db, tmp_path)):
         lines.append(f"p{j},{p.t1},{p.seg},brats2021")
     csv = tmp_path / "cohort.csv"
     csv.write_text("\n".join(lines) + "\n")
@@ -245,13 +255,8 @@ def test_calibrate_then_evaluate_reports_calibrated_coverage(make_db, tmp_path):
 def test_real_cohort_with_followups_scores_the_plans(db, tmp_path):
     """A follow-up equal to the first scan's core is fully covered by the standard plan (core
     + 15 mm); a follow-up with only a cavity is no recurrence (coverage 1)."""
-    atlas = db.atlas()
     lines = ["patient_id,t1,seg,labels,followup_seg,followup_labels"]
-    for j in range(2):
-        row = db.params.iloc[j]
-        p = make_patient(
-            atlas, tmp_path / f"p{j}", density=db.density(j), theta={"dw": float(row.dw)}, seed=j
-        )
+    for j, p in enumerate(_synthetic_cohort(db, tmp_path)):
         seg = nib.load(p.seg)
         lab = np.asarray(seg.dataobj)
         # the follow-up in PREDICT-GBM's labels: the old core as enhancing (3), or a cavity (4)
