@@ -184,3 +184,25 @@ def test_samplers_are_deterministic_and_plain_is_unchanged(atlas32):
     d = dataclasses.asdict(plain)
     d.pop("sampler")
     assert SamplingConfig.from_dict(d).sampler == "plain"
+
+
+def test_held_out_tumors_are_the_prefix_of_the_lazy_stream(monkeypatch):
+    """``iter_held_out`` gives the same tumors as ``held_out_tumors``, simulating only the
+    trajectories that are consumed."""
+    from gliomatch.database import BuildConfig
+    from gliomatch.database import trajectories as tr
+
+    cfg = BuildConfig(resolution=32, seed=5)
+    calls = []
+    real = tr.trajectory_tumors
+    monkeypatch.setattr(tr, "trajectory_tumors", lambda *a, **k: calls.append(1) or real(*a, **k))
+    few = tr.held_out_tumors(cfg, 3)
+    needed, calls[:] = len(calls), []
+    stream = tr.iter_held_out(cfg, 50)
+    first = [next(stream) for _ in range(3)]
+    assert len(calls) == needed  # no trajectory simulated ahead of what was consumed
+    for (r1, c1), (r2, c2) in zip(few, first, strict=True):
+        assert r1 == r2 and np.array_equal(c1, c2)
+    more = tr.held_out_tumors(cfg, 6)
+    for (r1, c1), (r2, c2) in zip(more[:3], few, strict=True):
+        assert r1 == r2 and np.array_equal(c1, c2)

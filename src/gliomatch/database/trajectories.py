@@ -21,6 +21,7 @@ __all__ = [
     "NO_PROGRESS_TRAJECTORIES",
     "check_progress",
     "held_out_tumors",
+    "iter_held_out",
     "space",
     "trajectory_tumors",
 ]
@@ -119,12 +120,25 @@ def held_out_tumors(db_or_config, n: int, *, seed_offset: int = 1_000_003, one_p
     * plain sampler (databases built before the scaled one): one kept snapshot drawn per
       trajectory, as those databases' published figures were measured.
     """
+    return list(
+        iter_held_out(
+            db_or_config, n, seed_offset=seed_offset, one_per_trajectory=one_per_trajectory
+        )
+    )
+
+
+def iter_held_out(
+    db_or_config, limit: int, *, seed_offset: int = 1_000_003, one_per_trajectory=True
+):
+    """The tumors of :func:`held_out_tumors`, simulated one trajectory at a time as they are
+    consumed (at most ``limit``): its first ``n`` are ``held_out_tumors(..., n)``, for a
+    caller that does not know how many it will need."""
     cfg = db_or_config
     if not isinstance(cfg, BuildConfig):
         cfg = BuildConfig.from_dict(db_or_config.manifest["build_config"])
     seed = cfg.seed + seed_offset
-    out, traj = [], 0
-    while len(out) < n:
+    given, traj = 0, 0
+    while given < limit:
         kept, _ = trajectory_tumors(cfg, traj, seed=seed)
         if kept and one_per_trajectory:
             rng = np.random.default_rng([seed, traj, 1])
@@ -136,10 +150,11 @@ def held_out_tumors(db_or_config, n: int, *, seed_offset: int = 1_000_003, one_p
                     for k, u in zip(kept, rng.random(len(kept)), strict=True)
                     if u < QUERY_THINNING
                 ]
-        out.extend(kept[: n - len(out)])
+        for tumor in kept[: limit - given]:
+            given += 1
+            yield tumor
         traj += 1
-        check_progress(traj, len(out), n, cfg)
-    return out
+        check_progress(traj, given, limit, cfg)
 
 
 #: Probability that a kept candidate of a held-out trajectory becomes a query (scaled sampler).

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gliomatch.database.config import BuildConfig
-from gliomatch.database.trajectories import held_out_tumors, space
+from gliomatch.database.trajectories import iter_held_out, space
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
 from gliomatch.patient.twoscan import two_scan
@@ -35,14 +35,6 @@ class TwoScanPatient:
     truth: dict  # seed fraction, dw, rho, t_first_days, dw_over_rho
 
 
-def _candidates(db, n: int, seed_offset: int):
-    """The held-out tumors in order, 2n of them first and 10n if those run out (the list is
-    prefix-stable in its length, so the patients do not depend on how many were drawn)."""
-    first = held_out_tumors(db, 2 * n, seed_offset=seed_offset)
-    yield from first
-    yield from held_out_tumors(db, 10 * n, seed_offset=seed_offset)[len(first) :]
-
-
 def two_scan_patients(
     db, n: int, *, seed: int = 0, interval_range=(30.0, 180.0)
 ) -> list[TwoScanPatient]:
@@ -57,9 +49,9 @@ def two_scan_patients(
     vox = atlas.voxel_volume_cm3
     max_cm3 = cfg.size_filter.flair_max_cm3
     out = []
-    for j, (row, codes) in enumerate(_candidates(db, n, 2_000_003 + seed)):
-        if len(out) == n:
-            break
+    # held-out tumors are simulated as they are consumed, at most 10n (skipped follow-ups)
+    candidates = iter_held_out(db, 10 * n, seed_offset=2_000_003 + seed)
+    for j, (row, codes) in enumerate(candidates):
         rng = np.random.default_rng([cfg.seed + 2_000_003 + seed, j, 7])
         interval = float(rng.uniform(*interval_range))
         r, rho, t1 = float(row["dw_over_rho"]), float(row["rho"]), float(row["t_end"])
@@ -81,6 +73,8 @@ def two_scan_patients(
             "t_first_days": t1,
         }
         out.append(TwoScanPatient(Query.from_codes(codes), Query(f2, t2 & f2), interval, truth))
+        if len(out) == n:
+            break  # before the generator simulates another trajectory
     if len(out) < n:
         raise GliomatchError(f"only {len(out)} of {n} two-scan patients stayed below the limit")
     return out
