@@ -119,7 +119,6 @@ def evaluate_plan_cmd(
             inp, followup, followup_labels=followup_labels,
             **_rule(margin, plan_volume, plan_level),
         )  # fmt: skip
-    res.pop("plans")
     if json_out:
         typer.echo(as_json(res))
         return

@@ -149,7 +149,7 @@ def recurrence_coverage_rows(db, queries, truth_rows, *, margin_mm=MARGIN_MM) ->
     """For real patients with a follow-up: each plan's coverage of their recurrence, in atlas
     space (the standard plan of the warped core; the best match's and the ensemble plan of the
     same volume, over the exact search's matches)."""
-    rows = []
+    rows, atlas = [], db.atlas()
     for q in queries:
         if q.kind != "real" or q.followup is None:
             continue
@@ -159,10 +159,10 @@ def recurrence_coverage_rows(db, queries, truth_rows, *, margin_mm=MARGIN_MM) ->
         truth = truth_rows[q.qid]
         enh, anyt = q.followup
         cov, n = atlas_plan_coverage(
-            db, q.query, truth["top"], truth["scores"], {"enhancing": enh, "any": anyt},
+            db, atlas, q.query, truth["top"], truth["scores"], {"enhancing": enh, "any": anyt},
             margin_mm=margin_mm,
         )  # fmt: skip
-        vox = db.atlas().voxel_volume_cm3
+        vox = atlas.voxel_volume_cm3
         rows.append(
             {"patient_id": q.qid, "status": "ok", "plan_cm3": n * vox,
              "recurrence_enhancing_cm3": float(enh.sum() * vox),

@@ -45,11 +45,13 @@ def _same_grid(db, ref) -> None:
         )
 
 
-def atlas_plan_coverage(db, query, ids, scores, recurrences: dict, *, margin_mm=MARGIN_MM):
-    """In atlas space: the standard plan of ``query``'s core, the best match's and the ensemble
-    plan of the same volume (matches ``ids`` with full-resolution ``scores``), each scored
-    against every mask of ``recurrences``. Returns ``({"<plan>_<recurrence>": coverage}, V)``."""
-    atlas = db.atlas()
+def atlas_plan_coverage(
+    db, atlas, query, ids, scores, recurrences: dict, *, margin_mm=MARGIN_MM
+) -> tuple[dict, int]:
+    """In atlas space (``atlas``: ``db.atlas()``, loaded once by the caller): the standard plan
+    of ``query``'s core, the best match's and the ensemble plan of the same volume (matches
+    ``ids`` with full-resolution ``scores``), each scored against every mask of
+    ``recurrences``. Returns ``({"<plan>_<recurrence>": coverage}, V)``."""
     zooms = np.full(3, float(atlas.spacing))
     core = query.t1gd
     brain = atlas.brain | query.flair
@@ -86,7 +88,8 @@ def bench_plans(
     ref = dbs[0]
     for db in dbs[1:]:
         _same_grid(db, ref)
-    voxel_cm3 = ref.atlas().voxel_volume_cm3
+    atlas = ref.atlas()  # every database is on its grid (checked above)
+    voxel_cm3 = atlas.voxel_volume_cm3
     report(progress, 0, patients, "simulating patients")
     t = time.perf_counter()
     pats = two_scan_patients(
@@ -107,7 +110,7 @@ def bench_plans(
                 "any": p.followup.flair,
                 "new_enhancing": p.followup.t1gd & ~core,
             }
-            cov, n = atlas_plan_coverage(db, p.first, ids, scores, rec, margin_mm=margin_mm)
+            cov, n = atlas_plan_coverage(db, atlas, p.first, ids, scores, rec, margin_mm=margin_mm)
             row = {
                 "n_db": len(db),
                 "patient": j,

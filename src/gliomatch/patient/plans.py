@@ -333,5 +333,4 @@ def evaluate_plan(inp: PlanInputs, followup, *, followup_labels: str = "auto", *
         "definition": "PREDICT-GBM recurrence_coverage: covered recurrence voxels / recurrence "
         "voxels, 1 when there is no recurrence; enhancing = the enhancing label, any = every "
         "tumor label, a resection cavity excluded",
-        "plans": plans,
     }
