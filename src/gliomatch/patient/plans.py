@@ -29,6 +29,14 @@ import numpy as np
 from scipy import ndimage
 
 from gliomatch.errors import GliomatchError
+from gliomatch.patient.inputs import (
+    binary_mask,
+    load_nifti,
+    masks_from_labels,
+    on_grid,
+    recurrence_masks,
+)
+from gliomatch.patient.registration import brain_support
 
 __all__ = [
     "MARGIN_MM",
@@ -253,9 +261,6 @@ def load_plan_inputs(
 ) -> PlanInputs:
     """Read a density, a tumor label map and the brain (a mask, or a skull-stripped scan's
     support); all on the segmentation's grid, else a one-line error."""
-    from gliomatch.patient.inputs import binary_mask, load_nifti, masks_from_labels, on_grid
-    from gliomatch.patient.registration import brain_support
-
     if (brain_mask is None) == (anatomy is None):
         raise GliomatchError(
             "give the brain as --brain-mask, or a skull-stripped scan as --anatomy (one of them)"
@@ -301,8 +306,6 @@ def plans_for(inp: PlanInputs, **rule) -> tuple[Plans, dict]:
 def evaluate_plan(inp: PlanInputs, followup, *, followup_labels: str = "auto", **rule) -> dict:
     """PREDICT-GBM's scores of both plans against a follow-up label map on the same grid:
     coverage of the enhancing recurrence and of any tumor label (cavity excluded)."""
-    from gliomatch.patient.inputs import load_nifti, on_grid, recurrence_masks
-
     f = load_nifti(followup, "follow-up segmentation")
     lab = on_grid(
         f, inp.reference, f"follow-up segmentation {followup}",

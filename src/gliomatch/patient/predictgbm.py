@@ -24,6 +24,8 @@ import nibabel as nib
 import numpy as np
 
 from gliomatch.errors import GliomatchError
+from gliomatch.patient.inputs import load_nifti, masks_from_labels, on_grid
+from gliomatch.patient.pipeline import PatientInputs, infer
 
 __all__ = ["PGBM_FILES", "PgbmPatient", "find_patients", "pseudo_t1", "run_predict_gbm"]
 
@@ -97,9 +99,6 @@ def pseudo_t1(maps: dict) -> np.ndarray:
 def load_pgbm_patient(pat: PgbmPatient):
     """The checked inputs of one patient: a pseudo-T1 anatomy and the tumor masks (all on the
     tumor segmentation's grid, else a one-line error)."""
-    from gliomatch.patient.inputs import load_nifti, masks_from_labels, on_grid
-    from gliomatch.patient.pipeline import PatientInputs
-
     seg = load_nifti(pat.files["tumorseg"], "tumorseg")
     maps = {}
     for t in T1_INTENSITY:
@@ -131,8 +130,6 @@ def run_predict_gbm(
 ) -> list[Path]:
     """Write ``<id>.nii.gz`` (the density on the input grid) into ``output_dir`` for every
     patient of ``input_dir``; returns the files written."""
-    from gliomatch.patient.pipeline import infer
-
     pats = find_patients(input_dir)
     out_root = Path(output_dir)
     try:
