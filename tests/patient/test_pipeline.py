@@ -337,7 +337,7 @@ def test_real_clinical_scan_registers(atlas64, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its quality may well be flagged as poor
         reg = register(img, atlas64, kind="affine", workdir=tmp_path)
-    assert reg.skull_stripped
+    assert not reg.skull_stripped  # a head scan, skull on
     assert np.isfinite(reg.quality)
     warped = warp_to_atlas(img, atlas64, reg)
     assert np.allclose(warped.affine, atlas64.affine) and warped.shape == atlas64.shape

@@ -28,6 +28,19 @@ The headline ``quality`` is ``brain_dice`` when available, else ``tissue_eta``; 
 "poor" were set on synthetic patients whose true deformation is known (README, ``bench
 registration``). The T1 correlation is still reported, for reference.
 
+Repeatable: the same scan gives the same transforms, bit for bit. ANTs draws its metric
+samples from ``SEED`` (``--random-seed``), and ITK's multithreaded metrics and fits sum
+their per-thread parts in the order the threads finish, so ITK runs one thread
+(``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``, set before ITK's first filter unless the user set
+it). Measured on a real 1 mm case (README): 36-38 s instead of 20-28 s on 2 cores, and two
+runs give identical transform files (with two threads and a fixed seed they did not, with
+ITK's pool threader or its platform threader alike). A user who sets the variable above 1
+trades repeatability for speed.
+
+Intensities: every intensity-based step reads the scan in canonical intensities
+(:mod:`gliomatch.intensity`), so a rescaled, offset or z-scored copy of a scan registers as
+the scan itself.
+
 Images cross between nibabel (RAS+) and ANTs (LPS) through NIfTI files, so every image keeps
 its geometry. Masks are warped as labels (a binary mask: linear interpolation thresholded at
 0.5, identical to ``genericLabel`` for two labels and faster), densities linearly.
@@ -35,6 +48,7 @@ its geometry. Masks are warped as labels (a binary mask: linear interpolation th
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import warnings
@@ -48,9 +62,11 @@ from scipy import ndimage
 
 from gliomatch.atlas import Atlas
 from gliomatch.errors import GliomatchError
+from gliomatch.intensity import BRAIN_LEVEL, canonical
 
 __all__ = [
     "Registration",
+    "poor_quality",
     "register",
     "registration_quality",
     "to_ants",
@@ -60,6 +76,8 @@ __all__ = [
     "warp_to_patient",
 ]
 
+#: The seed of ANTs' metric sampling (see the module notes: repeatable registration).
+SEED = 1
 #: Below these (see the module notes) the registration is flagged poor.
 POOR_QUALITY = {"brain_dice": 0.94, "tissue_eta": 0.45}
 #: Affine schedule: iterations per level at shrink ``AFF_SHRINK`` (9, 6 and 3 mm at 128^3).
@@ -76,9 +94,23 @@ N4_CONVERGENCE = {"iters": [25, 25, 25], "tol": 1e-7}
 FIXED_MARGIN = 6
 
 
+def _ants():
+    """ANTsPy (a heavy optional dependency, imported when first needed), with ITK single-
+    threaded unless the user chose otherwise: ITK reads the setting once, before its first
+    filter, and a registration is repeatable only on one thread (module notes). Its modules'
+    invalid escape sequences (``mni2tal.py``'s ``'\\%'``), reported when Python first
+    compiles them, are silenced here, at the import that causes them."""
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="invalid escape sequence")
+        import ants
+
+    return ants
+
+
 def to_ants(img: nib.Nifti1Image):
     """nibabel image -> ANTs image, through a NIfTI file (geometry handled by ITK)."""
-    import ants
+    ants = _ants()
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "img.nii"
@@ -89,7 +121,7 @@ def to_ants(img: nib.Nifti1Image):
 
 def to_nibabel(img) -> nib.Nifti1Image:
     """ANTs image -> nibabel image (data in memory), through a NIfTI file."""
-    import ants
+    ants = _ants()
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "img.nii"
@@ -144,10 +176,12 @@ def fixed_domain(atlas: Atlas, margin: int = FIXED_MARGIN) -> nib.Nifti1Image:
     return img.slicer[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
 
 
-def _has_skull(img_np: np.ndarray, spacing) -> bool:
-    """Heuristic: a skull-stripped scan is surrounded by (near) zero background with almost no
-    bright voxels outside a compact brain; a head scan has signal all around the brain."""
-    fg = img_np > np.percentile(img_np[img_np > 0], 20) if np.any(img_np > 0) else img_np > 0
+def _has_skull(c: np.ndarray, spacing) -> bool:
+    """Heuristic: a skull-stripped scan is surrounded by a flat background with almost no
+    bright voxels outside a compact brain; a head scan has signal all around the brain. Read
+    on the canonical intensities ``c`` (:mod:`gliomatch.intensity`), so any intensity
+    convention gives the same answer."""
+    fg = c > np.percentile(c[c > 0], 20) if np.any(c > 0) else c > 0
     vol_cm3 = fg.sum() * float(np.prod(spacing)) / 1000.0
     return vol_cm3 > 2200.0  # brains are ~1.1-1.8 l; heads with scalp are well above
 
@@ -175,7 +209,7 @@ def register(
         Whether the scan still has the skull (auto: a volume heuristic).
     workdir : folder for the transform files (a temporary one if omitted: keep it alive!).
     """
-    import ants
+    ants = _ants()
 
     if kind not in ("syn", "affine"):
         raise GliomatchError(f"registration must be 'syn' or 'affine', got {kind!r}")
@@ -184,10 +218,10 @@ def register(
     t0 = time.perf_counter()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="gliomatch-reg-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    data = np.asarray(anatomy.dataobj, dtype=np.float32)
+    canon = canonical(np.asarray(anatomy.dataobj))  # every intensity step reads this
     spacing = np.linalg.norm(anatomy.affine[:3, :3], axis=0)
     fixed, fixed_brain = _atlas_images(atlas)
-    work = working_copy(anatomy, atlas.spacing)
+    work = working_copy(anatomy, atlas.spacing, canon=canon)
     # N4 on a ~12 mm lattice (shrink 8 of the 1.5 mm copy: the bias field is smooth; 2 s on 2
     # cores against 5 s with ANTs' four levels of 50 iterations, 32 s at shrink 4 and minutes
     # at full resolution; the registration's accuracy is unchanged, README)
@@ -204,7 +238,7 @@ def register(
         grown_work = np.asarray(resample_from_to(grown_img, work, order=0).dataobj) > 0.5
         keep = to_ants(nib.Nifti1Image((~grown_work).astype(np.float32), work.affine))
 
-    has_skull = bool(_has_skull(data, spacing)) if skull == "auto" else skull == "on"
+    has_skull = bool(_has_skull(canon, spacing)) if skull == "auto" else skull == "on"
     init = None
     if has_skull:
         # rigid (no scaling: a head must not be shrunk onto a brain) on the whole head, then
@@ -214,6 +248,7 @@ def register(
             moving,
             type_of_transform="Rigid",
             outprefix=str(workdir / "head_"),
+            random_seed=str(SEED),
             aff_metric="mattes",
             aff_iterations=AFF_ITERATIONS,
             aff_shrink_factors=AFF_SHRINK,
@@ -241,6 +276,7 @@ def register(
         type_of_transform="Affine",
         initial_transform=None if init is None else init[0],
         outprefix=str(workdir / "aff_"),
+        random_seed=str(SEED),
         moving_mask=keep,
         aff_iterations=AFF_ITERATIONS,
         aff_shrink_factors=AFF_SHRINK,
@@ -253,6 +289,7 @@ def register(
             type_of_transform="SyNOnly",
             initial_transform=out["fwdtransforms"][0],
             outprefix=str(workdir / "reg_"),
+            random_seed=str(SEED),
             moving_mask=keep,
             reg_iterations=SYN_ITERATIONS,
             syn_metric="mattes",
@@ -267,7 +304,7 @@ def register(
         inverse_invert=invert,
         kind=kind,
         seconds=0.0,
-        skull_stripped=has_skull,
+        skull_stripped=not has_skull,
         files=fwd + inv,
     )
     warped = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=fwd)
@@ -278,41 +315,61 @@ def register(
         ).get_fdata(dtype=np.float32)
     brain_atlas = None
     if not has_skull:  # a skull-stripped scan: its own brain, warped, against the atlas'
-        support = nib.Nifti1Image(brain_support(data).astype(np.float32), anatomy.affine)
+        support = nib.Nifti1Image(_support(canon).astype(np.float32), anatomy.affine)
         brain_atlas = warp_to_atlas(support, atlas, reg, label=True).get_fdata() > 0.5
     reg.quality_figures = registration_quality(
         warped.numpy(), fixed.numpy(), atlas, reg.tumor_atlas, brain_atlas=brain_atlas
     )
     reg.seconds = time.perf_counter() - t0
-    measure = reg.quality_figures["measure"]
-    if reg.quality < POOR_QUALITY[measure]:
-        warnings.warn(
-            f"registration quality is poor ({measure} {reg.quality:.2f}, below "
-            f"{POOR_QUALITY[measure]}); check the inputs and the overlay in the report",
-            stacklevel=2,
-        )
+    poor = poor_quality(reg.quality_figures)
+    if poor:
+        warnings.warn(poor, stacklevel=2)
     return reg
 
 
-def working_copy(anatomy: nib.Nifti1Image, spacing_mm: float) -> nib.Nifti1Image:
-    """The scan at the atlas' working resolution (linear interpolation) when it is finer;
-    as it is otherwise. The world geometry is kept, so transforms estimated on it apply to
-    the original grid."""
+def poor_quality(figures: dict) -> str | None:
+    """The warning for quality ``figures`` whose headline is below ``POOR_QUALITY``, else
+    None. The figure is rounded down, so one just under the threshold never reads as equal
+    to it (0.9395 is "0.939, below 0.94", not "0.94, below 0.94")."""
+    measure = figures["measure"]
+    value = figures[measure]
+    if not value < POOR_QUALITY[measure]:
+        return None
+    return (
+        f"registration quality is poor ({measure} {np.floor(value * 1000) / 1000:.3f}, below "
+        f"{POOR_QUALITY[measure]}); check the inputs and the overlay in the report"
+    )
+
+
+def working_copy(
+    anatomy: nib.Nifti1Image, spacing_mm: float, *, canon: np.ndarray | None = None
+) -> nib.Nifti1Image:
+    """The scan in canonical intensities (:func:`gliomatch.intensity.canonical`: >= 0,
+    background 0, whatever its intensity convention; ``canon`` when already computed) at the
+    atlas' working resolution (linear interpolation, which keeps them >= 0) when it is finer;
+    on its own grid otherwise. The world geometry is kept, so transforms estimated on it
+    apply to the original grid."""
+    if canon is None:
+        canon = canonical(np.asarray(anatomy.dataobj))
+    img = nib.Nifti1Image(canon, anatomy.affine)
     zooms = np.linalg.norm(anatomy.affine[:3, :3], axis=0)
     if zooms.min() >= 0.8 * spacing_mm:
-        return anatomy
-    img = nib.Nifti1Image(np.asarray(anatomy.dataobj, dtype=np.float32), anatomy.affine)
+        return img
     out = resample_to_output(img, voxel_sizes=[max(spacing_mm, z) for z in zooms], order=1)
-    return nib.Nifti1Image(np.maximum(np.asarray(out.dataobj, np.float32), 0), out.affine)
+    return nib.Nifti1Image(np.asarray(out.dataobj, np.float32), out.affine)
 
 
 def brain_support(data: np.ndarray) -> np.ndarray:
-    """The brain of a skull-stripped scan: voxels above 5 % of its 99th percentile, holes
-    (dark ventricles) filled; robust to faint signal left outside by a loose mask."""
-    pos = data[data > 0]
-    if pos.size == 0:
-        return np.zeros(data.shape, bool)
-    return ndimage.binary_fill_holes(data > 0.05 * float(np.percentile(pos, 99)))
+    """The brain of a skull-stripped scan: canonical intensity (:mod:`gliomatch.intensity`)
+    above ``BRAIN_LEVEL``, holes (dark ventricles) filled. The same mask for any intensity
+    convention (rescaled, offset, z-scored with a zero or a negative background); faint
+    signal left outside by a loose mask is below the level."""
+    return _support(canonical(data))
+
+
+def _support(c: np.ndarray) -> np.ndarray:
+    """:func:`brain_support` of canonical intensities ``c``."""
+    return ndimage.binary_fill_holes(c > BRAIN_LEVEL)
 
 
 def correlation_ratio(values: np.ndarray, labels: np.ndarray) -> float:
@@ -370,7 +427,7 @@ def _apply(fixed, img: nib.Nifti1Image, transforms, invert, label: bool) -> np.n
     what generic-label interpolation does for two labels (the larger of the two linearly
     interpolated indicators, m and 1 - m) at two thirds of its cost; other label maps use
     generic-label interpolation itself."""
-    import ants
+    ants = _ants()
 
     data = np.asarray(img.dataobj)
     binary = label and bool(np.all((data == 0) | (data == 1)))
