@@ -6,11 +6,30 @@ Dask is imported here only, when a client is asked for: single-process runs neve
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 from gliomatch.errors import GliomatchError
 
-__all__ = ["dask_client", "worker_count"]
+__all__ = ["check_scheduler", "dask_client", "worker_count"]
+
+#: A Dask scheduler address: an optional protocol, a host name, IPv4 or [IPv6], and a port.
+_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9A-Fa-f:.]+\]|[\w.-]+):(\d{1,5})$")
+
+
+def check_scheduler(scheduler: str | None) -> str | None:
+    """``scheduler`` when it is None or a Dask scheduler address (``tcp://HOST:PORT``, also
+    ``tls://``, ``ws://``, ``wss://``, ``ucx://`` or no protocol); else a one-line error. Called
+    where the API is entered (builds, sharded search), before any work starts."""
+    if scheduler is None:
+        return None
+    m = _ADDRESS.match(str(scheduler)) if isinstance(scheduler, str) else None
+    if m is None or not 0 < int(m.group(1)) < 65536:
+        raise GliomatchError(
+            f"--scheduler {scheduler!r} is not a Dask scheduler address; expected "
+            "tcp://HOST:PORT (e.g. tcp://127.0.0.1:8786)"
+        )
+    return scheduler
 
 
 @contextlib.contextmanager
@@ -20,10 +39,11 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     from dask.distributed import Client, LocalCluster
 
     cluster = None
-    if scheduler:
+    if scheduler is not None:
+        check_scheduler(scheduler)
         try:
             client = Client(scheduler, timeout="20s")
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:
             raise GliomatchError(f"cannot reach Dask scheduler {scheduler} ({exc})") from exc
     else:
         if workers is None or workers < 1:

@@ -7,15 +7,18 @@ to escape its folder. These helpers are the one place that handles both.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from gliomatch.errors import GliomatchError
 
 __all__ = [
+    "atomic_path",
     "cache_key",
     "confined_child",
     "file_digests",
@@ -23,6 +26,7 @@ __all__ = [
     "stale_temporaries",
     "worker_pool",
     "write_json_atomic",
+    "write_text_atomic",
 ]
 
 #: A name usable as one path component: letters, digits, ``.``, ``_``, ``-``; starts with a
@@ -46,15 +50,56 @@ def file_digests(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer to fill; renamed onto ``path`` when the
+    block ends, removed when it fails. ``path`` thus holds either its earlier content or the
+    complete new file, never a truncated one (a full disk, an interrupted run).
+
+    The temporary name keeps ``path``'s suffixes (``.model.tmp-<pid>.pt``), for writers that
+    choose the format by extension (nibabel, matplotlib). A write that fails for lack of space
+    or permission (``OSError``, or the ``RuntimeError`` torch raises for it) becomes a one-line
+    :class:`GliomatchError` naming ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_path(p) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> p.read_text()
+    'done'
+    """
+    path = Path(path)
+    base, dot, ext = path.name.partition(".")
+    tmp = path.with_name(f".{base}.tmp-{os.getpid()}{dot}{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0][:200]
+        raise GliomatchError(
+            f"cannot write {path} ({reason}); free some space or choose a writable folder"
+        ) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_path` (never half-written)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
 def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (never half-written).
+    """Write JSON to ``path`` through :func:`atomic_path` (never half-written).
 
     NaN and infinities are refused: they are not JSON.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False))
 
 
 def confined_child(folder: Path, name: str, what: str = "name") -> Path:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gliomatch.errors import GliomatchError
+from gliomatch.errors import GliomatchError, check_count
 
 
 def _fail(msg: str, code: int = 1):
@@ -39,6 +40,8 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        shown = warnings.showwarning
+        warnings.showwarning = _show_warning  # library warnings as warning: lines
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -63,8 +66,17 @@ def handle_errors(fn):
                 f"report it to {REPORT_TO} with the command you ran "
                 "(GLIOMATCH_DEBUG=1 shows the traceback)"
             )
+        finally:
+            warnings.showwarning = shown
 
     return wrapper
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning from any library (torch, ANTs, ours) as one ``warning:`` line on stderr: its
+    first line, without the source path and line that Python's own format adds."""
+    text = str(message).strip().splitlines()
+    typer.echo(f"warning: {text[0] if text else category.__name__}", err=True)
 
 
 def _finite(obj):
@@ -117,8 +129,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def check_k(k: int) -> None:
-    if k < 1:
-        raise GliomatchError(f"--k must be >= 1, got {k}")
+    check_count(k, "--k")
 
 
 def strategy_names(text: str) -> list[str]:

@@ -21,6 +21,7 @@ from gliomatch.cli.common import (
     sibling,
 )
 from gliomatch.errors import GliomatchError
+from gliomatch.files import atomic_path
 
 
 def _range(text: str | None, name: str) -> tuple[float, float] | None:
@@ -172,7 +173,8 @@ def db_features(
     with progress_bar(transient=True) as bar:  # computed once, in parallel, then stored
         strat = get_strategy("radiomics", db, progress=bar).ensure_ready()
     table = pd.read_parquet(strat.index_path / "features.parquet")
-    table.to_csv(out, index=False)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
     typer.echo(f"{len(table)} tumors x {table.shape[1] - 1} features -> {out}")
 
 
@@ -282,11 +284,15 @@ def db_verify(db_path: Annotated[Path, typer.Argument(help="Database folder.")])
         Database,
         verify,
     )
+    from gliomatch.search.verify import verify_indexes
 
     db = Database.open(db_path)
     with progress_bar(transient=True) as bar:
         res = verify(db, progress=bar)
+        indexes = verify_indexes(db, progress=bar)
     typer.echo(f"ok: {res['tumors']} tumors in {res['shards']} shards verified")
+    for name, how in indexes.items():
+        typer.echo(f"ok: index {name}: {how}")
 
 
 @db_app.command("show")
@@ -307,11 +313,13 @@ def db_show(
     out = out_path(out)
     db = Database.open(db_path)
     u = db.density(tumor_id)
-    nib.save(nib.Nifti1Image(u, db.affine), str(out))
+    with atomic_path(out) as tmp:
+        nib.save(nib.Nifti1Image(u, db.affine), str(tmp))
     if masks:
         flair, t1gd = db.masks(tumor_id)
         for name, m in (("flair", flair), ("t1gd", t1gd)):
-            nib.save(nib.Nifti1Image(m.astype("uint8"), db.affine), str(sibling(out, name)))
+            with atomic_path(sibling(out, name)) as tmp:
+                nib.save(nib.Nifti1Image(m.astype("uint8"), db.affine), str(tmp))
     row = db.params.iloc[tumor_id]
     typer.echo(
         f"tumor {tumor_id}: D_w {row.dw:.4g} mm^2/d, rho {row.rho:.4g} /d, "

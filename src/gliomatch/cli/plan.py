@@ -21,6 +21,7 @@ from gliomatch.cli.common import (
     print_plans,
 )
 from gliomatch.errors import GliomatchError
+from gliomatch.files import atomic_path, write_text_atomic
 
 DensityOpt = Annotated[
     Path, typer.Option(help="Predicted tumor-cell density (NIfTI, values in [0, 1]).")
@@ -79,10 +80,11 @@ def plan(
     files = {}
     for name, p in (("standard", plans.standard), ("personalized", plans.personalized)):
         path = out / f"ctv_{name}.nii.gz"
-        nib.save(nib.Nifti1Image(p.astype("uint8"), inp.affine), str(path))
+        with atomic_path(path) as tmp:
+            nib.save(nib.Nifti1Image(p.astype("uint8"), inp.affine), str(tmp))
         files[name] = str(path)
     summary = {"figures": figures, "rule": plans.rule, "margin_mm": margin, "files": files}
-    (out / "plans.json").write_text(as_json(summary))
+    write_text_atomic(out / "plans.json", as_json(summary))
     if json_out:
         typer.echo(as_json(summary))
         return

@@ -13,6 +13,7 @@ from gliomatch.cli.apps import app
 from gliomatch.cli.common import (
     StrategyOpt,
     as_json,
+    check_k,
     handle_errors,
     print_estimates,
     progress_bar,
@@ -47,6 +48,7 @@ def search(
     from gliomatch.search import describe_matches, get_strategy
     from gliomatch.search.sharded import maybe_sharded
 
+    check_k(k)
     db = Database.open(db_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -16,6 +16,7 @@ from gliomatch.cli.common import (
     out_path,
     sibling,
 )
+from gliomatch.files import atomic_path
 
 
 @app.command()
@@ -48,12 +49,14 @@ def simulate(
     a = load_atlas(atlas, resolution)
     sim = run(a, TumorParams(x, y, z, dw, rho, t_end), ratio=ratio)
     u = sim.densities[0]
-    nib.save(a.to_nifti(u), str(out))
+    with atomic_path(out) as tmp:
+        nib.save(a.to_nifti(u), str(tmp))
     files = [str(out)]
     if masks:
         for name, m in zip(("flair", "t1gd"), threshold(u), strict=True):
             p = sibling(out, name)
-            nib.save(a.to_nifti(m), str(p))
+            with atomic_path(p) as tmp:
+                nib.save(a.to_nifti(m), str(tmp))
             files.append(str(p))
     v = a.voxel_volume_cm3
     summary = {

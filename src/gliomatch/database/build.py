@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch import __version__
-from gliomatch.cluster import dask_client, worker_count
+from gliomatch.cluster import check_scheduler, dask_client, worker_count
 from gliomatch.database.config import BuildConfig
 from gliomatch.database.storage import (
     FORMAT,
@@ -34,7 +34,7 @@ from gliomatch.database.storage import (
     write_shard,
 )
 from gliomatch.database.trajectories import check_progress, space, trajectory_tumors
-from gliomatch.errors import GliomatchError
+from gliomatch.errors import GliomatchError, check_count
 from gliomatch.files import sha256_file, stale_temporaries
 from gliomatch.masks import FLAIR_LEVEL, SCALE, T1GD_LEVEL
 from gliomatch.progress import Progress
@@ -318,8 +318,8 @@ def build_database(
         same command resumes towards ``n``).
         Equal-time comparisons of build designs use it.
     """
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
-        raise GliomatchError(f"n (number of tumors) must be a positive integer, got {n!r}")
+    check_count(n, "n (number of tumors)")
+    check_scheduler(scheduler)
     cfg = config or BuildConfig()
     path = Path(path)
     if path.exists() and not path.is_dir():

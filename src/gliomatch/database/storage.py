@@ -38,7 +38,7 @@ import pandas as pd
 from gliomatch.atlas import load_atlas
 from gliomatch.database.sampling import identifiable
 from gliomatch.errors import GliomatchError
-from gliomatch.files import file_digests, sha256_file, write_json_atomic
+from gliomatch.files import atomic_path, file_digests, sha256_file, write_json_atomic
 from gliomatch.masks import decode, masks_from_codes
 
 __all__ = [
@@ -55,6 +55,8 @@ FORMAT = "gliomatch-tumor-db"
 FORMAT_VERSION = 2
 #: Manifest keys every reader relies on.
 MANIFEST_KEYS = ("atlas", "counts", "shards", "sampling", "size_filter", "table_sha256")
+#: What the manifest's ``atlas`` record must hold.
+ATLAS_KEYS = ("source", "resolution", "shape", "spacing_mm", "affine", "checksum")
 
 
 def hash_tree(path: Path) -> str:
@@ -112,9 +114,8 @@ def read_manifest(path: Path) -> dict | None:
 
 
 def write_parquet_atomic(path: Path, df: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def write_shard(
@@ -162,6 +163,52 @@ def write_shard(
             raise
 
 
+def _check_entries(manifest: dict, mpath: Path) -> None:
+    """The nested entries every reader relies on: the atlas (source, resolution, a 3-D shape,
+    spacing, a finite invertible 4x4 affine, checksum), the tumor count and the shard list.
+    A manifest resealed without one of them is a one-line error, not a KeyError later."""
+    atlas, counts = manifest.get("atlas"), manifest.get("counts")
+    problem = None
+    if not isinstance(atlas, dict):
+        problem = "atlas is not a record"
+    elif missing := [k for k in ATLAS_KEYS if k not in atlas]:
+        problem = f"atlas lacks {', '.join(missing)}"
+    else:
+        try:
+            shape = np.asarray(atlas["shape"])
+            affine = np.asarray(atlas["affine"], dtype=np.float64)
+            ok = (
+                shape.shape == (3,)
+                and shape.dtype.kind in "iu"
+                and bool(np.all(shape > 0))
+                and affine.shape == (4, 4)
+                and bool(np.all(np.isfinite(affine)))
+                and abs(np.linalg.det(affine[:3, :3])) > 1e-9
+                and isinstance(atlas["resolution"], int)
+                and float(atlas["spacing_mm"]) > 0
+            )
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            problem = "atlas shape, affine, resolution or spacing is malformed"
+    if problem is None and not (
+        isinstance(counts, dict)
+        and isinstance(counts.get("tumors"), int)
+        and not isinstance(counts.get("tumors"), bool)
+    ):
+        problem = "counts.tumors is missing or not an integer"
+    if problem is None and not (
+        isinstance(manifest["shards"], list)
+        and all(isinstance(s, dict) and {"name", "sha256"} <= set(s) for s in manifest["shards"])
+    ):
+        problem = "shards is not a list of {name, sha256} records"
+    if problem:
+        raise GliomatchError(
+            f"database {mpath}: {problem} (the manifest was edited); restore it from a backup "
+            "or rebuild the database"
+        )
+
+
 class Database:
     """Read access to a tumor database folder (lazy: densities are read per tumor or batch).
 
@@ -202,6 +249,7 @@ class Database:
         missing = [k for k in MANIFEST_KEYS if k not in manifest]
         if missing:
             raise GliomatchError(f"database {mpath}: missing entries {', '.join(missing)}")
+        _check_entries(manifest, mpath)
         tpath = path / "tumors.parquet"
         if not tpath.is_file():
             raise GliomatchError(f"database {tpath}: missing")

@@ -9,7 +9,11 @@ from gliomatch.errors import GliomatchError
 from gliomatch.masks import masks_from_codes
 from gliomatch.progress import Progress, report
 
-__all__ = ["verify"]
+__all__ = ["TRAINING_RECORDS", "verify"]
+
+#: Files a model folder holds besides its listed weights and settings: the training's own
+#: records (resumable checkpoint, curves, split), never read by a search.
+TRAINING_RECORDS = ("checkpoint.pt", "history.csv", "loss.png", "split.npz")
 
 
 def verify(db: Database, *, progress: Progress | None = None) -> dict:
@@ -18,11 +22,21 @@ def verify(db: Database, *, progress: Progress | None = None) -> dict:
     * the manifest's own checksum, which seals the build settings it records, and the
       table's (checked when the database opens);
     * every shard's files match the manifest's SHA-256;
-    * every index and model file listed in the manifest matches its SHA-256, and no index
-      folder is unlisted;
+    * the atlas the database was simulated in (its files' checksum) has the grid and affine
+      the manifest states, so a resealed, edited affine is caught;
+    * every index and model file listed in the manifest matches its SHA-256, no index or model
+      folder is unlisted, and a model folder holds nothing but its listed files and its
+      training records (``TRAINING_RECORDS``);
     * the table's (shard, local) pairs exist in the shard arrays, with the right grid;
     * each tumor's stored masks reproduce the table's FLAIR/T1Gd volumes exactly.
     """
+    atlas = db.atlas()  # checks the atlas' checksum against the manifest's
+    if tuple(atlas.shape) != db.shape or not np.allclose(atlas.affine, db.affine, atol=1e-5):
+        raise GliomatchError(
+            f"database {db.path / 'manifest.json'}: its atlas grid or affine differs from the "
+            f"atlas' own ({atlas.source}, checksum verified): the manifest was edited; restore "
+            "it from a backup or rebuild the database"
+        )
     shards_dir = db.path / "shards"
     for entry in db.manifest["shards"]:
         p = shards_dir / entry["name"]
@@ -36,6 +50,26 @@ def verify(db: Database, *, progress: Progress | None = None) -> dict:
             raise GliomatchError(f"database index {folder}: listed in the manifest but missing")
         db.check_files(key, folder, complete=not key.startswith("models/"))
     index = db.path / "index"
+    models = index / "models"
+    if models.is_dir():
+        for folder in sorted(p for p in models.iterdir() if not p.name.startswith(".")):
+            listed = db.recorded_files(f"models/{folder.name}")
+            if listed is None:
+                raise GliomatchError(
+                    f"database model {folder}: not listed in the manifest (an unfinished or "
+                    "failed training, or copied in); run the same `gliomatch train` again to "
+                    "finish it, or delete the folder"
+                )
+            extra = sorted(
+                p.relative_to(folder).as_posix()
+                for p in folder.rglob("*")
+                if p.is_file() and p.name not in listed and p.name not in TRAINING_RECORDS
+            )
+            if extra:
+                raise GliomatchError(
+                    f"database model {folder}: unexpected files {extra} (not made by `gliomatch "
+                    "train`, or left by an interrupted write); delete them"
+                )
     if index.is_dir():
         for folder in sorted(index.iterdir()):
             hidden = folder.name.startswith(".")  # a killed build's temporary: never read

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.database.trajectories import held_out_tumors
-from gliomatch.errors import GliomatchError
+from gliomatch.errors import GliomatchError, check_count
 from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
 from gliomatch.evaluation.figures import write_outputs
 from gliomatch.evaluation.plans import atlas_plan_coverage
@@ -199,11 +199,15 @@ def evaluate(
     log=print,
 ) -> dict:
     """Run every strategy on every query; write tables, figures, summary.json, report.html."""
+    check_count(k, "--k")
+    check_count(loop_check, "--loop-check", minimum=0)
     out = Path(out)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     if not strategies:
         raise GliomatchError("no strategy to evaluate")
+    if not queries:
+        raise GliomatchError("no query to evaluate")
     strats = {name: get_strategy(name, db) for name in strategies}
     exact = get_strategy("exact", db).ensure_ready()
     strat_keys = {name: _strategy_key(strat) for name, strat in strats.items()}
@@ -355,8 +359,9 @@ def evaluate_queries(
 ) -> dict:
     """``gliomatch evaluate``: ``synthetic`` held-out queries (seeded by ``seed``) and/or a real
     cohort CSV, then :func:`evaluate` over them; returns its summary."""
-    if synthetic < 0:
-        raise GliomatchError(f"--synthetic must be >= 0, got {synthetic}")
+    check_count(synthetic, "--synthetic", minimum=0)
+    check_count(k, "--k")
+    check_count(loop_check, "--loop-check", minimum=0)
     if synthetic == 0 and real is None:
         raise GliomatchError("nothing to evaluate: give synthetic queries or a real cohort")
     out = Path(out)

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gliomatch.errors import GliomatchError
+from gliomatch.files import atomic_path
 from gliomatch.learn.config import TASK_SETS, MultitaskConfig
 from gliomatch.learn.labels import TASKS, task_labels
 from gliomatch.learn.roi import RoIMaxPool3d, distort_boxes
@@ -226,7 +227,8 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
         "name": cfg.name,
         "label_edges": edges,
     }
-    np.savez(folder / "split.npz", train=train_ids, val=val_ids)
+    with atomic_path(folder / "split.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, train=train_ids, val=val_ids)
     part_names = (["seg"] if cfg.lambda_seg > 0 else []) + list(cfg.task_list)
 
     def train_epoch(rng):
@@ -279,7 +281,8 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
     meta["history_epochs"] = len(history)
     meta["best_val_loss"] = best
     meta["final"] = history[-1]
-    (folder / "config.json").write_text(json.dumps(meta, indent=2))
+    with atomic_path(folder / "config.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
 
     record_model(db, folder)
     return meta

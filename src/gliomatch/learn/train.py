@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gliomatch.errors import GliomatchError
+from gliomatch.files import atomic_path
 from gliomatch.learn.config import MODALITIES, TrainConfig
 from gliomatch.learn.models import MaskAutoencoder, build_model
 from gliomatch.learn.trainer import fit, load_state, require_device
@@ -186,7 +187,8 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
     meta["best_val_loss"] = best
     meta["recon_dice_val"] = recon_dice(best_model, x_val)
     meta["recon_dice_train_sample"] = recon_dice(best_model, x_train[:150])
-    (folder / "config.json").write_text(json.dumps(meta, indent=2))
+    with atomic_path(folder / "config.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
     record_model(db, folder)
     return meta
 
@@ -216,7 +218,7 @@ def write_curves(folder: Path, history: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(folder / "history.csv", "w", newline="") as f:
+    with atomic_path(folder / "history.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)
@@ -230,7 +232,8 @@ def write_curves(folder: Path, history: list[dict]) -> None:
         ax.set_title(f"{folder.name}: {part}", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "loss.png", dpi=80)
+    with atomic_path(folder / "loss.png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from gliomatch.errors import GliomatchError
+from gliomatch.files import atomic_path
 from gliomatch.progress import Progress, report
 
 __all__ = [
@@ -123,9 +124,8 @@ def save_checkpoint(
         "history": json.dumps(history),
         "meta_json": json.dumps(meta, sort_keys=True),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # an interrupted save never leaves a truncated checkpoint
+    with atomic_path(path) as tmp:  # a failed save never leaves a truncated checkpoint
+        torch.save(state, tmp)
 
 
 def _resume_key(meta) -> str:
@@ -140,7 +140,8 @@ def end_epoch(folder: Path, model, opt, epoch, val, best, since_best, history, m
     returns the new ``(best, since_best)``."""
     if val < best:
         best, since_best = val, 0
-        torch.save(model.state_dict(), folder / "model.pt")
+        with atomic_path(folder / "model.pt") as tmp:
+            torch.save(model.state_dict(), tmp)
     else:
         since_best += 1
     save_checkpoint(

@@ -12,12 +12,20 @@ A BraTS case folder holds ``<id>-t1n/-t1c/-t2f/-t2w/-seg.nii.gz`` (BraTS 2023 na
 T1c when there is no T1), the ``seg`` the tumor. A folder of such folders is a cohort.
 
 A problem with one row (an unusable patient id, a duplicate id, a missing file) is recorded for
-that row and the others go on; only a CSV that cannot be read at all is an error.
+that row and the others go on; only a CSV that cannot be read at all, or that holds no patient
+row, is an error.
+
+Each patient's folder holds only the outputs of its last run: a patient that is run again
+starts from an empty folder, and a failed run leaves none (the earlier outputs belonged to
+other inputs or settings), so no stale result can be mistaken for the new one. A run cut off
+midway leaves a folder without the ``cache_key`` that marks a finished one (``matches.json``
+is written last), which the next run redoes.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +33,13 @@ from pathlib import Path
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
-from gliomatch.files import cache_key, confined_child, sha256_file, write_json_atomic
+from gliomatch.files import (
+    atomic_path,
+    cache_key,
+    confined_child,
+    sha256_file,
+    write_json_atomic,
+)
 from gliomatch.patient.pipeline import infer, load_patient
 
 __all__ = ["CohortRow", "brats_case", "infer_cohort", "input_digest", "load_case", "read_cohort"]
@@ -33,6 +47,8 @@ __all__ = ["CohortRow", "brats_case", "infer_cohort", "input_digest", "load_case
 FILE_COLUMNS = ("t1", "t1c", "wm", "seg", "flair_mask", "t1gd_mask")
 #: A follow-up label map (the recurrence) for ``evaluate --real``; not an input of ``infer``.
 FOLLOWUP_COLUMN = "followup_seg"
+#: What ``infer_cohort`` writes beside the patients' folders; no patient may be named so.
+RESERVED = ("summary.csv",)
 
 
 @dataclass
@@ -177,6 +193,8 @@ def _read_csv(csv: Path) -> list[CohortRow]:
                 row.error = f"{c} file {p} not found"
                 break
             row.files[c] = p
+    if not rows:
+        raise GliomatchError(f"cohort CSV {csv}: no patient rows (only a header)")
     return rows
 
 
@@ -203,15 +221,23 @@ def infer_cohort(
     """
 
     say = log or (lambda msg: None)
+    if not rows:
+        raise GliomatchError("the cohort holds no patient")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for n, row in enumerate(rows, 1):
         head = f"[{n}/{len(rows)}] {row.patient_id}"
         rec = {"patient_id": row.patient_id}
+        pdir = None
         try:
             if row.error:
                 raise GliomatchError(row.error)
+            if row.patient_id.lower() in RESERVED:
+                raise GliomatchError(
+                    f"patient_id {row.patient_id!r} is the name of the cohort's summary file; "
+                    "rename the patient"
+                )
             pdir = confined_child(out, row.patient_id, "patient_id")
             key = cache_key(
                 inputs=input_digest(row),
@@ -227,6 +253,7 @@ def infer_cohort(
             else:
                 say(head)
                 inputs = load_patient(**row.patient_kwargs())
+                shutil.rmtree(pdir, ignore_errors=True)  # an earlier run's outputs
                 infer(inputs, db, pdir, k=k, strategy=strategy, registration=registration)
                 summary = json.loads((pdir / "matches.json").read_text())
                 summary["cache_key"] = key
@@ -253,9 +280,12 @@ def infer_cohort(
             )
         if rec["status"] != "ok":
             say(f"{head}: {rec['status']}")
+            if pdir is not None:  # no stale outputs beside the error
+                shutil.rmtree(pdir, ignore_errors=True)
         records.append(rec)
     table = pd.DataFrame(records)
-    table.to_csv(out / "summary.csv", index=False)
+    with atomic_path(out / "summary.csv") as tmp:
+        table.to_csv(tmp, index=False)
     return table
 
 

@@ -39,6 +39,7 @@ import pandas as pd
 
 from gliomatch.database.sampling import NOT_IDENTIFIABLE
 from gliomatch.errors import GliomatchError
+from gliomatch.files import write_text_atomic
 from gliomatch.patient.inputs import positive_days
 
 __all__ = [
@@ -281,9 +282,7 @@ def save_calibration(folder, fingerprint: str, margins: dict, **info) -> Path:
     """Write ``calibration.json`` into the database folder (atomically)."""
     path = Path(folder) / CALIBRATION_FILE
     record = {"db": fingerprint, **_calibration_key(), **margins, **info}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(record, indent=2))
     return path
 
 

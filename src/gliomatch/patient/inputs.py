@@ -23,8 +23,10 @@ predictgbm  1 necrotic, 2 edema, 3 enhancing,           1, 2, 3        1, 3     
 ``auto`` picks a convention only when exactly one family fits the labels present (labels
 {1, 2, 4}: brats2021; {1, 2, 3} read the same way by brats2023, brats2024 and predictgbm:
 brats2023) and otherwise refuses, listing the conventions that fit. A map holding only 0 and 1
-is a binary mask, not a label map: it is refused in ``auto`` with a pointer to
-``--flair-mask``/``--t1gd-mask``.
+is a binary mask, not a label map: it is refused under every convention, ``auto`` and named
+ones alike (every convention reads 1 as tumor core, so a whole-tumor mask would become all
+core and the standard CTV would grow around the edema), with a pointer to
+``--flair-mask``/``--t1gd-mask``; a tumor that really is all core is given as both masks.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def on_grid(
     if data.shape == ref.shape and diff <= AFFINE_TOLERANCE_MM:
         warnings.warn(
             f"{name}: its header differs slightly from {ref_name}'s (max affine difference "
-            f"{diff:.3g} mm); resampled onto the {ref_name} grid",
+            f"{diff:.3g} mm); resampled onto {ref_name}'s grid",
             stacklevel=2,
         )
         moved = resample_from_to(
@@ -158,6 +160,13 @@ def on_grid(
         f"({ref.get_filename()}): shapes {data.shape} vs {ref.shape}, max affine difference "
         f"{diff:.3g} mm; segmentations must be on the grid of the anatomical scan"
     )
+
+
+def _listed(values, most: int = 8) -> str:
+    """``values`` sorted, as a short list: the first ``most`` and how many in all (an
+    anatomical scan passed as a segmentation holds thousands)."""
+    v = sorted(values)
+    return str(v) if len(v) <= most else f"[{', '.join(map(str, v[:most]))}, ... ({len(v)} values)]"
 
 
 def _fitting(values: set[int]) -> list[str]:
@@ -188,17 +197,18 @@ def masks_from_labels(labels: np.ndarray, scheme: str = "auto", *, name: str = "
         )
     if not tumor:
         raise GliomatchError(f"{name}: the tumor is empty (no tumor label anywhere)")
+    if tumor == {1}:
+        raise GliomatchError(
+            f"{name}: holds only 0 and 1, a binary mask rather than a tumor label map (read "
+            f"as {'a label map' if scheme == 'auto' else scheme}, all of it would be tumor "
+            "core); pass a whole-tumor mask as --flair-mask and a core mask as --t1gd-mask (a "
+            "tumor that is all core: the same file as both)"
+        )
     if scheme == "auto":
-        if tumor == {1}:
-            raise GliomatchError(
-                f"{name}: holds only 0 and 1, a binary mask rather than a tumor label map; pass "
-                "a whole-tumor mask as --flair-mask and a core mask as --t1gd-mask (or name the "
-                "convention with --labels if it really is a label map)"
-            )
         fits = _fitting(values)
         if not fits:
             raise GliomatchError(
-                f"{name}: labels {sorted(tumor)} fit no known convention "
+                f"{name}: labels {_listed(tumor)} fit no known convention "
                 f"({', '.join(LABEL_SCHEMES)}); relabel it or pass binary masks"
             )
         readings = {_reading(f, values) for f in fits}
@@ -209,7 +219,7 @@ def masks_from_labels(labels: np.ndarray, scheme: str = "auto", *, name: str = "
             )
             hint = " (a BraTS 2017-2021 map: --labels brats2021)" if "brats2021" in fits else ""
             raise GliomatchError(
-                f"{name}: labels {sorted(tumor)} fit several conventions that read them "
+                f"{name}: labels {_listed(tumor)} fit several conventions that read them "
                 f"differently: {named}; pass --labels with the right one{hint}"
             )
         scheme = next(p for p in _PREFERENCE if p in fits)
@@ -218,14 +228,15 @@ def masks_from_labels(labels: np.ndarray, scheme: str = "auto", *, name: str = "
     unknown = sorted(values - allowed)
     if unknown:
         raise GliomatchError(
-            f"{name}: unexpected labels {unknown} for {scheme} (expected {sorted(allowed)}); "
+            f"{name}: unexpected labels {_listed(unknown)} for {scheme} "
+            f"(expected {sorted(allowed)}); "
             f"conventions that fit: {', '.join(_fitting(values)) or 'none'}"
         )
     flair = np.isin(lab, sc["flair"])
     t1gd = np.isin(lab, sc["t1gd"])
     if not flair.any():
         raise GliomatchError(
-            f"{name}: no tumor label of {scheme} present (only {sorted(tumor)}, which are "
+            f"{name}: no tumor label of {scheme} present (only {_listed(tumor)}, which are "
             "never tumor in that convention)"
         )
     return flair, t1gd, scheme

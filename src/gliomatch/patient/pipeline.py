@@ -21,7 +21,8 @@ import numpy as np
 
 from gliomatch.database.config import BuildConfig
 from gliomatch.database.sampling import NOT_IDENTIFIABLE
-from gliomatch.errors import GliomatchError
+from gliomatch.errors import GliomatchError, check_count
+from gliomatch.files import atomic_path, write_text_atomic
 from gliomatch.masks import dice
 from gliomatch.patient.estimates import (
     POSTERIOR_K,
@@ -280,7 +281,7 @@ def parameter_summary(
 def patient_brain(inputs: PatientInputs, atlas, reg) -> np.ndarray:
     """The brain on the patient's grid, for the plans: a skull-stripped T1/T1Gd's own brain
     (its support, holes filled), else the atlas brain mapped back; the tumor is included."""
-    if not reg.skull_stripped and inputs.anatomy_kind in ("t1", "t1c"):
+    if reg.skull_stripped and inputs.anatomy_kind in ("t1", "t1c"):
         brain = brain_support(np.asarray(inputs.anatomy.dataobj, dtype=np.float32))
     else:
         mapped = warp_to_patient(
@@ -334,8 +335,7 @@ def infer(
 ) -> InferResult:
     """Run the whole pipeline for one patient; write everything into ``out``."""
 
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise GliomatchError(f"k must be a positive integer, got {k!r}")
+    check_count(k, "k")
     if age_days is not None:
         positive_days(age_days, "--age-days")
     if (inputs.followup is None) != (interval_days is None):
@@ -392,7 +392,8 @@ def infer(
 
     def save(img, name):
         p = out / name
-        nib.save(img, str(p))
+        with atomic_path(p) as tmp:
+            nib.save(img, str(tmp))
         files[name.split(".")[0]] = str(p)
 
     save(density_patient, "density_patient.nii.gz")
@@ -448,8 +449,9 @@ def infer(
             for name in ("standard", "personalized"):
                 save(nib.Nifti1Image(plan[name].astype(np.uint8), aff), f"ctv_{name}.nii.gz")
         timing["plans_s"] = time.perf_counter() - t
-    (out / "parameters.json").write_text(json.dumps(parameters, indent=2))
-    files["parameters"] = str(out / "parameters.json")
+    files["parameters"] = str(
+        write_text_atomic(out / "parameters.json", json.dumps(parameters, indent=2))
+    )
 
     t = time.perf_counter()
     if report:
@@ -491,8 +493,7 @@ def infer(
         "matches": matches,
         "warnings": inputs.warnings,
     }
-    (out / "matches.json").write_text(json.dumps(summary, indent=2))
-    files["matches"] = str(out / "matches.json")
+    files["matches"] = str(write_text_atomic(out / "matches.json", json.dumps(summary, indent=2)))
     return InferResult(
         out, matches, parameters, timing, reg.quality_figures, files, summary["plans"]
     )

@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from gliomatch.errors import GliomatchError
+from gliomatch.files import atomic_path
 from gliomatch.patient.inputs import load_nifti, masks_from_labels, on_grid
 from gliomatch.patient.pipeline import PatientInputs, infer
 
@@ -154,7 +155,8 @@ def run_predict_gbm(
             raise GliomatchError(f"patient {pat.pid}: density {u.shape} != input {seg.shape}")
         out = nib.Nifti1Image(u, seg.affine)
         out.header.set_xyzt_units("mm")
-        nib.save(out, str(target))
+        with atomic_path(target) as tmp:
+            nib.save(out, str(tmp))
         written.append(target)
         if log:
             log(f"{pat.pid}: best match {res.matches[0]['id']} (score "

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gliomatch.files import atomic_path, write_text_atomic  # noqa: E402
+
 __all__ = ["describe_quality", "write_report"]
 
 
@@ -60,7 +62,8 @@ def _three_planes(path, background, centre, overlays=(), density=None, title="")
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
 
 
@@ -151,7 +154,8 @@ def write_report(
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "scores.png", dpi=80)
+    with atomic_path(out / "scores.png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
 
     best = matches[0]
@@ -236,6 +240,4 @@ is in the README.</p>
 <table><tr><th>rank</th><th>id</th><th>score</th><th>Dice T1Gd</th><th>Dice FLAIR</th>
 <th>seed (mm)</th><th>√(D<sub>w</sub>/ρ) (mm)</th><th>ρT</th></tr>{rows}</table>
 </body></html>"""
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+    return write_text_atomic(out / "report.html", page)

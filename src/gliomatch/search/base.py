@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from gliomatch.database.sampling import IDENTIFIABLE
-from gliomatch.errors import GliomatchError
+from gliomatch.errors import GliomatchError, check_count
 from gliomatch.files import stale_temporaries
 from gliomatch.masks import dice, masks_from_codes
 from gliomatch.progress import Progress, report
@@ -266,14 +266,19 @@ class Strategy(abc.ABC):
             raise GliomatchError("no query to search")
         for q in batch:
             self._check_query(q)
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise GliomatchError(f"k must be a positive integer, got {k!r}")
+        k = min(check_count(k, "k"), len(self.db))
         self.ensure_ready()
-        k = min(int(k), len(self.db))
         scores, ids = self._search_batch(batch, k)
         scores = np.asarray(scores, dtype=np.float64).reshape(len(batch), k)
         ids = np.asarray(ids, dtype=np.int64).reshape(len(batch), k)
         return (scores[0], ids[0]) if single else (scores, ids)
+
+    def check_sample(self, ids) -> bool:
+        """Re-derive this index's entries for tumors ``ids`` from the densities and compare
+        (``db verify``); False when a strategy cannot (a learned code or a radiomics feature
+        depends on float arithmetic that may differ by machine: its files are checked by
+        checksum only)."""
+        return False
 
     def _check_query(self, query) -> None:
         if not isinstance(query, Query):

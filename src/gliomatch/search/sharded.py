@@ -18,7 +18,7 @@ import contextlib
 
 import numpy as np
 
-from gliomatch.cluster import dask_client, worker_count
+from gliomatch.cluster import check_scheduler, dask_client, worker_count
 from gliomatch.errors import GliomatchError
 from gliomatch.files import cache_key
 from gliomatch.masks import downsample
@@ -134,6 +134,7 @@ class ShardedStrategy(Strategy):
 def maybe_sharded(strategy: Strategy, scheduler: str | None = None, workers: int | None = None):
     """``strategy`` itself, or spread over a Dask scheduler (``tcp://HOST:PORT``) or a local
     cluster of ``workers`` processes when either is given; the cluster is closed on exit."""
+    check_scheduler(scheduler)
     if scheduler is None and workers is None:
         yield strategy
         return

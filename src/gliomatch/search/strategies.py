@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from gliomatch.database import Database
+from gliomatch.errors import GliomatchError
 from gliomatch.files import worker_pool
-from gliomatch.masks import dice_scores, downsample, masks_from_codes, threshold
+from gliomatch.masks import dice_scores, downsample, mask_bbox, masks_from_codes, threshold
 from gliomatch.search.base import Query, Strategy, register_strategy, top_k
 from gliomatch.search.engine import BlockIndex, PackedQuery
 
@@ -115,6 +116,38 @@ class _BlockStrategy(Strategy):
 
     def _load(self, folder: Path) -> None:
         self.index = BlockIndex.load(folder)
+
+    def check_sample(self, ids) -> bool:
+        """Re-derive the index entries of tumors ``ids`` from their stored densities: each
+        one's voxel counts and box, and its FLAIR/T1Gd intersections with every other sampled
+        tumor computed through the index (the block arrays, both bit planes) against NumPy on
+        the masks. A resealed index whose arrays were edited or swapped fails here although
+        its checksums pass. Raises :class:`GliomatchError` naming the first tumor that
+        differs; returns True."""
+        self.ensure_ready()
+        s, a = self.grid_size, self.index.a
+        ids = np.asarray(ids, dtype=np.int64)
+        masks = []
+        for i in ids:
+            f, t = (downsample(m, s) for m in self.db.masks(int(i)))
+            masks.append((f, t & f))
+        for i, (f, t) in zip(ids, masks, strict=True):
+            stored = (int(a["nf"][i]), int(a["nt"][i]), np.asarray(a["bbox"][i]).tolist())
+            if stored != (int(f.sum()), int(t.sum()), mask_bbox(f).tolist()):
+                raise GliomatchError(
+                    f"index {self.index_path}: tumor {i}'s voxel counts or box differ from its "
+                    "density; rebuild the index (`gliomatch db index`)"
+                )
+            inter_f, inter_t = self.index.exact(ids, PackedQuery.pack(f, t).blocks)
+            want_f = [int((f & g).sum()) for g, _ in masks]
+            want_t = [int((t & h).sum()) for _, h in masks]
+            if inter_f.tolist() != want_f or inter_t.tolist() != want_t:
+                raise GliomatchError(
+                    f"index {self.index_path}: tumor {i}'s stored masks differ from its density "
+                    "(FLAIR/T1Gd overlaps through the index are wrong); rebuild the index "
+                    "(`gliomatch db index`)"
+                )
+        return True
 
     def scores(self, query: Query, ids=None):
         """Exact ``(score, dice_t1gd, dice_flair)`` of the tumors ``ids`` (default: all) for
