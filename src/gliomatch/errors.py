@@ -27,8 +27,9 @@ def check_count(value, name: str, *, minimum: int = 1) -> int:
     >>> check_count(-3, "k")
     Traceback (most recent call last):
     ...
-    gliomatch.errors.GliomatchError: k must be >= 1 (an integer), got -3
+    gliomatch.errors.GliomatchError: k must be >= 1 (a positive integer), got -3
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise GliomatchError(f"{name} must be >= {minimum} (an integer), got {value!r}")
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, "an integer")
+        raise GliomatchError(f"{name} must be >= {minimum} ({kind}), got {value!r}")
     return int(value)

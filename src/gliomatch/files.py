@@ -76,11 +76,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:
+    except OSError as exc:
         tmp.unlink(missing_ok=True)
-        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0][:200]
+        reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+        raise GliomatchError(f"cannot write {path}: {reason}") from exc
+    except RuntimeError as exc:  # torch.save's report of a failed write
+        tmp.unlink(missing_ok=True)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise GliomatchError(
-            f"cannot write {path} ({reason}); free some space or choose a writable folder"
+            f"cannot write {path} ({reason}); is the disk full? Free some space or choose a "
+            "writable folder"
         ) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import pytest
 
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.regstudy import FIGURES, bench_registration, inverted
+from gliomatch.patient.registration import brain_support
 
 
 def test_inverted_contrast_keeps_the_background():
@@ -13,8 +14,11 @@ def test_inverted_contrast_keeps_the_background():
     data[1:3, 1:3, 1:3] = [[[1, 2], [3, 4]], [[5, 6], [7, 8]]]
     out = np.asarray(inverted(nib.Nifti1Image(data, np.eye(4))).dataobj)
     assert (out[data == 0] == 0).all()
-    inside = data > 0  # all of it is brain here
-    assert (out[inside] > 0).all()
+    # the brain support: all but the darkest voxel, which sits at the foreground's lowest
+    # percentile, below the canonical brain level (gliomatch.intensity)
+    inside = brain_support(data)
+    assert inside.sum() == 7 and not inside[data == 1].any()
+    assert (out[inside] > 0).all() and (out[~inside] == 0).all()
     assert np.corrcoef(out[inside], data[inside])[0, 1] == pytest.approx(-1)
 
 

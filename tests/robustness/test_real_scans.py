@@ -332,6 +332,10 @@ def test_9_a_failed_row_leaves_no_stale_outputs(base_db, patient, tmp_path):
 # ----------------------------------------------------------- 7, 8, 9. database integrity
 
 
+TINY_TRAINING = ["--epochs", 1, "--input-resolution", 16, "--n-train", 8, "--n-val", 4,
+                 "--batch", 4, "--modality", "flair"]  # fmt: skip
+
+
 def _reseal(db_path, edit):
     from gliomatch.database.storage import read_manifest, write_manifest
 
@@ -393,8 +397,7 @@ def test_7_9_train_on_a_full_disk_leaves_no_truncated_model(base_db, tmp_path, m
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    code, output = run("train", "ae", "--db", dst, "--epochs", 1, "--input-resolution", 16,
-                       "--n-train", 8, "--n-val", 4, "--batch", 4, "--modality", "flair")  # fmt: skip
+    code, output = run("train", "ae", "--db", dst, *TINY_TRAINING)
     one_error_line(code, output, "cannot write", "model.pt")
     models = list((dst / "index" / "models").rglob("*.pt"))
     assert not [p for p in models if p.name == "model.pt"], models
@@ -409,8 +412,7 @@ def test_9_verify_flags_unexpected_files_in_a_model_folder(base_db, tmp_path):
 
     dst = tmp_path / "db"
     shutil.copytree(base_db.path, dst)
-    code, output = run("train", "ae", "--db", dst, "--epochs", 1, "--input-resolution", 16,
-                       "--n-train", 8, "--n-val", 4, "--batch", 4, "--modality", "flair")  # fmt: skip
+    code, output = run("train", "ae", "--db", dst, *TINY_TRAINING)
     assert code == 0, output
     folder = next((dst / "index" / "models").iterdir())
     (folder / "extra.pt").write_bytes(b"x")
