@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from gliomatch.intensity import background_value, canonical, foreground, lattice_levels
 from gliomatch.patient.registration import _has_skull, brain_support
+from scans import in_convention, z_brain
 
 
 def _scan(seed=0, shape=(40, 44, 36)):
@@ -26,20 +27,6 @@ def _scan(seed=0, shape=(40, 44, 36)):
     data[rim] = rng.uniform(1, 12, rim.sum())  # faint signal outside the brain
     data[brain & (rng.random(shape) < 0.002)] = -40  # a few negative voxels
     return np.round(data).astype(np.int16)
-
-
-def _z_brain(x, background=0.0):
-    """z-score over the foreground (nnU-Net), the background set to ``background``."""
-    x = x.astype(np.float64)
-    fg = x != 0
-    out = np.full(x.shape, background, np.float32)
-    out[fg] = ((x[fg] - x[fg].mean()) / x[fg].std()).astype(np.float32)
-    return out
-
-
-def _z_whole(x):
-    x = x.astype(np.float64)
-    return ((x - x.mean()) / x.std()).astype(np.float32)
 
 
 def test_background_is_the_most_frequent_edge_value():
@@ -71,16 +58,12 @@ def test_canonical_and_brain_mask_do_not_depend_on_the_intensity_convention(
 ):
     x = _scan()
     ref_c, ref_b = canonical(x), brain_support(x)
-    if convention == "affine":
-        y = (x.astype(np.float64) * scale + offset * scale).astype(np.float32)
-    elif convention == "z_zero":
-        y = _z_brain(x)
-    elif convention == "z_negative":
-        y = _z_brain(x, background=-abs(offset) / 1e3 - 0.5)
-    elif convention == "z_whole":
-        y = _z_whole(x)
-    else:
+    if convention == "float64":
         y = x.astype(np.float64) * scale
+    elif convention == "z_negative":  # any constant background
+        y = z_brain(x, background=-abs(offset) / 1e3 - 0.5)
+    else:
+        y = in_convention(x, convention, scale, offset * scale)
     assert np.array_equal(canonical(y), ref_c)  # bit for bit: the lattice is recovered
     assert np.array_equal(brain_support(y), ref_b)
     fx, fy = foreground(x), foreground(y)

@@ -21,33 +21,11 @@ from hypothesis import strategies as st
 
 from gliomatch.errors import GliomatchError
 from gliomatch.patient.inputs import LABEL_SCHEMES
+from scans import CONVENTIONS, in_convention
 
 from .conftest import one_error_line, run
 
 # ------------------------------------------------- 1-3. intensity conventions, repeatability
-
-
-def _z_brain(x, background=0.0):
-    """z-scored over the foreground (nnU-Net's normalization), background set to a constant."""
-    x = x.astype(np.float64)
-    fg = x != 0
-    out = np.full(x.shape, background, np.float32)
-    out[fg] = ((x[fg] - x[fg].mean()) / x[fg].std()).astype(np.float32)
-    return out
-
-
-def _convention(x, convention, scale=1000.0, offset=0.0):
-    """The scan ``x`` (integers, zero background) stored in another intensity convention."""
-    x64 = x.astype(np.float64)
-    if convention == "affine":
-        return (x64 * scale + offset).astype(np.float32)
-    if convention == "z_zero":
-        return _z_brain(x)
-    if convention == "z_negative":
-        return _z_brain(x, background=-1.7)
-    if convention == "z_whole":
-        return ((x64 - x64.mean()) / x64.std()).astype(np.float32)
-    raise ValueError(convention)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +75,7 @@ def test_3_registration_is_repeatable(reference, scanner_patient, patient, base_
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    convention=st.sampled_from(["affine", "z_zero", "z_negative", "z_whole"]),
+    convention=st.sampled_from(CONVENTIONS),
     scale=st.floats(1e-3, 1e20),
     offset=st.floats(-1e3, 1e3),
 )
@@ -109,7 +87,7 @@ def test_1_2_any_intensity_convention_gives_the_same_answer(
     from gliomatch.patient.registration import brain_support
 
     _, levels, affine = scanner_patient
-    data = _convention(levels, convention, scale, offset * scale)
+    data = in_convention(levels, convention, scale, offset * scale)
     assert np.array_equal(brain_support(data), brain_support(levels))
     folder = tmp_path_factory.mktemp("conv")
     t1 = folder / "t1.nii.gz"
@@ -131,7 +109,7 @@ def test_1_plan_standard_ctv_does_not_shrink_on_a_z_scored_anatomy(
 
     _, levels, affine = scanner_patient
     outs = {}
-    for name, data in (("stored", levels), (convention, _convention(levels, convention))):
+    for name, data in (("stored", levels), (convention, in_convention(levels, convention))):
         a = tmp_path / f"{name}.nii.gz"
         nib.save(nib.Nifti1Image(data, affine), str(a))
         brain = load_plan_inputs(patient.density_true, patient.seg, labels="brats2021",
@@ -157,7 +135,7 @@ def test_1_brain_dice_of_a_z_scored_scan_is_not_poor(scanner_patient, base_db):
 
     _, levels, affine = scanner_patient
     figures = {}
-    for name, data in (("stored", levels), ("z", _convention(levels, "z_zero"))):
+    for name, data in (("stored", levels), ("z", in_convention(levels, "z_zero"))):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             reg = register(nib.Nifti1Image(data, affine), base_db.atlas(), kind="affine")
@@ -171,7 +149,7 @@ def test_2_the_registration_copy_keeps_a_z_scored_brain(scanner_patient):
 
     _, levels, affine = scanner_patient
     a = working_copy(nib.Nifti1Image(levels, affine), 6.0)
-    b = working_copy(nib.Nifti1Image(_convention(levels, "z_zero"), affine), 6.0)
+    b = working_copy(nib.Nifti1Image(in_convention(levels, "z_zero"), affine), 6.0)
     assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
     assert np.allclose(a.affine, b.affine)
 
@@ -188,7 +166,7 @@ def _binary_seg(patient, tmp_path):
 
 
 @pytest.mark.parametrize("labels", sorted(LABEL_SCHEMES))
-def test_4_a_binary_mask_is_refused_under_every_convention(
+def test_4_a_binary_mask_is_refused_under_everyin_convention(
     base_db, patient, tmp_path, labels, monkeypatch
 ):
     import gliomatch.patient.pipeline as pipeline
@@ -435,7 +413,7 @@ def test_9_swapped_seg_and_anatomy_give_a_short_error(base_db, scanner_patient, 
     assert len(line) < 400
 
 
-def test_9_library_warnings_are_plain_warning_lines(base_db, patient, tmp_path, monkeypatch):
+def test_9_library_warnings_are_plain_warning_lines(base_db, masks, monkeypatch):
     """A library's UserWarning (torch, ANTs) is a `warning:` line without a source path."""
     import gliomatch.search.base as base
 
@@ -446,13 +424,7 @@ def test_9_library_warnings_are_plain_warning_lines(base_db, patient, tmp_path, 
         return real(self, *a, **kw)
 
     monkeypatch.setattr(base.Strategy, "search", noisy)
-    f, t = base_db.masks(2)
-    paths = []
-    for name, m in (("f", f), ("t", t)):
-        p = tmp_path / f"{name}.nii.gz"
-        nib.save(nib.Nifti1Image(m.astype(np.uint8), base_db.affine), str(p))
-        paths.append(p)
-    code, output = run("search", base_db.path, "--flair", paths[0], "--t1gd", paths[1])
+    code, output = run("search", base_db.path, "--flair", masks[0], "--t1gd", masks[1])
     assert code == 0, output
     assert "warning: a library says something" in output
     assert "UserWarning" not in output and ".py:" not in output
