@@ -19,6 +19,7 @@ from gliomatch.errors import GliomatchError
 
 __all__ = [
     "atomic_path",
+    "output_folder",
     "cache_key",
     "confined_child",
     "file_digests",
@@ -90,6 +91,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def output_folder(path, what: str = "output folder") -> Path:
+    """Create folder ``path`` (and its parents) if needed; a one-line error naming it when it
+    cannot be (a read-only disk, a file in the way)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GliomatchError(f"{what} {path}: cannot create it ({exc.strerror})") from exc
+    return path
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from gliomatch.cli import app
 from gliomatch.errors import GliomatchError
-from gliomatch.patient.inputs import masks_from_labels
-from gliomatch.patient.pipeline import infer, load_patient
+from gliomatch.patient.inputs import load_patient, masks_from_labels
+from gliomatch.patient.pipeline import infer
 from gliomatch.patient.registration import POOR_QUALITY
 from gliomatch.patient.synthetic import make_patient
 from gliomatch.search import dice
@@ -122,7 +122,7 @@ def test_ensemble_plan(db, patient, tmp_path):
 
 
 def test_parameter_summary_given_an_age(db):
-    from gliomatch.patient.pipeline import parameter_summary
+    from gliomatch.patient.estimates import parameter_summary
     from gliomatch.search import Query, describe_matches, get_strategy
 
     truth = db.params.iloc[7]
@@ -449,3 +449,27 @@ def test_binary_masks_warp_as_generic_label_does(db, patient, tmp_path):
         whichtoinvert=reg.inverse_invert, interpolator="genericLabel",
     ).numpy()  # fmt: skip
     assert np.array_equal(back > 0.5, ref > 0.5)
+
+
+def test_personalize_computes_and_write_outputs_writes(db, patient, tmp_path):
+    """personalize() returns everything in memory (only the transforms, which ANTs keeps in
+    files, land in its workdir); write_outputs() makes infer's files from it."""
+    from gliomatch.patient.pipeline import personalize
+    from gliomatch.patient.writers import write_outputs
+
+    inputs = load_patient(t1=patient.t1, seg=patient.seg, labels="brats2021")
+    res = personalize(inputs, db, k=3, registration="affine", workdir=tmp_path / "transforms")
+    assert [p.name for p in tmp_path.iterdir()] == ["transforms"]
+    grid = nib.load(patient.t1)
+    for name in ("density_patient", "ctv_standard", "ctv_personalized"):
+        assert res.images[name].shape == grid.shape and np.allclose(res.images[name].affine,
+                                                                    grid.affine)  # fmt: skip
+    assert res.images["density_atlas"].shape == db.shape
+    assert res.best_id == res.matches[0]["id"] == int(res.ids[0]) and len(res.matches) == 3
+    assert res.plans["figures"]["standard"]["volume_cm3"] > 0
+    files = write_outputs(res, tmp_path / "out", report=False)
+    summary = json.loads(Path(files["matches"]).read_text())
+    assert summary["matches"] == res.matches and summary["timing"]["total_s"] > 0
+    assert summary["plans"]["figures"] == res.plans["figures"]
+    written = np.asarray(nib.load(files["ctv_personalized"]).dataobj)
+    assert np.array_equal(written, np.asarray(res.images["ctv_personalized"].dataobj))

@@ -42,7 +42,8 @@ def scanner_patient(patient, tmp_path_factory):
 def _infer(t1, seg, db, out):
     """``infer`` through the Python API; (best id, standard CTV, personalized CTV, matches,
     transform files' digest)."""
-    from gliomatch.patient.pipeline import infer, load_patient
+    from gliomatch.patient.inputs import load_patient
+    from gliomatch.patient.pipeline import infer
 
     inputs = load_patient(t1=t1, seg=seg, labels="brats2021")
     with warnings.catch_warnings():

@@ -19,6 +19,7 @@ from gliomatch.cli.common import (
     strategy_names,
 )
 from gliomatch.errors import GliomatchError
+from gliomatch.files import output_folder, write_text_atomic
 
 
 @bench_app.command("solver")
@@ -373,15 +374,11 @@ def bench_plans_cmd(
     from gliomatch.evaluation.figures import plan_coverage_figure
     from gliomatch.evaluation.plans import PLANS, RECURRENCES, bench_plans
 
-    folder = out
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GliomatchError(f"output folder {out}: cannot create it ({exc.strerror})") from exc
+    folder = output_folder(out)
     databases = [Database.open(d) for d in db]
     with progress_bar(not json_out) as bar:
         res = bench_plans(databases, patients=patients, seed=seed, margin_mm=margin, progress=bar)
-    (folder / "plans.json").write_text(as_json(res))
+    write_text_atomic(folder / "plans.json", as_json(res))
     plan_coverage_figure(res, folder / "plans.png")
     if json_out:
         typer.echo(as_json(res))

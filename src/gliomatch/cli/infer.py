@@ -121,8 +121,8 @@ def infer(
     report."""
     from gliomatch.database import Database
     from gliomatch.patient.cohort import load_case
+    from gliomatch.patient.inputs import load_patient
     from gliomatch.patient.pipeline import infer as run_infer
-    from gliomatch.patient.pipeline import load_patient
 
     check_k(k)
     with warnings.catch_warnings(record=True) as caught:

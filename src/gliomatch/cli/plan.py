@@ -20,8 +20,7 @@ from gliomatch.cli.common import (
     handle_errors,
     print_plans,
 )
-from gliomatch.errors import GliomatchError
-from gliomatch.files import atomic_path, write_text_atomic
+from gliomatch.files import atomic_path, output_folder, write_text_atomic
 
 DensityOpt = Annotated[
     Path, typer.Option(help="Predicted tumor-cell density (NIfTI, values in [0, 1]).")
@@ -73,10 +72,7 @@ def plan(
     with _warnings_as_lines():
         inp = load_plan_inputs(density, seg, labels=labels, brain_mask=brain_mask, anatomy=anatomy)
         plans, figures = plans_for(inp, **_rule(margin, plan_volume, plan_level))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GliomatchError(f"output folder {out}: cannot create it ({exc.strerror})") from exc
+    output_folder(out)
     files = {}
     for name, p in (("standard", plans.standard), ("personalized", plans.personalized)):
         path = out / f"ctv_{name}.nii.gz"

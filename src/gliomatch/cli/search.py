@@ -42,9 +42,8 @@ def search(
 ):
     """Find the database tumors that best match two atlas-space masks (Dice_T1Gd + Dice_FLAIR)."""
     from gliomatch.database import Database
-    from gliomatch.patient.estimates import POSTERIOR_K
+    from gliomatch.patient.estimates import POSTERIOR_K, parameter_summary
     from gliomatch.patient.inputs import atlas_query
-    from gliomatch.patient.pipeline import parameter_summary
     from gliomatch.search import describe_matches, get_strategy
     from gliomatch.search.sharded import maybe_sharded
 

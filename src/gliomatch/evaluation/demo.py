@@ -14,7 +14,8 @@ from gliomatch.database.storage import FORMAT_VERSION
 from gliomatch.database.trajectories import held_out_tumors
 from gliomatch.files import cache_key
 from gliomatch.masks import dice, threshold
-from gliomatch.patient.pipeline import InferResult, infer, load_patient
+from gliomatch.patient.inputs import load_patient
+from gliomatch.patient.pipeline import InferResult, infer
 from gliomatch.patient.synthetic import make_patient
 from gliomatch.progress import Progress
 

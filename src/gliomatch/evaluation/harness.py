@@ -27,7 +27,8 @@ from gliomatch.evaluation.recovery import recovery
 from gliomatch.files import cache_key, confined_child
 from gliomatch.patient.cohort import FOLLOWUP_COLUMN, input_digest, read_cohort
 from gliomatch.patient.estimates import POSTERIOR_K, QUANTITIES, load_calibration
-from gliomatch.patient.pipeline import load_patient, to_atlas
+from gliomatch.patient.inputs import load_patient
+from gliomatch.patient.pipeline import to_atlas
 from gliomatch.patient.plans import MARGIN_MM
 from gliomatch.patient.registration import warp_masks_to_atlas
 from gliomatch.progress import Progress, report

@@ -23,7 +23,7 @@ from scipy.stats import spearmanr
 
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import dice
-from gliomatch.patient.pipeline import load_patient
+from gliomatch.patient.inputs import load_patient
 from gliomatch.patient.registration import (
     brain_support,
     register,

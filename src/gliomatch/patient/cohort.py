@@ -40,7 +40,8 @@ from gliomatch.files import (
     sha256_file,
     write_json_atomic,
 )
-from gliomatch.patient.pipeline import infer, load_patient
+from gliomatch.patient.inputs import load_patient
+from gliomatch.patient.pipeline import infer
 
 __all__ = ["CohortRow", "brats_case", "infer_cohort", "input_digest", "load_case", "read_cohort"]
 

@@ -37,10 +37,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gliomatch.database.config import BuildConfig
 from gliomatch.database.sampling import NOT_IDENTIFIABLE
 from gliomatch.errors import GliomatchError
 from gliomatch.files import write_text_atomic
+from gliomatch.masks import dice
 from gliomatch.patient.inputs import positive_days
+from gliomatch.search.base import Query, RerankStrategy
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -49,10 +52,14 @@ __all__ = [
     "POSTERIOR_K",
     "TEMPERATURE",
     "conformal_margins",
+    "UNITS",
     "ensemble_density",
     "estimate",
+    "full_resolution_scores",
     "load_calibration",
     "nonconformity",
+    "parameter_summary",
+    "prior_ranges",
     "save_calibration",
     "posterior_weights",
     "weighted_quantile",
@@ -307,3 +314,73 @@ def load_calibration(folder, fingerprint: str) -> tuple[dict | None, str | None]
     if any(rec.get(k) != v for k, v in _calibration_key().items()):
         return None, f"{path}: made with other posterior settings; run `gliomatch db calibrate`"
     return rec, None
+
+
+#: Units of the quantities summarized over the top k (``parameters.json``).
+UNITS = {
+    "x_mm": "mm",
+    "y_mm": "mm",
+    "z_mm": "mm",
+    "infiltration_mm": "mm",
+    "dw_over_rho": "mm^2",
+    "rho_t": "1",
+}
+
+
+def full_resolution_scores(db, query: Query, strat, scores, ids) -> np.ndarray:
+    """Dice_T1Gd + Dice_FLAIR at full resolution of each match: the posterior's scores. The
+    exact searches return them already; other strategies' matches are re-scored from the
+    stored masks."""
+    exact = strat.name in ("exact", "loop") or isinstance(strat, RerankStrategy)
+    if exact and strat.w_t1gd == 1 and strat.w_flair == 1:
+        return np.asarray(scores, dtype=np.float64)
+    out = []
+    for i in ids:
+        mf, mt = db.masks(int(i))
+        out.append(dice(mt, query.t1gd) + dice(mf, query.flair))
+    return np.asarray(out)
+
+
+def prior_ranges(db) -> dict:
+    """The database's sampling ranges of D_w and rho (to flag an implausible given age)."""
+    sampling = BuildConfig.from_dict(db.manifest["build_config"]).sampling
+    return {"dw": tuple(sampling.dw), "rho": tuple(sampling.rho)}
+
+
+def parameter_summary(
+    db, query: Query, strat, scores, ids, matches: list[dict], *, age_days=None, full_scores=None
+) -> dict:
+    """``parameters.json``: the posterior summary of what one scan determines (seed,
+    sqrt(D_w/rho), rho*T; :mod:`gliomatch.patient.estimates`) over the search's matches, the
+    spread of those quantities over the top-k shown, and D_w, rho, T_end only given an age.
+    ``full_scores``: the matches' full-resolution scores, when already computed."""
+    calibration, why = load_calibration(db.path, db.fingerprint)
+    if full_scores is None:
+        full_scores = full_resolution_scores(db, query, strat, scores, ids)
+    post = estimate(
+        db.params.iloc[np.asarray(ids, dtype=np.int64)].reset_index(drop=True),
+        full_scores,
+        age_days=age_days,
+        prior_ranges=prior_ranges(db),
+        calibration=calibration,
+    )
+    if why:
+        post["calibration"] = why
+    spread = {}
+    for group in ("seed_mm", "identifiable"):
+        for p in matches[0][group]:
+            vals = np.array([m[group][p] for m in matches])
+            spread[p] = {
+                "best": float(vals[0]),
+                "mean": float(vals.mean()),
+                "std": float(vals.std()),
+                "min": float(vals.min()),
+                "max": float(vals.max()),
+                "unit": UNITS[p],
+            }
+    return {
+        "best_id": matches[0]["id"],
+        "top_k": len(matches),
+        **post,
+        "spread_over_top_k": spread,
+    }

@@ -32,6 +32,7 @@ core and the standard CTV would grow around the edema), with a pointer to
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -43,9 +44,11 @@ from gliomatch.search import Query
 
 __all__ = [
     "LABEL_SCHEMES",
+    "PatientInputs",
     "atlas_query",
     "binary_mask",
     "load_nifti",
+    "load_patient",
     "masks_from_labels",
     "on_grid",
     "recurrence_masks",
@@ -265,3 +268,84 @@ def binary_mask(img: nib.Nifti1Image, name: str) -> np.ndarray:
             f"{', '.join(f'{v:g}' for v in values[:6])}); for a BraTS label map use --seg"
         )
     return data.astype(bool)
+
+
+@dataclass
+class PatientInputs:
+    anatomy: nib.Nifti1Image
+    anatomy_kind: str
+    flair: np.ndarray
+    t1gd: np.ndarray
+    label_scheme: str | None
+    warnings: list[str] = field(default_factory=list)
+    #: A follow-up scan's (FLAIR, T1Gd) masks on the anatomy's grid (``--followup-seg``).
+    followup: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def load_patient(
+    *,
+    t1=None,
+    t1c=None,
+    wm=None,
+    seg=None,
+    flair_mask=None,
+    t1gd_mask=None,
+    labels: str = "auto",
+    followup_seg=None,
+) -> PatientInputs:
+    """Read and check a patient's files (see the module notes); clear errors naming files.
+
+    ``followup_seg``: a later label map of the same patient on the same grid as the anatomy
+    (registered to the first scan), for two-scan inference."""
+    given = [(k, v) for k, v in (("t1", t1), ("t1c", t1c), ("wm", wm)) if v is not None]
+    if len(given) != 1:
+        raise GliomatchError("give exactly one anatomical reference: --t1, --t1c or --wm")
+    kind, path = given[0]
+    anatomy = load_nifti(path, {"t1": "T1", "t1c": "T1Gd", "wm": "white-matter map"}[kind])
+    if float(np.asarray(anatomy.dataobj).max()) <= float(np.asarray(anatomy.dataobj).min()):
+        raise GliomatchError(f"anatomy {path}: the image is constant")
+    caught = []
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        if seg is not None:
+            if flair_mask is not None or t1gd_mask is not None:
+                raise GliomatchError("give either --seg or --flair-mask/--t1gd-mask, not both")
+            s = load_nifti(seg, "segmentation")
+            data = on_grid(s, anatomy, f"segmentation {seg}", "the anatomy")
+            flair, t1gd, scheme = masks_from_labels(data, labels, name=f"segmentation {seg}")
+        else:
+            if flair_mask is None or t1gd_mask is None:
+                raise GliomatchError("give --seg, or both --flair-mask and --t1gd-mask")
+
+            def mask_on_anatomy(path, name):
+                img = load_nifti(path, name)
+                binary_mask(img, name)  # refuses non-binary values, naming the file
+                return on_grid(img, anatomy, f"{name} {path}", "the anatomy").astype(bool)
+
+            flair = mask_on_anatomy(flair_mask, "FLAIR mask")
+            t1gd = mask_on_anatomy(t1gd_mask, "T1Gd mask")
+            scheme = None
+            if not flair.any():
+                raise GliomatchError(f"FLAIR mask {flair_mask}: empty (no tumor)")
+        followup = None
+        if followup_seg is not None:
+            s2 = load_nifti(followup_seg, "follow-up segmentation")
+            data2 = on_grid(s2, anatomy, f"follow-up segmentation {followup_seg}", "the anatomy")
+            f2, t2, _ = masks_from_labels(
+                data2, scheme or labels, name=f"follow-up segmentation {followup_seg}"
+            )
+            if not f2.any():
+                raise GliomatchError(f"follow-up segmentation {followup_seg}: no tumor label")
+            followup = (f2 | t2, t2)
+        outside = t1gd & ~flair
+        if outside.any():
+            warnings.warn(
+                f"{int(outside.sum())} T1Gd voxels lie outside the FLAIR mask; the FLAIR mask "
+                "was extended to include them (the tumor core is part of the whole tumor)",
+                stacklevel=2,
+            )
+            flair = flair | t1gd
+        caught = [str(x.message) for x in w]
+    for msg in caught:
+        warnings.warn(msg, stacklevel=2)
+    return PatientInputs(anatomy, kind, flair, t1gd, scheme, caught, followup)

@@ -24,9 +24,9 @@ import nibabel as nib
 import numpy as np
 
 from gliomatch.errors import GliomatchError
-from gliomatch.files import atomic_path
-from gliomatch.patient.inputs import load_nifti, masks_from_labels, on_grid
-from gliomatch.patient.pipeline import PatientInputs, infer
+from gliomatch.files import atomic_path, output_folder
+from gliomatch.patient.inputs import PatientInputs, load_nifti, masks_from_labels, on_grid
+from gliomatch.patient.pipeline import personalize
 
 __all__ = ["PGBM_FILES", "PgbmPatient", "find_patients", "pseudo_t1", "run_predict_gbm"]
 
@@ -133,24 +133,20 @@ def run_predict_gbm(
     patient of ``input_dir``; returns the files written."""
     pats = find_patients(input_dir)
     out_root = Path(output_dir)
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GliomatchError(f"output {out_root}: cannot create it ({exc.strerror})") from exc
+    output_folder(out_root, "output")
     written = []
     for pat in pats:
         inputs, seg = load_pgbm_patient(pat)
         target = (out_root / f"{pat.pid}.nii.gz").resolve()
         if target.parent != out_root.resolve():  # the id is checked; this is the last guard
             raise GliomatchError(f"patient id {pat.pid!r} would write outside {out_root}")
-        with tempfile.TemporaryDirectory(prefix="gliomatch-pgbm-") as work:
-            res = infer(
-                inputs, db, work, strategy=strategy, skull="off", report=False,
-                plans=False, ensemble=ensemble,
+        with tempfile.TemporaryDirectory(prefix="gliomatch-pgbm-") as work:  # the transforms
+            res = personalize(
+                inputs, db, strategy=strategy, skull="off", plans=False, ensemble=ensemble,
+                workdir=work,
             )  # fmt: skip
-            name = "density_ensemble_patient" if ensemble else "density_patient"
-            u = np.asarray(nib.load(res.files[name]).dataobj, dtype=np.float32)
-        u = np.clip(u, 0.0, 1.0)
+        name = "density_ensemble_patient" if ensemble else "density_patient"
+        u = np.clip(np.asarray(res.images[name].dataobj, dtype=np.float32), 0.0, 1.0)
         if u.shape != seg.shape:  # cannot happen (warped onto the input grid); never write it
             raise GliomatchError(f"patient {pat.pid}: density {u.shape} != input {seg.shape}")
         out = nib.Nifti1Image(u, seg.affine)
