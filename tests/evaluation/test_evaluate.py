@@ -226,7 +226,12 @@ def test_real_cohort_empty_after_registration_names_the_patient(db, tmp_path, mo
     import gliomatch.patient.pipeline as pipeline  # to_atlas calls register through it
 
     empty = atlas.to_nifti(np.zeros(atlas.shape, np.uint8))  # a registration losing the tumor
-    monkeypatch.setattr(pipeline, "register", lambda *a, **kw: None)
+    from gliomatch.patient.registration import Registration
+
+    def lost(anatomy, *a, **kw):  # transforms that lose the tumor (their warp, below)
+        return Registration([], [], [], "affine", 0.0, True, atlas=atlas, patient=anatomy)
+
+    monkeypatch.setattr(pipeline, "register", lost)
     monkeypatch.setattr(pipeline, "warp_masks_to_atlas", lambda *a, **kw: (empty, empty))
     with pytest.raises(GliomatchError, match="patient lost: the tumor vanished"):
         real_queries(db, csv, cache, registration="affine")

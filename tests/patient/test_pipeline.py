@@ -473,3 +473,31 @@ def test_personalize_computes_and_write_outputs_writes(db, patient, tmp_path):
     assert summary["plans"]["figures"] == res.plans["figures"]
     written = np.asarray(nib.load(files["ctv_personalized"]).dataobj)
     assert np.array_equal(written, np.asarray(res.images["ctv_personalized"].dataobj))
+
+
+def test_registration_owns_its_spaces_and_outputs_keep_the_header(db, patient, tmp_path):
+    """reg.to_atlas / reg.to_patient take and return images on the other grid; what lands on
+    the patient's grid keeps the scan's header (description, codes) with its own data type."""
+    from gliomatch.patient.registration import register
+
+    src = nib.load(patient.t1)
+    header = src.header.copy()
+    header["descrip"] = b"patient 42, scanner X"
+    header.set_qform(src.affine, code=1)
+    header.set_sform(src.affine, code=4)
+    t1 = nib.Nifti1Image(np.asarray(src.dataobj), src.affine, header=header)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg = register(t1, db.atlas(), kind="affine", workdir=tmp_path)
+    atlas_img = reg.to_atlas(t1)
+    assert atlas_img.shape == db.shape and np.allclose(atlas_img.affine, db.affine)
+    back = reg.to_patient(db.atlas().to_nifti(db.density(7)))
+    assert back.shape == t1.shape and np.allclose(back.affine, t1.affine)
+    assert back.header["descrip"] == b"patient 42, scanner X"
+    assert int(back.header["sform_code"]) == 4 and back.get_data_dtype() == np.float32
+    mask = reg.patient_image(np.asarray(src.dataobj) > 0)
+    assert mask.get_data_dtype() == np.uint8 and mask.header["descrip"] == header["descrip"]
+    with pytest.raises(GliomatchError, match="not on the patient's grid"):
+        reg.patient_image(np.zeros((3, 3, 3)))
+    with pytest.raises(GliomatchError, match="another grid"):
+        reg.to_patient(t1)  # a patient-space image is not on the atlas grid

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from gliomatch.database.sampling import NOT_IDENTIFIABLE
@@ -39,7 +38,6 @@ from gliomatch.patient.registration import (
     brain_support,
     register,
     warp_masks_to_atlas,
-    warp_to_patient,
 )
 from gliomatch.patient.twoscan import two_scan
 from gliomatch.patient.writers import write_outputs
@@ -93,12 +91,8 @@ def to_atlas(
         workdir=workdir,
     )
     register_s = time.perf_counter() - t
-    aff = inputs.anatomy.affine
     f_img, t_img = warp_masks_to_atlas(
-        nib.Nifti1Image(inputs.flair.astype(np.uint8), aff),
-        nib.Nifti1Image(inputs.t1gd.astype(np.uint8), aff),
-        atlas,
-        reg,
+        reg.patient_image(inputs.flair), reg.patient_image(inputs.t1gd), atlas, reg
     )
     f, t1gd = np.asarray(f_img.dataobj) > 0, np.asarray(t_img.dataobj) > 0
     if not f.any():
@@ -134,9 +128,7 @@ def patient_brain(inputs: PatientInputs, atlas, reg) -> np.ndarray:
     if reg.skull_stripped and inputs.anatomy_kind in ("t1", "t1c"):
         brain = brain_support(np.asarray(inputs.anatomy.dataobj, dtype=np.float32))
     else:
-        mapped = warp_to_patient(
-            atlas.to_nifti(atlas.brain.astype(np.float32)), atlas, inputs.anatomy, reg, label=True
-        )
+        mapped = reg.to_patient(atlas.to_nifti(atlas.brain.astype(np.float32)), label=True)
         brain = np.asarray(mapped.dataobj) > 0.5
     return brain | inputs.flair
 
@@ -325,7 +317,7 @@ def personalize(
     say("warp back")
     best = int(ids[0])
     density_atlas = db.density(best)
-    density_patient = warp_to_patient(atlas.to_nifti(density_atlas), atlas, inputs.anatomy, reg)
+    density_patient = reg.to_patient(atlas.to_nifti(density_atlas))
     timing["warp_back_s"] = time.perf_counter() - t
 
     matches = describe_matches(db, q, scores[:k], ids[:k])
@@ -341,11 +333,7 @@ def personalize(
     )
     if inputs.followup is not None:
         t = time.perf_counter()
-        f2, t2 = warp_masks_to_atlas(
-            *(nib.Nifti1Image(m.astype(np.uint8), inputs.anatomy.affine) for m in inputs.followup),
-            atlas,
-            reg,
-        )
+        f2, t2 = warp_masks_to_atlas(*(reg.patient_image(m) for m in inputs.followup), atlas, reg)
         q2 = Query.from_masks(
             np.asarray(f2.dataobj) > 0, np.asarray(t2.dataobj) > 0, atlas.shape,
             affine=atlas.affine,
@@ -354,9 +342,7 @@ def personalize(
         parameters["two_scan"] = both.summary
         images["flair_followup_atlas"] = atlas.to_nifti(q2.flair)
         images["t1gd_followup_atlas"] = atlas.to_nifti(q2.t1gd)
-        images["density_followup_patient"] = warp_to_patient(
-            atlas.to_nifti(both.density_followup), atlas, inputs.anatomy, reg
-        )
+        images["density_followup_patient"] = reg.to_patient(atlas.to_nifti(both.density_followup))
         timing["two_scan_s"] = time.perf_counter() - t
     plan = None
     if plans or ensemble:
@@ -365,7 +351,7 @@ def personalize(
         density, source = density_patient, f"best match, tumor {best}"
         if ensemble:
             ens, info = ensemble_density(db, ids, full)
-            density = warp_to_patient(atlas.to_nifti(ens), atlas, inputs.anatomy, reg)
+            density = reg.to_patient(atlas.to_nifti(ens))
             images["density_ensemble_patient"] = density
             parameters["ensemble"] = info
             source = f"posterior mean of the top {info['matches']} matches, {info['weighting']}"
@@ -378,9 +364,8 @@ def personalize(
                 np.asarray(density.dataobj, dtype=np.float32), inputs, brain, source=source,
                 margin_mm=margin_mm, volume_cm3=plan_volume_cm3, level=plan_level,
             )  # fmt: skip
-            aff = inputs.anatomy.affine
             for name in ("standard", "personalized"):
-                images[f"ctv_{name}"] = nib.Nifti1Image(plan[name].astype(np.uint8), aff)
+                images[f"ctv_{name}"] = reg.patient_image(plan[name])
         timing["plans_s"] = time.perf_counter() - t
     timing["total_s"] = float(sum(v for key, v in timing.items() if key != "total_s"))
     settings = {

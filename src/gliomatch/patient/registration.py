@@ -66,6 +66,7 @@ from gliomatch.intensity import BRAIN_LEVEL, canonical, foreground
 
 __all__ = [
     "Registration",
+    "on_grid_of",
     "poor_quality",
     "register",
     "registration_quality",
@@ -137,10 +138,13 @@ def to_nibabel(img) -> nib.Nifti1Image:
 
 @dataclass
 class Registration:
-    """Transforms between a patient scan and the atlas.
+    """Transforms between a patient scan and the atlas, and the two spaces they join.
 
     ``forward`` maps patient -> atlas (``apply_transforms(fixed=atlas, ...)``), ``inverse``
-    atlas -> patient (with ``inverse_invert`` flags).
+    atlas -> patient (with ``inverse_invert`` flags). :meth:`to_atlas` and :meth:`to_patient`
+    take an image on one grid and return it on the other (checked); :meth:`patient_image`
+    wraps an array on the patient's grid with the patient's affine and header, so what leaves
+    the pipeline in patient space carries the scan's geometry.
     """
 
     forward: list[str]
@@ -155,12 +159,34 @@ class Registration:
     #: the ``tumor`` mask given to :func:`register` and its warp to the atlas (label interp.)
     tumor: np.ndarray | None = field(default=None, repr=False)
     tumor_atlas: np.ndarray | None = field(default=None, repr=False)
+    #: the two spaces: the atlas, and the patient's scan (its grid, affine and header)
+    atlas: Atlas | None = field(default=None, repr=False)
+    patient: nib.Nifti1Image | None = field(default=None, repr=False)
 
     @property
     def quality(self) -> float:
         """The headline quality figure (``quality_figures[measure]``; NaN before it is set)."""
         q = self.quality_figures
         return q[q["measure"]] if q else float("nan")
+
+    def to_atlas(self, img: nib.Nifti1Image, *, label: bool = False) -> nib.Nifti1Image:
+        """A patient-space image on the atlas grid (a mask as labels: ``label=True``)."""
+        return warp_to_atlas(img, self.atlas, self, label=label)
+
+    def to_patient(self, img: nib.Nifti1Image, *, label: bool = False) -> nib.Nifti1Image:
+        """An atlas-grid image on the patient's grid, with the patient's affine and header."""
+        return warp_to_patient(img, self.atlas, self.patient, self, label=label)
+
+    def patient_image(self, data: np.ndarray) -> nib.Nifti1Image:
+        """``data``, an array on the patient's grid (boolean masks as uint8), as an image with
+        the patient's affine and header; its data type is the array's (no scaling)."""
+        data = np.asarray(data)
+        if data.shape != tuple(self.patient.shape[:3]):
+            raise GliomatchError(
+                f"an array of shape {data.shape} is not on the patient's grid "
+                f"{tuple(self.patient.shape[:3])}"
+            )
+        return on_grid_of(data, self.patient)
 
 
 def _atlas_images(atlas: Atlas):
@@ -316,17 +342,19 @@ def register(
         seconds=0.0,
         skull_stripped=not has_skull,
         files=fwd + inv,
+        atlas=atlas,
+        patient=anatomy,
     )
     warped = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=fwd)
     if tumor is not None:
         reg.tumor = tumor
-        reg.tumor_atlas = warp_to_atlas(
-            nib.Nifti1Image(tumor.astype(np.float32), anatomy.affine), atlas, reg, label=True
-        ).get_fdata(dtype=np.float32)
+        reg.tumor_atlas = reg.to_atlas(reg.patient_image(tumor), label=True).get_fdata(
+            dtype=np.float32
+        )
     brain_atlas = None
     if not has_skull:  # a skull-stripped scan: its own brain, warped, against the atlas'
-        support = nib.Nifti1Image(_support(canon).astype(np.float32), anatomy.affine)
-        brain_atlas = warp_to_atlas(support, atlas, reg, label=True).get_fdata() > 0.5
+        support = reg.patient_image(_support(canon))
+        brain_atlas = reg.to_atlas(support, label=True).get_fdata() > 0.5
     reg.quality_figures = registration_quality(
         warped.numpy(), fixed.numpy(), atlas, reg.tumor_atlas, brain_atlas=brain_atlas
     )
@@ -479,6 +507,19 @@ def warp_masks_to_atlas(
     return atlas.to_nifti(f.astype(np.uint8)), atlas.to_nifti((t & f).astype(np.uint8))
 
 
+def on_grid_of(data: np.ndarray, ref: nib.Nifti1Image) -> nib.Nifti1Image:
+    """``data`` (on ``ref``'s grid; booleans as uint8) as an image with ``ref``'s affine and
+    header (description, intent, orientation codes), its data type the array's, unscaled
+    (as ``nibabel.processing.resample_from_to`` keeps the reference's header)."""
+    data = np.asarray(data)
+    data = data.astype(np.uint8) if data.dtype == bool else data
+    img = nib.Nifti1Image(data, ref.affine, header=ref.header)
+    img.set_data_dtype(data.dtype)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header.set_xyzt_units("mm")
+    return img
+
+
 def warp_to_patient(
     img: nib.Nifti1Image,
     atlas: Atlas,
@@ -496,6 +537,4 @@ def warp_to_patient(
         reg.inverse_invert,
         label,
     )
-    out_img = nib.Nifti1Image(data, patient.affine)
-    out_img.header.set_xyzt_units("mm")
-    return out_img
+    return on_grid_of(data, patient)
