@@ -17,7 +17,7 @@ from gliomatch.database import (
     build_database,
     verify,
 )
-from gliomatch.database.storage import read_manifest, write_manifest
+from gliomatch.database.manifest import read_manifest, write_manifest
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import decode, encode, masks_from_codes
 
@@ -273,3 +273,29 @@ def test_database_api(tiny_db):
         tiny_db.codes(30)
     with pytest.raises(GliomatchError, match="integer"):
         tiny_db.codes(1.5)
+
+
+def test_database_is_the_only_reader_of_its_manifest(make_db):
+    """Typed properties answer what other layers used to look up in the manifest."""
+    import re
+    from pathlib import Path
+
+    import gliomatch
+    from gliomatch.database import BuildConfig
+
+    db = make_db(6, resolution=32, seed=9)
+    assert isinstance(db.build_config, BuildConfig) and db.build_config.seed == 9
+    assert db.counts["tumors"] == len(db) == 6 and db.disk_bytes > 0 and db.build_seconds >= 0
+    assert db.spacing_mm == pytest.approx(db.atlas().spacing)
+    names = [r["name"] for r in db.shard_records]
+    assert names == [f"s{i:05d}" for i in range(len(names))]
+    assert db.recorded_keys() == []
+    root = Path(gliomatch.__file__).parent
+    outside = [
+        f"{p.relative_to(root)}:{n}"
+        for p in root.rglob("*.py")
+        if p.relative_to(root).parts[0] != "database"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"manifest\[|\w\.manifest\b(?!\s+import)", line)
+    ]
+    assert not outside, outside

@@ -347,7 +347,7 @@ def test_10_one_bad_row_or_a_registration_crash_does_not_stop_the_cohort(
 
 
 def test_11_manifest_without_a_key(db_copy):
-    from gliomatch.database.storage import write_manifest
+    from gliomatch.database.manifest import write_manifest
 
     original = (db_copy.path / "manifest.json").read_text()
     m = json.loads(original)

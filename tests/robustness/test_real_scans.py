@@ -321,7 +321,7 @@ TINY_TRAINING = ["--epochs", 1, "--input-resolution", 16, "--n-train", 8, "--n-v
 
 
 def _reseal(db_path, edit):
-    from gliomatch.database.storage import read_manifest, write_manifest
+    from gliomatch.database.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(db_path)
     edit(manifest)

@@ -133,23 +133,14 @@ def db_build(
             progress=bar,
             time_limit_s=None if time_limit is None else time_limit * 60,
         )
-    m = db.manifest
+    c = db.counts
     if json_out:
-        typer.echo(
-            as_json(
-                {
-                    **m["counts"],
-                    "disk_bytes": m["disk_bytes"],
-                    "seconds": m["build_seconds_this_run"],
-                }
-            )
-        )
+        typer.echo(as_json({**c, "disk_bytes": db.disk_bytes, "seconds": db.build_seconds}))
         return
-    c = m["counts"]
     typer.echo(
         f"{c['tumors']} tumors from {c['trajectories']} trajectories "
         f"({c['rejected_snapshots']} snapshots rejected by size) in {out}; "
-        f"{m['disk_bytes'] / 1e6:.1f} MB, {m['build_seconds_this_run']:.1f} s"
+        f"{db.disk_bytes / 1e6:.1f} MB, {db.build_seconds:.1f} s"
     )
 
 

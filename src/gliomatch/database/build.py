@@ -20,25 +20,19 @@ import numba
 import numpy as np
 import pandas as pd
 
-from gliomatch import __version__
 from gliomatch.cluster import check_scheduler, dask_client, worker_count
 from gliomatch.database.config import BuildConfig
-from gliomatch.database.storage import (
-    FORMAT,
-    FORMAT_VERSION,
-    Database,
-    hash_tree,
+from gliomatch.database.manifest import (
+    building_manifest,
+    complete_manifest,
     read_manifest,
     write_manifest,
-    write_parquet_atomic,
-    write_shard,
 )
+from gliomatch.database.storage import Database, hash_tree, write_parquet_atomic, write_shard
 from gliomatch.database.trajectories import check_progress, space, trajectory_tumors
 from gliomatch.errors import GliomatchError, check_count
 from gliomatch.files import sha256_file, stale_temporaries
-from gliomatch.masks import FLAIR_LEVEL, SCALE, T1GD_LEVEL
 from gliomatch.progress import Progress
-from gliomatch.solver.core import SCHEME
 
 __all__ = ["build_database", "run_shard"]
 
@@ -158,7 +152,7 @@ def _prepare_folder(path: Path, cfg: BuildConfig) -> None:
             "use another folder or the same settings to resume"
         )
     if manifest is None:
-        write_manifest(path, _building_manifest(cfg))
+        write_manifest(path, building_manifest(cfg))
     legacy.unlink(missing_ok=True)
     for stale in stale_temporaries(path / "shards"):  # half-written shards of a killed build
         shutil.rmtree(stale, ignore_errors=True)
@@ -170,16 +164,6 @@ def _normalized(recorded, path: Path) -> dict:
         return BuildConfig.from_dict(recorded).to_dict()
     except (GliomatchError, KeyError, TypeError, ValueError) as exc:
         raise GliomatchError(f"database {path}: unreadable build settings ({exc})") from exc
-
-
-def _building_manifest(cfg: BuildConfig) -> dict:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "status": "building",
-        "software": {"gliomatch": __version__},
-        "build_config": cfg.to_dict(),
-    }
 
 
 def _done_shards(path: Path) -> dict[int, dict]:
@@ -231,48 +215,20 @@ def _finalize(path: Path, cfg: BuildConfig, done: dict[int, dict], n: int, t_bui
     simulated = sum(done[s]["trajectories"] for s in range(m))
     rejected = sum(done[s]["rejected"] for s in range(m))
     write_parquet_atomic(path / "tumors.parquet", table)
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "status": "complete",
-        "software": {"gliomatch": __version__},
-        "atlas": {
-            "source": atlas.source,
-            "resolution": atlas.resolution,
-            "shape": list(atlas.shape),
-            "spacing_mm": atlas.spacing,
-            "affine": atlas.affine.tolist(),
-            "checksum": atlas.checksum,
-        },
-        "thresholds": {"flair": FLAIR_LEVEL, "t1gd": T1GD_LEVEL},
-        "encoding": {
-            "dtype": "uint8",
-            "scale": SCALE,
-            "flair_code": 50,
-            "t1gd_code": 150,
-            "decode": "u = (q + 0.5) / 250 for q > 0, else 0",
-        },
-        "model": {
-            "scheme": SCHEME,
-            "equation": "du/dt = div(D grad u) + rho u (1 - u)",
-            "dw_gm_ratio": cfg.ratio,
-            "units": {"dw": "mm^2/day", "rho": "1/day", "t_end": "day"},
-        },
-        "sampling": {**cfg.sampling.to_dict(), "seed": cfg.seed, "shard_size": cfg.shard_size},
-        "build_config": cfg.to_dict(),
-        "size_filter": cfg.size_filter.to_dict(),
-        "counts": {
+    manifest = complete_manifest(
+        cfg,
+        atlas,
+        shards=shards,
+        counts={
             "tumors": int(len(table)),
             "trajectories": int(simulated),
             "rejected_snapshots": int(rejected),
             "shards": m,
         },
-        "disk_bytes": int(disk),
-        "build_seconds_this_run": round(t_build, 2),
-        "shards": shards,
-        "table_sha256": sha256_file(path / "tumors.parquet"),
-        "files": {},  # derived indexes and models: recorded when they are built
-    }
+        disk_bytes=int(disk),
+        seconds=t_build,
+        table_sha256=sha256_file(path / "tumors.parquet"),
+    )
     old = _old_manifest(path)
     if old and old["shards"] == shards and old["counts"]["tumors"] == len(table):
         manifest["files"] = old.get("files", {})  # same content: its indexes stay valid

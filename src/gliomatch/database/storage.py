@@ -36,28 +36,14 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.atlas import load_atlas
+from gliomatch.database.config import BuildConfig
+from gliomatch.database.manifest import MANIFEST_KEYS, check_entries, read_manifest, write_manifest
 from gliomatch.database.sampling import identifiable
 from gliomatch.errors import GliomatchError
-from gliomatch.files import atomic_path, file_digests, sha256_file, write_json_atomic
+from gliomatch.files import atomic_path, file_digests, sha256_file
 from gliomatch.masks import decode, masks_from_codes
 
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "Database",
-    "read_manifest",
-    "write_manifest",
-    "write_shard",
-]
-
-FORMAT = "gliomatch-tumor-db"
-#: 2: CRC-32C per density chunk, checksums of the table, indexes, models and manifest.
-FORMAT_VERSION = 2
-#: Manifest keys every reader relies on.
-MANIFEST_KEYS = ("atlas", "counts", "shards", "sampling", "size_filter", "table_sha256")
-#: What the manifest's ``atlas`` record must hold.
-ATLAS_KEYS = ("source", "resolution", "shape", "spacing_mm", "affine", "checksum")
-
+__all__ = ["Database", "hash_tree", "write_shard"]
 
 def hash_tree(path: Path) -> str:
     """SHA-256 over the relative names and bytes of every file below ``path`` (sorted)."""
@@ -69,48 +55,6 @@ def hash_tree(path: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
-
-
-def manifest_digest(manifest: dict) -> str:
-    """SHA-256 of a manifest's canonical JSON, without its own ``manifest_sha256`` entry."""
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def write_manifest(path: Path, manifest: dict) -> None:
-    """Write ``manifest.json`` atomically, sealed with its own checksum."""
-    manifest = {**manifest, "manifest_sha256": manifest_digest(manifest)}
-    write_json_atomic(Path(path) / "manifest.json", manifest)
-
-
-def read_manifest(path: Path) -> dict | None:
-    """The sealed manifest of database folder ``path`` (None if it has none yet).
-
-    Checks that it is JSON, of this format and version, and that its own checksum matches; a
-    manifest may describe a finished database or a build in progress (``status``).
-    """
-    mpath = Path(path) / "manifest.json"
-    if not mpath.is_file():
-        return None
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GliomatchError(f"database {mpath}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise GliomatchError(f"database {mpath}: not a gliomatch tumor database manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise GliomatchError(
-            f"database {mpath}: format version {manifest.get('format_version')} is not "
-            f"supported (this gliomatch reads version {FORMAT_VERSION}); rebuild it"
-        )
-    if manifest.get("manifest_sha256") != manifest_digest(manifest):
-        raise GliomatchError(
-            f"database {mpath}: checksum mismatch (the manifest is corrupted or was edited); "
-            "restore it from a backup or rebuild the database"
-        )
-    if not isinstance(manifest.get("build_config"), dict):
-        raise GliomatchError(f"database {mpath}: missing entry build_config")
-    return manifest
 
 
 def write_parquet_atomic(path: Path, df: pd.DataFrame) -> None:
@@ -163,52 +107,6 @@ def write_shard(
             raise
 
 
-def _check_entries(manifest: dict, mpath: Path) -> None:
-    """The nested entries every reader relies on: the atlas (source, resolution, a 3-D shape,
-    spacing, a finite invertible 4x4 affine, checksum), the tumor count and the shard list.
-    A manifest resealed without one of them is a one-line error, not a KeyError later."""
-    atlas, counts = manifest.get("atlas"), manifest.get("counts")
-    problem = None
-    if not isinstance(atlas, dict):
-        problem = "atlas is not a record"
-    elif missing := [k for k in ATLAS_KEYS if k not in atlas]:
-        problem = f"atlas lacks {', '.join(missing)}"
-    else:
-        try:
-            shape = np.asarray(atlas["shape"])
-            affine = np.asarray(atlas["affine"], dtype=np.float64)
-            ok = (
-                shape.shape == (3,)
-                and shape.dtype.kind in "iu"
-                and bool(np.all(shape > 0))
-                and affine.shape == (4, 4)
-                and bool(np.all(np.isfinite(affine)))
-                and abs(np.linalg.det(affine[:3, :3])) > 1e-9
-                and isinstance(atlas["resolution"], int)
-                and float(atlas["spacing_mm"]) > 0
-            )
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            problem = "atlas shape, affine, resolution or spacing is malformed"
-    if problem is None and not (
-        isinstance(counts, dict)
-        and isinstance(counts.get("tumors"), int)
-        and not isinstance(counts.get("tumors"), bool)
-    ):
-        problem = "counts.tumors is missing or not an integer"
-    if problem is None and not (
-        isinstance(manifest["shards"], list)
-        and all(isinstance(s, dict) and {"name", "sha256"} <= set(s) for s in manifest["shards"])
-    ):
-        problem = "shards is not a list of {name, sha256} records"
-    if problem:
-        raise GliomatchError(
-            f"database {mpath}: {problem} (the manifest was edited); restore it from a backup "
-            "or rebuild the database"
-        )
-
-
 class Database:
     """Read access to a tumor database folder (lazy: densities are read per tumor or batch).
 
@@ -249,7 +147,7 @@ class Database:
         missing = [k for k in MANIFEST_KEYS if k not in manifest]
         if missing:
             raise GliomatchError(f"database {mpath}: missing entries {', '.join(missing)}")
-        _check_entries(manifest, mpath)
+        check_entries(manifest, mpath)
         tpath = path / "tumors.parquet"
         if not tpath.is_file():
             raise GliomatchError(f"database {tpath}: missing")
@@ -299,6 +197,41 @@ class Database:
     @property
     def resolution(self) -> int:
         return int(self.manifest["atlas"]["resolution"])
+
+    @property
+    def spacing_mm(self) -> float:
+        """The atlas grid's voxel size (mm)."""
+        return float(self.manifest["atlas"]["spacing_mm"])
+
+    @cached_property
+    def build_config(self) -> BuildConfig:
+        """The settings the database was built with (grid, seed, sampling, size filter)."""
+        return BuildConfig.from_dict(self.manifest["build_config"])
+
+    @property
+    def counts(self) -> dict:
+        """``tumors``, ``trajectories`` simulated, ``rejected_snapshots``, ``shards``."""
+        return dict(self.manifest["counts"])
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of the stored densities (the shards)."""
+        return int(self.manifest["disk_bytes"])
+
+    @property
+    def build_seconds(self) -> float:
+        """Seconds the last build run took (a resumed build counts its own run)."""
+        return float(self.manifest["build_seconds_this_run"])
+
+    @property
+    def shard_records(self) -> list[dict]:
+        """One record per shard used: ``name``, ``used`` tumors, ``sha256`` of its files."""
+        return [dict(e) for e in self.manifest["shards"]]
+
+    def recorded_keys(self) -> list[str]:
+        """The keys of the indexes and models listed in the manifest (``models/NAME`` for a
+        model), sorted."""
+        return sorted(self.manifest.get("files", {}))
 
     @property
     def index_dir(self) -> Path:

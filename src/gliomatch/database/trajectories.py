@@ -135,7 +135,7 @@ def iter_held_out(
     caller that does not know how many it will need."""
     cfg = db_or_config
     if not isinstance(cfg, BuildConfig):
-        cfg = BuildConfig.from_dict(db_or_config.manifest["build_config"])
+        cfg = db_or_config.build_config
     seed = cfg.seed + seed_offset
     given, traj = 0, 0
     while given < limit:

@@ -168,7 +168,7 @@ def bench_build(
                 progress=progress,
             )
             wall = time.perf_counter() - t0
-            c = db.manifest["counts"]
+            c = db.counts
             snapshots = c["trajectories"] * sampling.snapshots
             rows.append(
                 {
@@ -181,8 +181,8 @@ def bench_build(
                     "simulations_per_min": c["trajectories"] / wall * 60,
                     "kept_per_simulation": len(db) / c["trajectories"],
                     "rejection_rate": c["rejected_snapshots"] / max(snapshots, 1),
-                    "disk_bytes": db.manifest["disk_bytes"],
-                    "bytes_per_tumor": db.manifest["disk_bytes"] / len(db),
+                    "disk_bytes": db.disk_bytes,
+                    "bytes_per_tumor": db.disk_bytes / len(db),
                 }
             )
         base = rows[0]["tumors_per_min"]
@@ -230,7 +230,7 @@ def bench_design(
         cfg = BuildConfig(resolution=resolution, seed=seed, sampling=sampling)
         if (folder / "manifest.json").is_file():
             db = Database.open(folder)
-            build_s = db.manifest["build_seconds_this_run"]
+            build_s = db.build_seconds
         else:
             t0 = time.perf_counter()
             db = build_database(folder, 10**8, cfg, progress=progress, time_limit_s=budget_s)
@@ -249,7 +249,7 @@ def bench_design(
         for eq in real_qs or []:
             _, ids = exact.search(eq.query, 1)
             real_best[eq.qid] = [float(v[0]) for v in exact.scores(eq.query, ids)]
-        c = db.manifest["counts"]
+        c = db.counts
         sem = best.std(axis=0, ddof=1) / np.sqrt(len(qs)) if len(qs) > 1 else np.zeros(3)
         rows.append(
             {

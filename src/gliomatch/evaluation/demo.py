@@ -10,7 +10,7 @@ import nibabel as nib
 
 from gliomatch.atlas import cache_dir
 from gliomatch.database import BuildConfig, Database, build_database
-from gliomatch.database.storage import FORMAT_VERSION
+from gliomatch.database.manifest import FORMAT_VERSION
 from gliomatch.database.trajectories import held_out_tumors
 from gliomatch.files import cache_key
 from gliomatch.masks import dice, threshold

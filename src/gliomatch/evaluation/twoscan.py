@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gliomatch.database.config import BuildConfig
 from gliomatch.database.trajectories import iter_held_out, space
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
@@ -44,7 +43,7 @@ def two_scan_patients(
     (seed, D_w, rho, T1) follow plain rejection sampling); each follow-up is the same
     trajectory ``interval`` days later, simulated in dimensionless time up to the size limit
     (a follow-up past the limit is skipped)."""
-    cfg = BuildConfig.from_dict(db.manifest["build_config"])
+    cfg = db.build_config
     atlas, domain, _ = space(cfg.atlas, cfg.resolution, cfg.ratio)
     vox = atlas.voxel_volume_cm3
     max_cm3 = cfg.size_filter.flair_max_cm3

@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gliomatch.database.config import BuildConfig
 from gliomatch.database.sampling import NOT_IDENTIFIABLE
 from gliomatch.errors import GliomatchError
 from gliomatch.files import write_text_atomic
@@ -343,7 +342,7 @@ def full_resolution_scores(db, query: Query, strat, scores, ids) -> np.ndarray:
 
 def prior_ranges(db) -> dict:
     """The database's sampling ranges of D_w and rho (to flag an implausible given age)."""
-    sampling = BuildConfig.from_dict(db.manifest["build_config"]).sampling
+    sampling = db.build_config.sampling
     return {"dw": tuple(sampling.dw), "rho": tuple(sampling.rho)}
 
 

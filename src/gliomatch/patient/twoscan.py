@@ -151,7 +151,7 @@ def two_scan(
     interval_days = positive_days(interval_days, "--interval-days")
     if trajectories < 1:
         raise GliomatchError(f"refine at least one trajectory, got {trajectories}")
-    cfg = BuildConfig.from_dict(db.manifest["build_config"])
+    cfg = db.build_config
     kk = min(k, len(db))
     cands = _candidates(db, strategy.search(first, kk), strategy.search(followup, kk), trajectories)
     refined = []

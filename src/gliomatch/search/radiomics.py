@@ -88,7 +88,7 @@ def database_features(db, *, workers: int = 2, progress=None) -> pd.DataFrame:
     """Shape features and FLAIR centre of mass (mm) of every database tumor."""
     ids = np.arange(len(db))
     chunks = [c for c in np.array_split(ids, max(1, len(ids) // 50)) if len(c)]
-    args = [(str(db.path), c, db.manifest["atlas"]["spacing_mm"], db.affine) for c in chunks]
+    args = [(str(db.path), c, db.spacing_mm, db.affine) for c in chunks]
     rows, done = [], 0
     if workers <= 1:
         results = map(_tumor_features, args)
@@ -132,7 +132,7 @@ class RadiomicsStrategy(Strategy):
         self.com = t[["com_x_mm", "com_y_mm", "com_z_mm"]].to_numpy(np.float64)
 
     def query_features(self, query: Query) -> tuple[np.ndarray, np.ndarray]:
-        spacing = self.db.manifest["atlas"]["spacing_mm"]
+        spacing = self.db.spacing_mm
         feats = {}
         for name, m in (("flair", query.flair), ("t1gd", query.t1gd)):
             for k, v in shape_features(m, spacing).items():

@@ -30,7 +30,7 @@ def sample_ids(n: int, size: int = SAMPLE, seed: int = 0) -> np.ndarray:
 def verify_indexes(db, *, progress: Progress | None = None) -> dict:
     """``{index name: "entries re-derived" | "checksums only"}`` for every index listed in the
     manifest; raises :class:`GliomatchError` at the first index whose sample differs."""
-    names = sorted(k for k in db.manifest.get("files", {}) if not k.startswith("models/"))
+    names = [k for k in db.recorded_keys() if not k.startswith("models/")]
     ids = sample_ids(len(db))
     out = {}
     for n, name in enumerate(names, 1):
