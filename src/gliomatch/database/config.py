@@ -9,7 +9,7 @@ import numpy as np
 
 from gliomatch.database.sampling import SamplingConfig, SizeFilter
 from gliomatch.errors import GliomatchError
-from gliomatch.solver.core import SCHEME
+from gliomatch.solver.model import FisherKolmogorov, GrowthModel
 
 __all__ = ["BuildConfig"]
 
@@ -32,6 +32,12 @@ class BuildConfig:
         if not 1 <= self.shard_size <= 10_000:
             raise GliomatchError(f"shard size must be 1..10000 trajectories, got {self.shard_size}")
 
+    @property
+    def model(self) -> GrowthModel:
+        """The growth model the database simulates (Fisher–Kolmogorov with this WM/GM
+        diffusivity ratio; the manifest records its name and scheme)."""
+        return FisherKolmogorov(ratio=self.ratio)
+
     def to_dict(self) -> dict:
         return {
             "resolution": int(self.resolution),
@@ -41,7 +47,7 @@ class BuildConfig:
             "size_filter": self.size_filter.to_dict(),
             "shard_size": int(self.shard_size),
             "ratio": float(self.ratio),
-            "solver": SCHEME,
+            "solver": self.model.scheme,
         }
 
     @classmethod

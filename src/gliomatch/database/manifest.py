@@ -20,7 +20,6 @@ from gliomatch.database.config import BuildConfig
 from gliomatch.errors import GliomatchError
 from gliomatch.files import write_json_atomic
 from gliomatch.masks import FLAIR_LEVEL, SCALE, T1GD_LEVEL
-from gliomatch.solver.core import SCHEME
 
 __all__ = [
     "ATLAS_KEYS",
@@ -177,7 +176,8 @@ def complete_manifest(
             "decode": "u = (q + 0.5) / 250 for q > 0, else 0",
         },
         "model": {
-            "scheme": SCHEME,
+            "name": cfg.model.name,
+            "scheme": cfg.model.scheme,
             "equation": "du/dt = div(D grad u) + rho u (1 - u)",
             "dw_gm_ratio": cfg.ratio,
             "units": {"dw": "mm^2/day", "rho": "1/day", "t_end": "day"},

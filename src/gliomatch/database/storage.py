@@ -209,6 +209,11 @@ class Database:
         return BuildConfig.from_dict(self.manifest["build_config"])
 
     @property
+    def model(self):
+        """The growth model that made the database (:mod:`gliomatch.solver.model`)."""
+        return self.build_config.model
+
+    @property
     def counts(self) -> dict:
         """``tumors``, ``trajectories`` simulated, ``rejected_snapshots``, ``shards``."""
         return dict(self.manifest["counts"])

@@ -14,7 +14,7 @@ from gliomatch.database.kernels import tumor_stats
 from gliomatch.database.sampling import identifiable, sample_trajectory
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL, encode
-from gliomatch.solver import Domain, simulate
+from gliomatch.solver import FisherKolmogorov
 
 __all__ = [
     "MAX_TRAJECTORIES_PER_TUMOR",
@@ -31,7 +31,7 @@ __all__ = [
 def space(atlas_spec: str | None, resolution: int, ratio: float):
 
     atlas = load_atlas(atlas_spec, resolution)
-    return atlas, Domain.from_atlas(atlas, ratio=ratio), np.argwhere(atlas.tissue)
+    return atlas, FisherKolmogorov(ratio=ratio).domain_of(atlas), np.argwhere(atlas.tissue)
 
 
 def _tumor_row(u: np.ndarray, atlas, voxel_cm3: float) -> dict:
@@ -74,14 +74,12 @@ def trajectory_tumors(cfg: BuildConfig, traj_id: int, seed: int | None = None):
         found.append((int(np.searchsorted(tr.times, t)), stats, encode(u)))
 
     found = []
-    sim = simulate(
+    sim = cfg.model.simulate(
         domain,
-        tr.x,
-        tr.y,
-        tr.z,
-        tr.sim_dw,
-        tr.sim_rho,
-        tr.times,
+        (tr.x, tr.y, tr.z),
+        dw=tr.sim_dw,
+        rho=tr.sim_rho,
+        times=tr.times,
         stop_volume_cm3=filt.flair_max_cm3,
         stop_threshold=FLAIR_LEVEL,
         on_snapshot=snapshot,

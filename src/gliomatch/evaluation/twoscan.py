@@ -21,7 +21,6 @@ from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
 from gliomatch.patient.twoscan import two_scan
 from gliomatch.progress import report
 from gliomatch.search import Query, get_strategy
-from gliomatch.solver import simulate
 
 __all__ = ["TwoScanPatient", "bench_two_scan", "two_scan_patients"]
 
@@ -54,9 +53,9 @@ def two_scan_patients(
         rng = np.random.default_rng([cfg.seed + 2_000_003 + seed, j, 7])
         interval = float(rng.uniform(*interval_range))
         r, rho, t1 = float(row["dw_over_rho"]), float(row["rho"]), float(row["t_end"])
-        sim = simulate(
-            domain, row["x"], row["y"], row["z"], r, 1.0, [rho * (t1 + interval)],
-            stop_volume_cm3=max_cm3, stop_threshold=FLAIR_LEVEL,
+        sim = cfg.model.simulate_stages(
+            domain, (row["x"], row["y"], row["z"]), dw_over_rho=r,
+            stages=[rho * (t1 + interval)], stop_volume_cm3=max_cm3, stop_threshold=FLAIR_LEVEL,
         )  # fmt: skip
         if not sim.densities:
             continue  # grew past the size limit before the follow-up

@@ -25,7 +25,7 @@ from scipy.spatial.transform import Rotation
 from gliomatch.atlas import Atlas
 from gliomatch.errors import GliomatchError
 from gliomatch.masks import threshold
-from gliomatch.solver import simulate
+from gliomatch.solver import get_model
 
 __all__ = ["SyntheticPatient", "make_patient"]
 
@@ -95,9 +95,11 @@ def make_patient(
     if density is None:
         if theta is None:
             raise GliomatchError("make_patient needs theta or density")
-        sim = simulate(
-            atlas, theta["x"], theta["y"], theta["z"], theta["dw"], theta["rho"], [theta["t_end"]]
-        )
+        model = get_model()
+        sim = model.simulate(
+            model.domain_of(atlas), (theta["x"], theta["y"], theta["z"]), dw=theta["dw"],
+            rho=theta["rho"], times=[theta["t_end"]],
+        )  # fmt: skip
         density = sim.densities[0]
     density = np.asarray(density, dtype=np.float32)
     if density.shape != atlas.shape:

@@ -29,7 +29,6 @@ from gliomatch.errors import GliomatchError
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
 from gliomatch.patient.inputs import positive_days
 from gliomatch.search.base import Query
-from gliomatch.solver import simulate
 
 __all__ = ["STAGE_STEP", "TwoScanResult", "two_scan"]
 
@@ -108,8 +107,8 @@ def _refine(db, cfg: BuildConfig, traj_id: int, q1: Query, q2: Query) -> dict:
     tau_max = float(cfg.sampling.rho[1] * cfg.sampling.t_end[1]) * 2
     n = int(math.ceil(math.log(tau_max / TAU_MIN) / math.log(STAGE_STEP))) + 1
     grid = TAU_MIN * STAGE_STEP ** np.arange(n)
-    simulate(
-        domain, float(row.x), float(row.y), float(row.z), r, 1.0, grid,
+    cfg.model.simulate_stages(
+        domain, (float(row.x), float(row.y), float(row.z)), dw_over_rho=r, stages=grid,
         stop_volume_cm3=stop, stop_threshold=FLAIR_LEVEL, on_snapshot=on_snapshot,
     )  # fmt: skip
     if len(taus) < 2:
@@ -195,7 +194,8 @@ def two_scan(
     # the best trajectory's densities at both stages (atlas space)
     atlas, domain, _ = space(cfg.atlas, cfg.resolution, cfg.ratio)
     x, y, z = best["seed_fraction"]
-    sim = simulate(
-        domain, x, y, z, best["dw_over_rho"], 1.0, [best["tau_first"], best["tau_followup"]]
-    )
+    sim = cfg.model.simulate_stages(
+        domain, (x, y, z), dw_over_rho=best["dw_over_rho"],
+        stages=[best["tau_first"], best["tau_followup"]],
+    )  # fmt: skip
     return TwoScanResult(summary, sim.densities[0], sim.densities[-1])
