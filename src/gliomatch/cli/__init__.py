@@ -8,7 +8,9 @@ only: the library reports progress through a ``progress(done, total, description
 from gliomatch.cli import (  # noqa: F401
     atlas,
     bench,
+    bench_patient,
     db,
+    demo,
     evaluate,
     infer,
     plan,

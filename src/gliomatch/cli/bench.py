@@ -1,8 +1,7 @@
-"""`gliomatch bench`: solver, build, design, search, infer, two-scan, registration, plans."""
+"""`gliomatch bench solver | build | design | search` (the patient benchmarks: `bench_patient`)."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -11,15 +10,12 @@ import typer
 from gliomatch.cli.apps import bench_app
 from gliomatch.cli.common import (
     AtlasOpt,
-    RegOpt,
     ResolutionOpt,
     as_json,
     handle_errors,
     progress_bar,
     strategy_names,
 )
-from gliomatch.errors import GliomatchError
-from gliomatch.files import output_folder, write_text_atomic
 
 
 @bench_app.command("solver")
@@ -33,7 +29,7 @@ def bench_solver_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Last line is a JSON object.")] = False,
 ):
     """Time the numba solver against the whole-grid NumPy reference on the same problem."""
-    from gliomatch.evaluation.bench import bench_solver
+    from gliomatch.evaluation.bench_solver import bench_solver
 
     r = bench_solver(resolution=resolution, dw=dw, rho=rho, t_end=t_end, atlas=atlas)
     typer.echo(
@@ -78,7 +74,7 @@ def bench_build_cmd(
 ):
     """Build a database per sampler design; report tumors/min, simulations/min, tumors kept per
     simulation, rejection rate and bytes/tumor, and the speed-up over the first design."""
-    from gliomatch.evaluation.bench import bench_build
+    from gliomatch.evaluation.bench_build import bench_build
 
     with progress_bar(not json_out) as bar:
         rows = bench_build(
@@ -120,7 +116,7 @@ def bench_design_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per design.")] = False,
 ):
     """Equal build time per sampler design; mean best-match Dice on the same held-out queries."""
-    from gliomatch.evaluation.bench import bench_design
+    from gliomatch.evaluation.bench_build import bench_design
 
     with progress_bar(not json_out, transient=True) as bar:
         rows = bench_design(
@@ -182,7 +178,7 @@ def bench_search_cmd(
 ):
     """Latency and top-1/5/15 preservation of search strategies on held-out tumors."""
     from gliomatch.database import Database
-    from gliomatch.evaluation.bench import bench_search
+    from gliomatch.evaluation.bench_search import bench_search
 
     db = Database.open(db_path)
     with progress_bar(not json_out, transient=True) as bar:
@@ -233,174 +229,3 @@ def bench_search_cmd(
             typer.echo(
                 f"{'':>10} exact top-{k} identical to loop on every query: {r['exact_equals_loop']}"
             )
-
-
-@bench_app.command("infer")
-@handle_errors
-def bench_infer_cmd(
-    db: Annotated[Path | None, typer.Option(help="Database (default: the demo database).")] = None,
-    resolution: ResolutionOpt = 128,
-    registration: RegOpt = "syn",
-    case: Annotated[
-        Path | None,
-        typer.Option(help="A real BraTS case folder instead of a synthetic patient (needs --db)."),
-    ] = None,
-    labels: Annotated[str, typer.Option(help="Label convention of --case.")] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Last line is a JSON object.")] = False,
-):
-    """Time each stage of `infer` on a synthetic patient (load, register, warp, search, ...),
-    or on a real BraTS case folder (--case)."""
-    extra = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        if case is not None:
-            from gliomatch.database import Database
-            from gliomatch.patient.cohort import load_case
-            from gliomatch.patient.pipeline import infer
-
-            if db is None:
-                raise GliomatchError("--case needs --db (the database to search)")
-            res = infer(
-                load_case(case, labels), Database.open(db), Path(tmp), registration=registration
-            )
-            extra = {"case": str(case), "best_score": res.matches[0]["score"]}
-        else:
-            from gliomatch.evaluation.demo import run_demo
-
-            d = run_demo(
-                out=Path(tmp), resolution=resolution, seed=1, registration=registration,
-                db_path=db,
-            )  # fmt: skip
-            res = d.result
-            extra = {"dice_flair": d.dice_flair, "dice_t1gd": d.dice_t1gd}
-    t = res.timing
-    typer.echo(" | ".join(f"{k_[:-2]} {v_:.2f} s" for k_, v_ in t.items()))
-    typer.echo(f"end to end {t['total_s']:.1f} s (goal <= 30 s); " + ", ".join(
-        f"{k_} {v_:.3f}" if isinstance(v_, float) else f"{k_} {v_}" for k_, v_ in extra.items()
-    ))  # fmt: skip
-    q = res.quality_figures
-    typer.echo(
-        "registration quality: "
-        + ", ".join(f"{k_} {v_:.3f}" for k_, v_ in q.items() if isinstance(v_, float))
-    )
-    if json_out:
-        typer.echo(as_json({**t, "registration": registration, "registration_quality": q, **extra}))
-
-
-@bench_app.command("two-scan")
-@handle_errors
-def bench_two_scan_cmd(
-    db: Annotated[Path, typer.Option(help="Database folder.")],
-    patients: Annotated[int, typer.Option(help="Synthetic two-scan patients.")] = 50,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic patients.")] = 0,
-    strategy: Annotated[str, typer.Option(help="Search strategy for the candidates.")] = "exact",
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-):
-    """Recover rho, D_w and the age from synthetic two-scan patients (atlas space)."""
-    from gliomatch.database import Database
-    from gliomatch.evaluation.twoscan import bench_two_scan
-
-    database = Database.open(db)
-    with progress_bar(not json_out) as bar:
-        res = bench_two_scan(
-            database, patients=patients, seed=seed, strategy=strategy, progress=bar
-        )
-    if json_out:
-        typer.echo(as_json(res))
-        return
-    typer.echo(
-        f"{res['patients']} synthetic two-scan patients, {res['n_db']} tumors, {strategy}; "
-        f"median {res['median_seconds']:.1f} s per patient"
-    )
-    typer.echo("| quantity | median relative error | 90th percentile | within 25 % | r (log) |")
-    typer.echo("|---|---|---|---|---|")
-    for q, e in res["errors"].items():
-        typer.echo(
-            f"| {q} | {100 * e['median_rel_error']:.1f} % | {100 * e['p90_rel_error']:.1f} % | "
-            f"{100 * e['within_25pct']:.0f} % | {e['corr_log']:.2f} |"
-        )
-
-
-@bench_app.command("registration")
-@handle_errors
-def bench_registration_cmd(
-    db: Annotated[Path | None, typer.Option(help="Database (default: the demo database).")] = None,
-    patients: Annotated[int, typer.Option(help="Synthetic patients (each registered 6 ways).")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic patients.")] = 0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-):
-    """Do the registration quality figures track the true accuracy, in any contrast?
-    Synthetic patients (known deformation) in T1 and inverted contrast, registered by SyN,
-    affine only or not at all."""
-    from gliomatch.database import Database
-    from gliomatch.evaluation.demo import demo_database
-    from gliomatch.evaluation.regstudy import FIGURES, bench_registration
-
-    database = Database.open(db) if db else demo_database(log=None if json_out else typer.echo)
-    with progress_bar(not json_out) as bar:
-        res = bench_registration(database, patients=patients, seed=seed, progress=bar)
-    if json_out:
-        typer.echo(as_json(res))
-        return
-    s = res["summary"]
-    cells = [(c, k) for c in ("t1", "inverted") for k in ("syn", "affine", "none")]
-    typer.echo(f"{res['patients']} synthetic patients; means per contrast and registration:")
-    typer.echo("| figure | " + " | ".join(f"{c} {k}" for c, k in cells) + " | Spearman vs true |")
-    typer.echo("|---|" + "---|" * (len(cells) + 1))
-    for f in ("true_dice_flair", *FIGURES):
-        rho = s[f].get("spearman_with_true_dice")
-        typer.echo(
-            f"| {f} | "
-            + " | ".join(f"{s[f][f'mean_{c}_{k}']:.3f}" for c, k in cells)
-            + f" | {'–' if rho is None else f'{rho:.2f}'} |"
-        )
-
-
-@bench_app.command("plans")
-@handle_errors
-def bench_plans_cmd(
-    db: Annotated[
-        list[Path],
-        typer.Option(help="Database folder; repeat to compare sizes on the same patients."),
-    ],
-    out: Annotated[Path, typer.Option(help="Folder for plans.json and plans.png.")],
-    patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 200,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic patients.")] = 0,
-    margin: Annotated[float, typer.Option(help="Standard CTV margin around the core (mm).")] = 15.0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-):
-    """Recurrence coverage of the standard and personalized plans (equal volume) on synthetic
-    patients whose recurrence is their hidden simulation 90-365 days later (atlas space)."""
-    from gliomatch.database import Database
-    from gliomatch.evaluation.figures import plan_coverage_figure
-    from gliomatch.evaluation.plans import PLANS, RECURRENCES, bench_plans
-
-    folder = output_folder(out)
-    databases = [Database.open(d) for d in db]
-    with progress_bar(not json_out) as bar:
-        res = bench_plans(databases, patients=patients, seed=seed, margin_mm=margin, progress=bar)
-    write_text_atomic(folder / "plans.json", as_json(res))
-    plan_coverage_figure(res, folder / "plans.png")
-    if json_out:
-        typer.echo(as_json(res))
-        return
-    typer.echo(
-        f"{res['patients']} synthetic patients, recurrence {res['interval_range_days'][0]:g}-"
-        f"{res['interval_range_days'][1]:g} days later; plans of equal volume (core + "
-        f"{margin:g} mm); mean coverage %"
-    )
-    head = " | ".join(f"{p} {r}" for r in RECURRENCES for p in PLANS)
-    typer.echo(f"| tumors | patients | median plan cm3 | {head} |")
-    typer.echo("|" + "---|" * (3 + len(PLANS) * len(RECURRENCES)))
-    for n, s in res["summary"].items():
-        cells = " | ".join(f"{100 * s[f'{p}_{r}']:.1f}" for r in RECURRENCES for p in PLANS)
-        typer.echo(f"| {int(n):,} | {s['patients']} | {s['median_plan_cm3']:.0f} | {cells} |")
-    typer.echo("personalized minus standard (points, ± standard error):")
-    for n, s in res["summary"].items():
-        parts = [
-            f"{p} {r} {100 * s[f'{p}_minus_standard_{r}']:+.1f} ± "
-            f"{100 * s[f'{p}_minus_standard_{r}_se']:.1f}"
-            for p in PLANS[1:]
-            for r in RECURRENCES
-        ]
-        typer.echo(f"  {int(n):,} tumors: " + "; ".join(parts))
-    typer.echo(f"wrote {folder / 'plans.json'} and {folder / 'plans.png'}")

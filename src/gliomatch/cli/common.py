@@ -249,3 +249,37 @@ def print_plans(plans: dict | None) -> None:
             f"it outside the visible tumor; covers {100 * f['covers_whole_tumor']:.1f} % of the "
             f"visible whole tumor, {100 * f['covers_core']:.1f} % of the core"
         )
+
+
+def print_result(res, json_out: bool, extra: dict | None = None):
+    """Print an ``infer`` result (or its JSON, with ``extra`` entries)."""
+    from gliomatch.patient.report import describe_quality
+
+    if json_out:
+        typer.echo(
+            as_json(
+                {
+                    "out": str(res.out),
+                    "matches": res.matches[:5],
+                    "parameters": res.parameters,
+                    "timing": res.timing,
+                    "registration_quality": res.quality,
+                    "registration_quality_figures": res.quality_figures,
+                    "plans": res.plans,
+                    **(extra or {}),
+                }
+            )
+        )
+        return
+    b = res.matches[0]
+    typer.echo(
+        f"best match: tumor {b['id']}, score {b['score']:.4f} "
+        f"(Dice T1Gd {b['dice_t1gd']:.3f}, FLAIR {b['dice_flair']:.3f})"
+    )
+    print_estimates(res.parameters)
+    print_plans(res.plans)
+    typer.echo(
+        f"registration quality: {describe_quality(res.quality_figures)}; timing: "
+        + ", ".join(f"{k_[:-2]} {v_:.1f} s" for k_, v_ in res.timing.items())
+    )
+    typer.echo(f"outputs in {res.out} (report: {res.out / 'report.html'})")

@@ -198,38 +198,6 @@ def db_index(
     )
 
 
-@db_app.command("calibrate")
-@handle_errors
-def db_calibrate(
-    db_path: Annotated[Path, typer.Argument(help="Database folder.")],
-    queries: Annotated[int, typer.Option(help="Held-out synthetic tumors to calibrate on.")] = 400,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-):
-    """Calibrate the 90 % intervals of what one scan determines (seed, sqrt(D_w/rho), rho*T)
-    on held-out synthetic tumors; writes DB/calibration.json, used by infer and search."""
-    from gliomatch.database import Database
-    from gliomatch.evaluation.recovery import calibrate
-
-    db = Database.open(db_path)
-    with progress_bar(not json_out) as bar:
-        rec = calibrate(db, queries=queries, progress=bar)
-    if json_out:
-        typer.echo(as_json(rec))
-        return
-    raw = rec["raw_coverage"]
-    typer.echo(
-        f"calibrated on {rec['queries']} held-out tumors (temperature {rec['temperature']:g}, "
-        f"top {rec['posterior_k']}): raw 90 % intervals covered seed {100 * raw['seed_mm']:.1f} %, "
-        f"sqrt(D_w/rho) {100 * raw['infiltration_mm']:.1f} %, rho*T {100 * raw['rho_t']:.1f} %"
-    )
-    m = rec["log_margin"]
-    typer.echo(
-        f"margins: sqrt(D_w/rho) x e^{m['infiltration_mm']:+.3f}, rho*T x e^{m['rho_t']:+.3f}, "
-        f"D_w/rho x e^{m['dw_over_rho']:+.3f}, seed radius {rec['seed_margin_mm']:+.1f} mm"
-    )
-    typer.echo(f"wrote {db.path / 'calibration.json'}")
-
-
 @db_app.command("info")
 @handle_errors
 def db_info(

@@ -1,4 +1,4 @@
-"""`gliomatch infer | infer-batch | demo`: personalize the model for patients."""
+"""`gliomatch infer | infer-batch`: personalize the model for patients."""
 
 from __future__ import annotations
 
@@ -14,48 +14,12 @@ from gliomatch.cli.common import (
     PlanLevelOpt,
     PlanVolumeOpt,
     RegOpt,
-    ResolutionOpt,
     StrategyOpt,
-    as_json,
     check_k,
     handle_errors,
-    print_estimates,
-    print_plans,
+    print_result,
 )
 from gliomatch.errors import GliomatchError
-
-
-def _print_result(res, json_out: bool, extra: dict | None = None):
-    from gliomatch.patient.report import describe_quality
-
-    if json_out:
-        typer.echo(
-            as_json(
-                {
-                    "out": str(res.out),
-                    "matches": res.matches[:5],
-                    "parameters": res.parameters,
-                    "timing": res.timing,
-                    "registration_quality": res.quality,
-                    "registration_quality_figures": res.quality_figures,
-                    "plans": res.plans,
-                    **(extra or {}),
-                }
-            )
-        )
-        return
-    b = res.matches[0]
-    typer.echo(
-        f"best match: tumor {b['id']}, score {b['score']:.4f} "
-        f"(Dice T1Gd {b['dice_t1gd']:.3f}, FLAIR {b['dice_flair']:.3f})"
-    )
-    print_estimates(res.parameters)
-    print_plans(res.plans)
-    typer.echo(
-        f"registration quality: {describe_quality(res.quality_figures)}; timing: "
-        + ", ".join(f"{k_[:-2]} {v_:.1f} s" for k_, v_ in res.timing.items())
-    )
-    typer.echo(f"outputs in {res.out} (report: {res.out / 'report.html'})")
 
 
 @app.command()
@@ -134,7 +98,7 @@ def infer(
             inputs = load_case(case, labels, followup_seg=followup_seg)
         else:
             inputs = load_patient(**files, labels=labels, followup_seg=followup_seg)
-        from gliomatch.evaluation.demo import demo_database
+        from gliomatch.database.demo import demo_database
 
         database = Database.open(db) if db else demo_database(log=None if json_out else typer.echo)
         res = run_infer(
@@ -155,7 +119,7 @@ def infer(
         )
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
-    _print_result(res, json_out)
+    print_result(res, json_out)
 
 
 @app.command("infer-batch")
@@ -195,64 +159,3 @@ def infer_batch(
     typer.echo(f"summary: {out / 'summary.csv'}")
     if (table["status"] != "ok").any():
         raise typer.Exit(1)
-
-
-@app.command()
-@handle_errors
-def demo(
-    n: Annotated[
-        int | None, typer.Option(help="Tumors in the demo database (default: 1000).")
-    ] = None,
-    resolution: ResolutionOpt = 128,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/demo"),
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic patient.")] = 0,
-    registration: RegOpt = "syn",
-    db: Annotated[
-        Path | None, typer.Option(help="Database (default: build/reuse the demo one).")
-    ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
-):
-    """Build (or reuse) a demo database, make a synthetic patient, infer, compare with truth."""
-
-    from gliomatch.evaluation.demo import run_demo
-
-    d = run_demo(
-        out=out,
-        **({} if n is None else {"n": n}),
-        resolution=resolution,
-        seed=seed,
-        registration=registration,
-        db_path=db,
-        log=None if json_out else typer.echo,
-        progress=None,
-    )
-    res, truth, dice_f, dice_t = d.result, d.truth, d.dice_flair, d.dice_t1gd
-    if json_out:
-        _print_result(
-            res, True, {"truth": truth, "dice_flair_patient": dice_f, "dice_t1gd_patient": dice_t}
-        )
-        return
-    _print_result(res, False)
-    est = res.parameters["estimates"]
-    from gliomatch.database.sampling import identifiable
-
-    true_id = identifiable(truth["dw"], truth["rho"], truth["t_end"])
-    typer.echo("recovered (posterior median and interval) vs true (hidden):")
-    for key, unit in (("infiltration_mm", "mm"), ("rho_t", "")):
-        e = est[key]
-        typer.echo(
-            f"  {e['label']:>13}: {e['median']:8.3g} [{e['interval'][0]:.3g}, "
-            f"{e['interval'][1]:.3g}] vs {true_id[key]:8.3g} {unit}"
-        )
-    seed_err = (
-        sum(
-            (m - truth[a]) ** 2
-            for m, a in zip(est["seed_mm"]["mean"], ("x_mm", "y_mm", "z_mm"), strict=True)
-        )
-        ** 0.5
-    )
-    typer.echo(f"           seed: {seed_err:.1f} mm from the true seed (atlas space)")
-    typer.echo(
-        f"patient-space prediction vs hidden tumor: Dice FLAIR (u >= 0.2) {dice_f:.3f}, "
-        f"Dice T1Gd (u >= 0.6) {dice_t:.3f}"
-    )

@@ -34,7 +34,7 @@ def predict_gbm(
 ):
     """Write each patient's full tumor-cell density on its input grid (``<id>.nii.gz``)."""
     from gliomatch.database import Database
-    from gliomatch.evaluation.demo import demo_database
+    from gliomatch.database.demo import demo_database
     from gliomatch.patient.predictgbm import run_predict_gbm
 
     db = db or (Path(os.environ["GLIOMATCH_DB"]) if os.environ.get("GLIOMATCH_DB") else None)

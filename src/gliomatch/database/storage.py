@@ -45,6 +45,7 @@ from gliomatch.masks import decode, masks_from_codes
 
 __all__ = ["Database", "hash_tree", "write_shard"]
 
+
 def hash_tree(path: Path) -> str:
     """SHA-256 over the relative names and bytes of every file below ``path`` (sorted)."""
     h = hashlib.sha256()

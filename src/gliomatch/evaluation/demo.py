@@ -8,53 +8,17 @@ from pathlib import Path
 
 import nibabel as nib
 
-from gliomatch.atlas import cache_dir
-from gliomatch.database import BuildConfig, Database, build_database
-from gliomatch.database.manifest import FORMAT_VERSION
+from gliomatch.database.demo import DEMO_N, demo_database
 from gliomatch.database.trajectories import held_out_tumors
-from gliomatch.files import cache_key
 from gliomatch.masks import dice, threshold
 from gliomatch.patient.inputs import load_patient
 from gliomatch.patient.pipeline import InferResult, infer
 from gliomatch.patient.synthetic import make_patient
 from gliomatch.progress import Progress
 
-__all__ = ["DEMO_N", "DemoResult", "demo_database", "run_demo"]
-
-#: Tumors in the demo database.
-DEMO_N = 1000
+__all__ = ["DemoResult", "run_demo"]
 #: The true parameters reported beside the recovered ones.
 TRUTH = ("x", "y", "z", "dw", "rho", "t_end", "x_mm", "y_mm", "z_mm")
-
-
-def demo_database(
-    n: int = DEMO_N,
-    resolution: int = 128,
-    path: Path | None = None,
-    *,
-    log=None,
-    progress: Progress | None = None,
-) -> Database:
-    """The demo database (built once in the cache, resumed or grown to ``n``).
-
-    The cache folder names the database format and a key of the build settings, so a demo
-    database of an older format or sampler is rebuilt rather than refused or reused.
-    """
-    cfg = BuildConfig(resolution=resolution, seed=0)
-    key = cache_key(config=cfg.to_dict())[:10]
-    path = (
-        Path(path) if path else cache_dir() / "demo" / f"db-r{resolution}-v{FORMAT_VERSION}-{key}"
-    )
-    if (path / "manifest.json").is_file():
-        db = Database.open(path)
-        if len(db) == n:
-            return db
-    if log:
-        log(
-            f"building the demo database: {n} tumors at {resolution}^3 in {path} "
-            "(once; cached and resumable)"
-        )
-    return build_database(path, n, cfg, progress=progress)
 
 
 @dataclass
