@@ -393,9 +393,7 @@ def infer(
     write everything into ``out`` (:func:`gliomatch.patient.writers.write_outputs`); the
     transforms go to ``out/transforms``."""
     out = output_folder(out)  # before the registration: a bad folder fails first
-    result = personalize(
-        inputs, db, workdir=out / "transforms", progress=progress, **options
-    )
+    result = personalize(inputs, db, workdir=out / "transforms", progress=progress, **options)
     if report:
         report_progress(progress, STAGES.index("report"), len(STAGES), "report")
     files = write_outputs(result, out, report=report)
