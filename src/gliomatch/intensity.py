@@ -28,7 +28,7 @@ value, the foreground set, the lattice and the percentiles along with it, so
 ``(x - lo) / (hi - lo)`` is unchanged; a z-score over the foreground is such a map on the
 foreground, and the background constant it leaves (0 or any other) is not read. On a
 lattice the canonical image is the same bit for bit, so a registration of the rescaled scan
-is the registration of the original (the test and the README's real-case check); off a
+is the registration of the original (the test and docs/methods.md's real-case check); off a
 lattice (an already resampled float scan) what remains is float rounding. A map with
 ``a < 0`` (an inverted contrast) is a different scan, not another convention of the same one.
 """

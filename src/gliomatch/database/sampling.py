@@ -20,9 +20,9 @@ filter. Two samplers reach it with many tumors per simulation.
 
 In both, a trajectory's kept tumors share a seed and a shape family: more snapshots per
 simulation is cheaper, more trajectories cover seeds and infiltration lengths better (the
-README's design table measures the trade-off). Every trajectory draws from its own generator
-seeded by ``(seed, trajectory id)``, so the database does not depend on how work is split over
-workers.
+design table of docs/methods.md measures the trade-off). Every trajectory draws from its own
+generator seeded by ``(seed, trajectory id)``, so the database does not depend on how work is
+split over workers.
 """
 
 from __future__ import annotations

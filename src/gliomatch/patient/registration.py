@@ -25,17 +25,17 @@ T2-like scan and low for a T1Gd):
   intensity map, inverted contrasts included.
 
 The headline ``quality`` is ``brain_dice`` when available, else ``tissue_eta``; thresholds for
-"poor" were set on synthetic patients whose true deformation is known (README, ``bench
+"poor" were set on synthetic patients whose true deformation is known (docs/methods.md, ``bench
 registration``). The T1 correlation is still reported, for reference.
 
 Repeatable: the same scan gives the same transforms, bit for bit. ANTs draws its metric
-samples from ``SEED`` (``--random-seed``), and ITK's multithreaded metrics and fits sum
-their per-thread parts in the order the threads finish, so ITK runs one thread
-(``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``, set before ITK's first filter unless the user set
-it). Measured on a real 1 mm case (README): 36-38 s instead of 20-28 s on 2 cores, and two
-runs give identical transform files (with two threads and a fixed seed they did not, with
-ITK's pool threader or its platform threader alike). A user who sets the variable above 1
-trades repeatability for speed.
+samples from ``SEED`` (``--random-seed``); with more than one thread the registration's
+metric still varies from run to run (N4 alone does not: three runs on two threads, one
+digest), so ITK runs one thread (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``, set before ITK's
+first filter unless the user set it). Measured on two real 1 mm cases (docs/methods.md):
+32-34 s instead of 22-25 s on 2 cores, and two runs give identical transform files (with two
+threads and a fixed seed they did not, with ITK's pool threader or its platform threader
+alike). A user who sets the variable above 1 trades repeatability for speed.
 
 Intensities: every intensity-based step reads the scan in canonical intensities
 (:mod:`gliomatch.intensity`), so a rescaled, offset or z-scored copy of a scan registers as
@@ -257,7 +257,7 @@ def register(
     work = working_copy(anatomy, atlas.spacing, canon=canon)
     # N4 on a ~12 mm lattice (shrink 8 of the 1.5 mm copy: the bias field is smooth; 2 s on 2
     # cores against 5 s with ANTs' four levels of 50 iterations, 32 s at shrink 4 and minutes
-    # at full resolution; the registration's accuracy is unchanged, README)
+    # at full resolution; the registration's accuracy is unchanged, docs/methods.md)
     moving = ants.n4_bias_field_correction(
         to_ants(work) * N4_SCALE, shrink_factor=8, convergence=N4_CONVERGENCE
     )

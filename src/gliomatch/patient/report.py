@@ -227,7 +227,7 @@ Dice FLAIR {best["dice_flair"]:.3f}).</p>
 <p>Posterior over the best {parameters["posterior_k"]} matches, weights
 exp((s − s<sub>1</sub>)/{parameters["temperature"]:g}) of the combined Dice s (effective number
 of matches {parameters["effective_matches"]:.1f}); the intervals' coverage on synthetic patients
-is in the README.</p>
+is in docs/methods.md.</p>
 <p><b>{html.escape(parameters["not_identifiable"])}</b></p>
 {two}
 <p>Registration quality: {html.escape(quality_text)}. Timing: {html.escape(times)}.</p>
