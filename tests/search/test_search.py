@@ -218,3 +218,21 @@ def test_query_on_another_grid_is_refused(db):
         get_strategy("exact", db).search(q, 3)
     with pytest.raises(GliomatchError, match="no query"):
         get_strategy("exact", db).search([], 3)
+
+
+def test_exactness_is_an_attribute_not_a_name(db64):
+    """Callers ask a strategy whether its scores and its ranking are the ground truth's; no
+    caller checks names or classes."""
+    from gliomatch.search import get_strategy
+
+    expect = {
+        "loop": (True, True),
+        "exact": (True, True),
+        "ds32": (False, False),
+        "ds64": (True, True),  # at the database's own resolution, downsampling is the identity
+        "ds32+rr5": (True, False),  # exact scores of candidates a proxy chose
+        "exact+rr5": (True, True),
+    }
+    for name, (scores, ranking) in expect.items():
+        s = get_strategy(name, db64)
+        assert (s.exact_scores, s.exact_ranking) == (scores, ranking), name

@@ -42,7 +42,7 @@ from gliomatch.errors import GliomatchError
 from gliomatch.files import write_text_atomic
 from gliomatch.masks import dice
 from gliomatch.patient.inputs import positive_days
-from gliomatch.search.base import Query, RerankStrategy
+from gliomatch.search.base import Query
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -330,8 +330,7 @@ def full_resolution_scores(db, query: Query, strat, scores, ids) -> np.ndarray:
     """Dice_T1Gd + Dice_FLAIR at full resolution of each match: the posterior's scores. The
     exact searches return them already; other strategies' matches are re-scored from the
     stored masks."""
-    exact = strat.name in ("exact", "loop") or isinstance(strat, RerankStrategy)
-    if exact and strat.w_t1gd == 1 and strat.w_flair == 1:
+    if strat.exact_scores and strat.w_t1gd == 1 and strat.w_flair == 1:
         return np.asarray(scores, dtype=np.float64)
     out = []
     for i in ids:

@@ -168,6 +168,11 @@ class Strategy(abc.ABC):
     #: True for strategies that rank compressed codes (learned codes, embeddings): re-ranking
     #: their candidates with the exact Dice (``NAME+rrM``) is what makes them exact-ish.
     compressed: bool = False
+    #: The scores returned are the full-resolution weighted Dice (the ground truth's own), not
+    #: a proxy (a downsampled Dice, a code distance): callers may use them as such.
+    exact_scores: bool = False
+    #: The top-k returned is the exhaustive search's (ties by id): a ground truth.
+    exact_ranking: bool = False
 
     def __init__(
         self, db, *, w_t1gd: float = 1.0, w_flair: float = 1.0, progress: Progress | None = None
@@ -327,6 +332,9 @@ class RerankStrategy(Strategy):
         self.base, self.m = base, int(m)
         self.name = f"{base.name}+rr{self.m}"
         self._exact = None
+        # the candidates are re-scored exactly; the ranking is exact when the base's is
+        self.exact_scores = True
+        self.exact_ranking = base.exact_ranking
 
     def ensure_ready(self) -> Strategy:
         if not self._loaded:

@@ -70,6 +70,7 @@ class ShardedStrategy(Strategy):
         super().__init__(base.db, w_t1gd=base.w_t1gd, w_flair=base.w_flair, progress=base.progress)
         self.base, self.client = base, client
         self.name = base.name
+        self.exact_scores, self.exact_ranking = base.exact_scores, base.exact_ranking
         self.parts = parts or worker_count(client)
         if self.parts < 1:
             raise GliomatchError(f"parts must be >= 1, got {self.parts}")

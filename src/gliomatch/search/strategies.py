@@ -56,6 +56,8 @@ class LoopStrategy(Strategy):
     """Full-resolution Dice with every tumor, loaded one by one (parallel over processes)."""
 
     name = "loop"
+    exact_scores = True
+    exact_ranking = True
     needs_index = False
 
     def __init__(self, db, *, workers: int | None = None, ids=None, **kw):
@@ -97,6 +99,15 @@ class _BlockStrategy(Strategy):
     @property
     def grid_size(self) -> int:
         return self.db.resolution if self.size is None else min(self.size, self.db.resolution)
+
+    @property
+    def exact_scores(self) -> bool:
+        """Exact at the database's own resolution (``exact``, or ``dsN`` with N >= it)."""
+        return self.grid_size == self.db.resolution
+
+    @property
+    def exact_ranking(self) -> bool:
+        return self.exact_scores
 
     def _meta(self):
         return {**super()._meta(), "grid": self.grid_size}
