@@ -177,7 +177,7 @@ def test_faiss_equals_bruteforce(db, trained):
             ref = sum(np.sqrt(((codes[m] - qc[m]) ** 2).sum(1)) for m in codes)
         assert np.allclose(d, ref, rtol=1e-4, atol=1e-3)
         assert s.metric == "distance"
-        scores, ids = s.search(q, 5)
+        scores, ids = s.search_one(q, 5)
         order = np.lexsort((np.arange(len(ref)), ref))[:5]
         assert np.array_equal(ids, order) or np.allclose(np.sort(ref[ids]), np.sort(ref[order]))
         assert np.allclose(scores, d[ids]) and np.all(np.diff(scores) >= 0)  # distances, rising
@@ -186,7 +186,7 @@ def test_faiss_equals_bruteforce(db, trained):
         b_scores, b_ids = s.search(batch, 4)
         assert b_ids.shape == b_scores.shape == (3, 4)
         for row, qq in enumerate(batch):
-            one_scores, one_ids = s.search(qq, 4)
+            one_scores, one_ids = s.search_one(qq, 4)
             assert np.array_equal(b_ids[row], one_ids)
             assert np.allclose(b_scores[row], one_scores, atol=1e-5)
 
@@ -195,8 +195,8 @@ def test_rerank_is_exact_among_candidates(db, trained):
     exact = get_strategy("exact", db)
     q = Query.from_codes(db.codes(9))
     rr = get_strategy(f"{trained['ae']}+rr{len(db)}", db)
-    s1, i1 = rr.search(q, 5)
-    s2, i2 = exact.search(q, 5)
+    s1, i1 = rr.search_one(q, 5)
+    s2, i2 = exact.search_one(q, 5)
     assert np.array_equal(i1, i2) and np.allclose(s1, s2)  # M = n: the exact answer
 
 

@@ -150,15 +150,15 @@ def test_reload_embeds_identically_and_search(trained):
 
     s = get_strategy("multitask", db)
     q = Query.from_codes(db.codes(5))
-    scores, ids = s.search(q, k=3)
+    scores, ids = s.search_one(q, k=3)
     assert len(ids) == 3 and np.all(np.diff(scores) >= 0) and s.metric == "distance"
     assert scores[0] == pytest.approx(0.0, abs=1e-3)  # its own embedding
     # the query path embeds exactly as the database path
     emb = np.load(db.index_dir / "multitask" / "embeddings.npy")
     np.testing.assert_allclose(s.embed_queries([q])[0], emb[5], atol=1e-5)
     # re-ranking all candidates = exact search
-    e_scores, e_ids = get_strategy("exact", db).search(q, k=5)
-    r_scores, r_ids = get_strategy(f"multitask+rr{len(db)}", db).search(q, k=5)
+    e_scores, e_ids = get_strategy("exact", db).search_one(q, k=5)
+    r_scores, r_ids = get_strategy(f"multitask+rr{len(db)}", db).search_one(q, k=5)
     assert np.array_equal(e_ids, r_ids)
 
 
@@ -180,7 +180,7 @@ def test_errors(make_db, trained):
     db, _, _ = trained
     other = make_db(6, resolution=32, seed=9)
     with pytest.raises(GliomatchError, match="no trained multitask"):
-        get_strategy("multitask", other).search(Query.from_codes(other.codes(0)), k=1)
+        get_strategy("multitask", other).search_one(Query.from_codes(other.codes(0)), k=1)
     # a model folder copied from another database is refused
     import shutil
 

@@ -128,7 +128,7 @@ def test_parameter_summary_given_an_age(db):
     truth = db.params.iloc[7]
     q = Query.from_masks(*db.masks(7), db.shape, affine=db.affine)
     strat = get_strategy("exact", db).ensure_ready()
-    scores, ids = strat.search(q, len(db))
+    scores, ids = strat.search_one(q, len(db))
     rows = describe_matches(db, q, scores[:5], ids[:5])
     p = parameter_summary(db, q, strat, scores, ids, rows, age_days=float(truth.t_end))
     # the hidden tumor is found, so with its true age rho and D_w come out near the truth
@@ -139,7 +139,7 @@ def test_parameter_summary_given_an_age(db):
     assert lo * (1 - 1e-9) <= truth.rho <= hi * (1 + 1e-9)
     # another strategy's scores are re-scored at full resolution: the same posterior
     ds = get_strategy("ds32", db).ensure_ready()
-    s2, i2 = ds.search(q, len(db))
+    s2, i2 = ds.search_one(q, len(db))
     p2 = parameter_summary(db, q, ds, s2, i2, rows, age_days=float(truth.t_end))
     assert p2["estimates"]["rho_t"]["median"] == pytest.approx(p["estimates"]["rho_t"]["median"])
     with pytest.raises(GliomatchError, match="age-days"):

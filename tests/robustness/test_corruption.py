@@ -39,7 +39,7 @@ def _answers(path: Path, queries) -> list:
     for name in STRATEGIES:
         strat = get_strategy(name, db).ensure_ready()
         for q in queries:
-            scores, ids = strat.search(q, 3)
+            scores, ids = strat.search_one(q, 3)
             out.append((scores.tolist(), describe_matches(db, q, scores, ids)))
             out.append(db.density(int(ids[0])).tobytes())
     return out

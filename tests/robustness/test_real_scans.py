@@ -220,7 +220,7 @@ def test_5_the_api_refuses_the_same_k(base_db, masks, k):
 
     q = atlas_query(masks[0], masks[1], base_db.shape)
     with pytest.raises(GliomatchError, match="k must be >= 1"):
-        get_strategy("exact", base_db).search(q, k)
+        get_strategy("exact", base_db).search_one(q, k)
 
 
 @pytest.mark.parametrize("address", ["notaurl", "tcp://host", "tcp://h:99999", "http://h:1"])

@@ -43,7 +43,7 @@ def test_com_prefilter_is_the_true_nearest(db):
     table = pd.read_parquet(s.index_path / "features.parquet")
     d = np.linalg.norm(table[["com_x_mm", "com_y_mm", "com_z_mm"]].to_numpy() - com, axis=1)
     assert set(got) == set(np.argsort(d, kind="stable")[:7])
-    scores, ids = s.search(q, 3)
+    scores, ids = s.search_one(q, 3)
     assert ids[0] == 11 and scores[0] == 0.0  # its own features: distance 0
     assert set(ids) <= set(got)
 

@@ -68,14 +68,14 @@ def test_exact_equals_loop_property(db, seed, k, w_t1gd, w_flair):
         q = Query.from_masks(*_blob(rng, (32, 32, 32)))
     w = dict(w_t1gd=w_t1gd, w_flair=w_flair)
     loop = get_strategy("loop", db, workers=1, **w)
-    _assert_same(loop.search(q, k), get_strategy("exact", db, **w).search(q, k))
+    _assert_same(loop.search_one(q, k), get_strategy("exact", db, **w).search_one(q, k))
 
 
 @pytest.mark.parametrize("i", [0, 17, 59])
 def test_query_equal_to_entry_ranks_first(db, strategies, i):
     q = Query.from_codes(db.codes(i))
     for s in strategies.values():
-        scores, ids = s.search(q, 5)
+        scores, ids = s.search_one(q, 5)
         assert ids[0] == i and scores[0] == 2.0
 
 
@@ -83,23 +83,23 @@ def test_query_at_grid_border(strategies):
     rng = np.random.default_rng(5)
     for centre in ([0, 0, 0], [31, 31, 31], [0, 16, 31]):
         q = Query.from_masks(*_blob(rng, (32, 32, 32), centre=centre, radius=6))
-        _assert_same(strategies["loop"].search(q, 10), strategies["exact"].search(q, 10))
+        _assert_same(strategies["loop"].search_one(q, 10), strategies["exact"].search_one(q, 10))
 
 
 def test_empty_t1gd_allowed(strategies):
     rng = np.random.default_rng(6)
     flair, _ = _blob(rng, (32, 32, 32), centre=[14, 16, 14], radius=7)
     q = Query.from_masks(flair, np.zeros_like(flair))
-    a = strategies["loop"].search(q, 8)
-    _assert_same(a, strategies["exact"].search(q, 8))
+    a = strategies["loop"].search_one(q, 8)
+    _assert_same(a, strategies["exact"].search_one(q, 8))
     assert np.all(a[0] <= 1.0)  # Dice_T1Gd is 0 against every (non-empty) tumor core
 
 
 def test_k_larger_than_db(db, strategies):
     rng = np.random.default_rng(7)
     q = Query.from_masks(*_blob(rng, (32, 32, 32)))
-    a = strategies["loop"].search(q, 1000)
-    b = strategies["exact"].search(q, 1000)
+    a = strategies["loop"].search_one(q, 1000)
+    b = strategies["exact"].search_one(q, 1000)
     assert len(a[1]) == len(db)
     _assert_same(a, b)
     assert sorted(b[1]) == list(range(len(db)))
@@ -110,13 +110,13 @@ def test_weights(db):
     q = Query.from_masks(*_blob(rng, (32, 32, 32), centre=[15, 16, 14], radius=8))
     loop = get_strategy("loop", db, workers=1, w_flair=2.0, w_t1gd=0.5)
     ex = get_strategy("exact", db, w_flair=2.0, w_t1gd=0.5)
-    _assert_same(loop.search(q, 10), ex.search(q, 10))
+    _assert_same(loop.search_one(q, 10), ex.search_one(q, 10))
 
 
 def test_scores_are_dice(db, strategies):
     rng = np.random.default_rng(9)
     q = Query.from_masks(*_blob(rng, (32, 32, 32), centre=[15, 16, 14], radius=8))
-    scores, ids = strategies["exact"].search(q, 3)
+    scores, ids = strategies["exact"].search_one(q, 3)
     for s, i in zip(scores, ids, strict=True):
         f, t = db.masks(int(i))
         assert s == pytest.approx(dice(f, q.flair) + dice(t, q.t1gd), abs=1e-12)
@@ -126,8 +126,8 @@ def test_loop_parallel_equals_serial(db):
     rng = np.random.default_rng(10)
     q = Query.from_masks(*_blob(rng, (32, 32, 32), centre=[15, 16, 14], radius=8))
     _assert_same(
-        get_strategy("loop", db, workers=1).search(q, 7),
-        get_strategy("loop", db, workers=2).search(q, 7),
+        get_strategy("loop", db, workers=1).search_one(q, 7),
+        get_strategy("loop", db, workers=2).search_one(q, 7),
     )
 
 
@@ -137,7 +137,7 @@ def test_downsampled_agree_with_numpy(db64, name, size):
     strat = get_strategy(name, db64)
     for _ in range(3):
         q = Query.from_masks(*_blob(rng, (64, 64, 64), centre=[28, 34, 30], radius=14))
-        scores, ids = strat.search(q, 5)
+        scores, ids = strat.search_one(q, 5)
         qf, qt = downsample(q.flair, size), downsample(q.t1gd, size)
         ref = []
         for i in range(len(db64)):
@@ -187,14 +187,14 @@ def test_bad_queries(make, message):
 def test_bad_search_arguments(db, strategies):
     q = Query.from_codes(db.codes(0))
     with pytest.raises(GliomatchError, match="k must"):
-        strategies["exact"].search(q, 0)
+        strategies["exact"].search_one(q, 0)
     with pytest.raises(GliomatchError, match="unknown strategy"):
         get_strategy("nope", db)
     with pytest.raises(GliomatchError, match="weight"):
         get_strategy("exact", db, w_flair=-1)
     small = Query.from_masks(np.ones((16, 16, 16)), np.ones((16, 16, 16)))
     with pytest.raises(GliomatchError, match="grid"):
-        strategies["exact"].search(small, 3)
+        strategies["exact"].search_one(small, 3)
 
 
 def test_batch_search_is_nq_by_k_and_equals_single_queries(db):
@@ -205,9 +205,13 @@ def test_batch_search_is_nq_by_k_and_equals_single_queries(db):
         scores, ids = s.search(queries, 6)
         assert scores.shape == ids.shape == (3, 6)
         for row, q in enumerate(queries):
-            one_scores, one_ids = s.search(q, 6)
+            one_scores, one_ids = s.search_one(q, 6)
             assert np.array_equal(ids[row], one_ids) and np.allclose(scores[row], one_scores)
     assert get_strategy("exact", db).search(queries, 10**6)[1].shape == (3, len(db))
+    # one Query is a batch of one: still (nq, k)
+    assert get_strategy("exact", db).search(queries[0], 4)[1].shape == (1, 4)
+    with pytest.raises(GliomatchError, match="one Query"):
+        get_strategy("exact", db).search_one(queries, 4)
 
 
 def test_query_on_another_grid_is_refused(db):
@@ -215,7 +219,7 @@ def test_query_on_another_grid_is_refused(db):
     shifted[0, 3] += 3.0  # same shape, another place in the world
     q = Query.from_codes(db.codes(0), affine=shifted)
     with pytest.raises(GliomatchError, match="another grid"):
-        get_strategy("exact", db).search(q, 3)
+        get_strategy("exact", db).search_one(q, 3)
     with pytest.raises(GliomatchError, match="no query"):
         get_strategy("exact", db).search([], 3)
 

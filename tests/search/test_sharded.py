@@ -28,7 +28,7 @@ def test_sharded_search_equals_local_search_on_two_workers(make_db):
         with dask_client(workers=2) as client:
             sharded = ShardedStrategy(get_strategy(name, db), client, parts=3)
             got_s, got_i = sharded.search(queries, 7)
-            one_s, one_i = sharded.search(queries[0], 7)
+            one_s, one_i = sharded.search_one(queries[0], 7)
         assert got_i.shape == (4, 7)
         np.testing.assert_array_equal(got_i, want_i)
         np.testing.assert_array_equal(got_s, want_s)

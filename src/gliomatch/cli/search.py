@@ -60,7 +60,7 @@ def search(
     with maybe_sharded(strat, scheduler, dask_workers) as strat:
         t0 = time.perf_counter()
         # the posterior of what the scan determines is taken over the best POSTERIOR_K
-        scores, ids = strat.search(q, min(max(k, POSTERIOR_K), len(db)))
+        scores, ids = strat.search_one(q, min(max(k, POSTERIOR_K), len(db)))
         elapsed = time.perf_counter() - t0
         rows = describe_matches(db, q, scores[:k], ids[:k])  # both Dice at full resolution
         params = parameter_summary(db, q, strat, scores, ids, rows)

@@ -143,12 +143,12 @@ def bench_design(
         exact = get_strategy("exact", db).ensure_ready()
         best = np.zeros((len(qs), 3))
         for j, q in enumerate(qs):
-            _, ids = exact.search(q, 1)
+            _, ids = exact.search_one(q, 1)
             best[j] = [v[0] for v in exact.scores(q, ids)]
             report(progress, j + 1, len(qs), f"{name}: best matches")
         real_best = {}
         for eq in real_qs or []:
-            _, ids = exact.search(eq.query, 1)
+            _, ids = exact.search_one(eq.query, 1)
             real_best[eq.qid] = [float(v[0]) for v in exact.scores(eq.query, ids)]
         c = db.counts
         sem = best.std(axis=0, ddof=1) / np.sqrt(len(qs)) if len(qs) > 1 else np.zeros(3)

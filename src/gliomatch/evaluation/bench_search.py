@@ -111,12 +111,12 @@ def bench_search(
         built_before = (not strat.needs_index) or strat.is_built()
         strat.ensure_ready()
         build_s = time.perf_counter() - tb
-        strat.search(qs[0], k)  # warm-up: numba compilation or cache load is not latency
+        strat.search_one(qs[0], k)  # warm-up: numba compilation or cache load is not latency
         lat, ranks = [], []
         equal_to_loop = None
         for q, gt, f in zip(qs, truth, full, strict=True):
             ts = time.perf_counter()
-            scores, ids = strat.search(q, k)
+            scores, ids = strat.search_one(q, k)
             lat.append(time.perf_counter() - ts)
             if name == "loop" and "ids" not in opts:
                 equal_to_loop = bool(np.array_equal(ids, gt)) and (equal_to_loop is not False)

@@ -215,7 +215,7 @@ def evaluate(
     for strat in strats.values():
         strat.ensure_ready()
         if queries:
-            strat.search(queries[0].query, k)  # warm-up (compilation, cache load)
+            strat.search_one(queries[0].query, k)  # warm-up (compilation, cache load)
     params = db.params
     records = []
     truth_rows = {}
@@ -251,7 +251,7 @@ def evaluate(
                 rec = json.loads(spath.read_text())
             else:
                 t0 = time.perf_counter()
-                _, ids = strat.search(eq.query, k)
+                _, ids = strat.search_one(eq.query, k)
                 sec = time.perf_counter() - t0
                 if full is None:
                     full = exact_ranking(exact, eq.query)
@@ -275,7 +275,7 @@ def evaluate(
         loop = get_strategy("loop", db)
         loop_ok = True
         for eq in queries[:loop_check]:
-            _, ids = loop.search(eq.query, k)
+            _, ids = loop.search_one(eq.query, k)
             loop_ok &= bool(np.array_equal(ids, truth_rows[eq.qid]["top"][: len(ids)]))
         if not loop_ok:
             raise GliomatchError("exact and loop disagree: the ground truth is unreliable")

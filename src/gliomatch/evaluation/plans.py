@@ -104,7 +104,7 @@ def bench_plans(
             core = p.first.t1gd
             if not core.any():
                 continue  # no visible core: no standard plan (counted below)
-            scores, ids = strat.search(p.first, k)
+            scores, ids = strat.search_one(p.first, k)
             rec = {
                 "enhancing": p.followup.t1gd,
                 "any": p.followup.flair,

@@ -141,7 +141,7 @@ def calibrate(db, *, queries: int = 400, progress=None) -> dict:
     params = db.params
     scores, raw = [], []
     for n, (row, codes) in enumerate(tumors, 1):
-        s, ids = exact.search(Query.from_codes(codes), min(POSTERIOR_K, len(db)))
+        s, ids = exact.search_one(Query.from_codes(codes), min(POSTERIOR_K, len(db)))
         post = estimate(params.iloc[ids].reset_index(drop=True), s)
         e = nonconformity(post, row)
         scores.append(e)

@@ -310,7 +310,7 @@ def personalize(
     t = time.perf_counter()
     say("search")
     # the posterior is taken over the best max(k, posterior_k); the first k are reported
-    scores, ids = strat.search(q, min(max(k, posterior_k), len(db)))
+    scores, ids = strat.search_one(q, min(max(k, posterior_k), len(db)))
     timing["search_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -152,7 +152,9 @@ def two_scan(
         raise GliomatchError(f"refine at least one trajectory, got {trajectories}")
     cfg = db.build_config
     kk = min(k, len(db))
-    cands = _candidates(db, strategy.search(first, kk), strategy.search(followup, kk), trajectories)
+    cands = _candidates(
+        db, strategy.search_one(first, kk), strategy.search_one(followup, kk), trajectories
+    )
     refined = []
     for t in cands:
         res = _refine(db, cfg, t, first, followup)

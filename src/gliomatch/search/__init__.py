@@ -1,4 +1,5 @@
-"""Search strategies behind one interface: ``get_strategy(name, db).search(query, k)``."""
+"""Search strategies behind one interface: ``get_strategy(name, db).search(queries, k)``
+(arrays of shape ``(nq, k)``; ``search_one(query, k)`` for one query's row)."""
 
 from gliomatch.search import learned as _learned  # noqa: F401  (registers strategies)
 from gliomatch.search import multitask as _multitask  # noqa: F401

@@ -258,15 +258,29 @@ class Strategy(abc.ABC):
         return self.w_t1gd * dice_t1gd + self.w_flair * dice_flair
 
     def search(self, queries, k: int = 15) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` tumors, best first, like FAISS's ``index.search(xq, k)``.
+        """Top ``k`` tumors of each query, best first, like FAISS's ``index.search(xq, k)``.
 
-        ``queries`` is one :class:`Query` (answers of shape ``(k,)``) or a sequence of them
-        (answers of shape ``(nq, k)``). Returns ``(scores, ids)``; :attr:`metric` says
-        whether the scores are similarities (higher is better) or distances (lower is better).
-        ``k`` larger than the database is cut to its size.
+        Parameters
+        ----------
+        queries : sequence of Query
+            The batch (one :class:`Query` is a batch of one).
+        k : int
+            Matches per query; cut to the database's size.
+
+        Returns
+        -------
+        scores, ids : ndarray, shape (nq, k)
+            Always two-dimensional. :attr:`metric` says whether the scores are similarities
+            (higher is better) or distances (lower is better); :attr:`exact_scores` and
+            :attr:`exact_ranking` whether they are the ground truth's.
+
+        Examples
+        --------
+        >>> scores, ids = get_strategy("exact", db).search([q1, q2], 15)  # doctest: +SKIP
+        >>> ids.shape                                                      # doctest: +SKIP
+        (2, 15)
         """
-        single = isinstance(queries, Query)
-        batch = [queries] if single else list(queries)
+        batch = [queries] if isinstance(queries, Query) else list(queries)
         if not batch:
             raise GliomatchError("no query to search")
         for q in batch:
@@ -276,7 +290,14 @@ class Strategy(abc.ABC):
         scores, ids = self._search_batch(batch, k)
         scores = np.asarray(scores, dtype=np.float64).reshape(len(batch), k)
         ids = np.asarray(ids, dtype=np.int64).reshape(len(batch), k)
-        return (scores[0], ids[0]) if single else (scores, ids)
+        return scores, ids
+
+    def search_one(self, query: Query, k: int = 15) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` of one query, its row: ``(scores, ids)`` of shape ``(k,)``."""
+        if not isinstance(query, Query):
+            raise GliomatchError("search_one needs one Query (a batch goes to search)")
+        scores, ids = self.search([query], k)
+        return scores[0], ids[0]
 
     def check_sample(self, ids) -> bool:
         """Re-derive this index's entries for tumors ``ids`` from the densities and compare
@@ -346,7 +367,7 @@ class RerankStrategy(Strategy):
         return self
 
     def _search(self, query: Query, k: int):
-        _, cand = self.base.search(query, max(k, min(self.m, len(self.db))))
+        _, cand = self.base.search_one(query, max(k, min(self.m, len(self.db))))
         return top_k(self._exact.scores(query, cand)[0], np.asarray(cand, dtype=np.int64), k)
 
 
