@@ -501,3 +501,25 @@ def test_registration_owns_its_spaces_and_outputs_keep_the_header(db, patient, t
         reg.patient_image(np.zeros((3, 3, 3)))
     with pytest.raises(GliomatchError, match="another grid"):
         reg.to_patient(t1)  # a patient-space image is not on the atlas grid
+
+
+def test_registration_none_for_patients_on_the_atlas_grid(db, tmp_path):
+    """The atlas-space benchmarks (bench plans, evaluate --real's plans) run personalize with
+    registration "none": the warps are the identity, the plans those of atlas space."""
+    from gliomatch.patient.inputs import PatientInputs
+    from gliomatch.patient.pipeline import personalize
+    from gliomatch.patient.plans import standard_ctv
+
+    atlas = db.atlas()
+    f, t = db.masks(7)
+    inputs = PatientInputs(atlas.to_nifti(atlas.t1.astype(np.float32)), "t1", f, t, "masks")
+    res = personalize(inputs, db, k=3, registration="none", ensemble=True)
+    assert res.best_id == 7 and res.registration.kind == "none"
+    assert np.array_equal(res.images["density_patient"].get_fdata(), db.density(7))
+    zooms = np.full(3, atlas.spacing)
+    assert np.array_equal(res.plans["standard"], standard_ctv(t, atlas.brain | f, zooms))
+    best = res.plans_from(res.images["density_patient"], "best match")["personalized"]
+    assert best.sum() == res.plans["standard"].sum() == res.plans["personalized"].sum()
+    moved = nib.Nifti1Image(atlas.t1[1:].astype(np.float32), atlas.affine)  # not the grid
+    with pytest.raises(GliomatchError, match="registration 'none'"):
+        personalize(PatientInputs(moved, "t1", f[1:], t[1:], "masks"), db, registration="none")

@@ -123,7 +123,13 @@ def sibling(path: Path, suffix: str) -> Path:
 StrategyOpt = Annotated[str, typer.Option(help="Search strategy: loop, exact, ds64, ds32, ...")]
 
 
-RegOpt = Annotated[str, typer.Option(help="syn (rigid+affine+SyN) or affine (faster).")]
+RegOpt = Annotated[
+    str,
+    typer.Option(
+        help="syn (rigid+affine+SyN), affine (faster), or none (scans already on the "
+        "database's atlas grid)."
+    ),
+]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 

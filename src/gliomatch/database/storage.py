@@ -123,6 +123,7 @@ class Database:
         self.manifest = manifest
         self._table = table
         self._arrays: dict[int, object] = {}
+        self._atlas = None
         #: Files already checked in this process: (path, digest) -> (size, mtime_ns) then.
         self._checked: dict[tuple[str, str], tuple[int, int]] = {}
 
@@ -258,7 +259,12 @@ class Database:
         return h.hexdigest()[:16]
 
     def atlas(self):
-        """The atlas the database was simulated in."""
+        """The atlas the database was simulated in (read and checked once per ``Database``)."""
+        if self._atlas is None:
+            self._atlas = self._load_atlas()
+        return self._atlas
+
+    def _load_atlas(self):
 
         a = self.manifest["atlas"]
         spec = None if a["source"] == "mni152-2009" else a["source"].removeprefix("user:")

@@ -22,13 +22,13 @@ from gliomatch.database.trajectories import held_out_tumors
 from gliomatch.errors import GliomatchError, check_count
 from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
 from gliomatch.evaluation.figures import write_outputs
-from gliomatch.evaluation.plans import atlas_plan_coverage
+from gliomatch.evaluation.plans import atlas_patient, plan_coverage
 from gliomatch.evaluation.recovery import recovery
 from gliomatch.files import cache_key, confined_child
 from gliomatch.patient.cohort import FOLLOWUP_COLUMN, input_digest, read_cohort
 from gliomatch.patient.estimates import POSTERIOR_K, QUANTITIES, load_calibration
 from gliomatch.patient.inputs import load_patient
-from gliomatch.patient.pipeline import to_atlas
+from gliomatch.patient.pipeline import personalize, to_atlas
 from gliomatch.patient.plans import MARGIN_MM
 from gliomatch.patient.registration import warp_masks_to_atlas
 from gliomatch.progress import Progress, report
@@ -146,10 +146,10 @@ def _followup_masks(path, rec, anatomy):
     return enh, anyt
 
 
-def recurrence_coverage_rows(db, queries, truth_rows, *, margin_mm=MARGIN_MM) -> list[dict]:
+def recurrence_coverage_rows(db, queries, *, margin_mm=MARGIN_MM) -> list[dict]:
     """For real patients with a follow-up: each plan's coverage of their recurrence, in atlas
-    space (the standard plan of the warped core; the best match's and the ensemble plan of the
-    same volume, over the exact search's matches)."""
+    space (``personalize`` of the warped masks: the standard plan of the warped core; the best
+    match's and the ensemble plan of the same volume, over the exact search's matches)."""
     rows, atlas = [], db.atlas()
     for q in queries:
         if q.kind != "real" or q.followup is None:
@@ -157,12 +157,12 @@ def recurrence_coverage_rows(db, queries, truth_rows, *, margin_mm=MARGIN_MM) ->
         if not q.query.t1gd.any():
             rows.append({"patient_id": q.qid, "status": "no tumor core: no standard plan"})
             continue
-        truth = truth_rows[q.qid]
         enh, anyt = q.followup
-        cov, n = atlas_plan_coverage(
-            db, atlas, q.query, truth["top"], truth["scores"], {"enhancing": enh, "any": anyt},
+        res = personalize(
+            atlas_patient(atlas, q.query), db, registration="none", ensemble=True,
             margin_mm=margin_mm,
         )  # fmt: skip
+        cov, n = plan_coverage(res, {"enhancing": enh, "any": anyt})
         vox = atlas.voxel_volume_cm3
         rows.append(
             {"patient_id": q.qid, "status": "ok", "plan_cm3": n * vox,
@@ -284,7 +284,7 @@ def evaluate(
     if why:
         log(f"warning: {why}")
     summary = _summarise(res, queries, truth_rows, params, k, loop_ok, calibration)
-    summary["recurrence_coverage"] = recurrence_coverage_rows(db, queries, truth_rows)
+    summary["recurrence_coverage"] = recurrence_coverage_rows(db, queries)
 
     write_outputs(out, db, res, queries, truth_rows, summary, k)
     log(f"wrote {out / 'report.html'}")

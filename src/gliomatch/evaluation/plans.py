@@ -4,7 +4,8 @@ A patient is a held-out tumor (the database's sampler with another seed, as in `
 two-scan``) scanned once, whose "recurrence" is the same hidden simulation ``interval`` days
 later (uniform in 90-365 days; untreated growth), thresholded at the T1Gd level (0.6: the
 enhancing recurrence) and at the FLAIR level (0.2: any tumor). From the first scan alone, in
-atlas space (no registration), we build the standard CTV (core + 15 mm in the brain), and two
+atlas space (no registration: ``personalize(..., registration="none")``, the pipeline every
+patient goes through), we build the standard CTV (core + 15 mm in the brain), and two
 personalized CTVs of the same volume: from the best match's density and from the ensemble
 (posterior mean) density of the top 100 matches (:func:`gliomatch.patient.estimates.
 ensemble_density`). Each is scored by PREDICT-GBM's recurrence coverage; the "new enhancing"
@@ -24,12 +25,12 @@ import numpy as np
 
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.twoscan import two_scan_patients
-from gliomatch.patient.estimates import POSTERIOR_K, ensemble_density
-from gliomatch.patient.plans import MARGIN_MM, recurrence_coverage, standard_ctv, top_volume
+from gliomatch.patient.inputs import PatientInputs
+from gliomatch.patient.pipeline import personalize
+from gliomatch.patient.plans import MARGIN_MM, recurrence_coverage
 from gliomatch.progress import report
-from gliomatch.search import get_strategy
 
-__all__ = ["PLANS", "RECURRENCES", "atlas_plan_coverage", "bench_plans"]
+__all__ = ["PLANS", "RECURRENCES", "atlas_patient", "bench_plans", "plan_coverage"]
 
 PLANS = ("standard", "best", "ensemble")
 RECURRENCES = ("enhancing", "any", "new_enhancing")
@@ -45,30 +46,31 @@ def _same_grid(db, ref) -> None:
         )
 
 
-def atlas_plan_coverage(
-    db, atlas, query, ids, scores, recurrences: dict, *, margin_mm=MARGIN_MM
-) -> tuple[dict, int]:
-    """In atlas space (``atlas``: ``db.atlas()``, loaded once by the caller): the standard plan
-    of ``query``'s core, the best match's and the ensemble plan of the same volume (matches
-    ``ids`` with full-resolution ``scores``), each scored against every mask of
-    ``recurrences``. Returns ``({"<plan>_<recurrence>": coverage}, V)``."""
-    zooms = np.full(3, float(atlas.spacing))
-    core = query.t1gd
-    brain = atlas.brain | query.flair
-    std = standard_ctv(core, brain, zooms, margin_mm)
-    n = int(std.sum())
-    ens, _ = ensemble_density(db, ids, scores)
+def atlas_patient(atlas, scan) -> PatientInputs:
+    """A synthetic first scan as ``personalize`` reads a patient: on the atlas grid (no
+    registration), the atlas T1 as its anatomy."""
+    return PatientInputs(
+        atlas.to_nifti(atlas.t1.astype(np.float32)), "t1", scan.flair, scan.t1gd & scan.flair,
+        "masks",
+    )  # fmt: skip
+
+
+def plan_coverage(result, recurrences: dict) -> tuple[dict, int]:
+    """Coverage of ``result``'s standard plan, the best match's plan and the ensemble plan (a
+    :class:`~gliomatch.patient.pipeline.Personalization` made with ``ensemble=True``) against
+    every mask of ``recurrences``. Returns ``({"<plan>_<recurrence>": coverage}, V)``."""
+    best = result.plans_from(result.images["density_patient"], "best match")
     plans = {
-        "standard": std,
-        "best": top_volume(db.density(int(ids[0])), brain, n, core=core, zooms=zooms),
-        "ensemble": top_volume(ens, brain, n, core=core, zooms=zooms),
+        "standard": result.plans["standard"],
+        "best": best["personalized"],
+        "ensemble": result.plans["personalized"],
     }
     cov = {
         f"{name}_{r}": recurrence_coverage(mask, plan)
         for name, plan in plans.items()
         for r, mask in recurrences.items()
     }
-    return cov, n
+    return cov, int(plans["standard"].sum())
 
 
 def bench_plans(
@@ -98,25 +100,26 @@ def bench_plans(
     simulate_s = time.perf_counter() - t
     rows = []
     for db in dbs:
-        strat = get_strategy("exact", db).ensure_ready()
-        k = min(POSTERIOR_K, len(db))
         for j, p in enumerate(pats):
             core = p.first.t1gd
             if not core.any():
                 continue  # no visible core: no standard plan (counted below)
-            scores, ids = strat.search_one(p.first, k)
+            res = personalize(
+                atlas_patient(atlas, p.first), db, registration="none", ensemble=True,
+                margin_mm=margin_mm,
+            )  # fmt: skip
             rec = {
                 "enhancing": p.followup.t1gd,
                 "any": p.followup.flair,
                 "new_enhancing": p.followup.t1gd & ~core,
             }
-            cov, n = atlas_plan_coverage(db, atlas, p.first, ids, scores, rec, margin_mm=margin_mm)
+            cov, n = plan_coverage(res, rec)
             row = {
                 "n_db": len(db),
                 "patient": j,
                 "interval_days": p.interval_days,
                 "plan_cm3": n * voxel_cm3,
-                "best_score": float(scores[0]),
+                "best_score": float(res.scores[0]),
                 "recurrence_cm3": float(rec["enhancing"].sum() * voxel_cm3),
                 **cov,
             }

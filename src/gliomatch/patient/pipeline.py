@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from gliomatch.database.sampling import NOT_IDENTIFIABLE
@@ -36,6 +37,7 @@ from gliomatch.patient.plans import MARGIN_MM, PlanInputs, check_rule, plans_for
 from gliomatch.patient.registration import (
     Registration,
     brain_support,
+    identity,
     register,
     warp_masks_to_atlas,
 )
@@ -79,17 +81,21 @@ def to_atlas(
 ) -> AtlasQuery:
     """Register the patient's anatomy to ``atlas`` and warp its tumor masks there: the query
     of the database (the first half of :func:`infer`; the evaluation of real cohorts uses it
-    too). Raises :class:`GliomatchError` when the tumor vanishes in the warp."""
+    too). ``registration="none"``: the patient already lies on the atlas grid (the atlas-space
+    benchmarks). Raises :class:`GliomatchError` when the tumor vanishes in the warp."""
 
     t = time.perf_counter()
-    reg = register(
-        inputs.anatomy,
-        atlas,
-        tumor=inputs.flair,
-        kind=registration,
-        skull=skull,
-        workdir=workdir,
-    )
+    if registration == "none":
+        reg = identity(inputs.anatomy, atlas)
+    else:
+        reg = register(
+            inputs.anatomy,
+            atlas,
+            tumor=inputs.flair,
+            kind=registration,
+            skull=skull,
+            workdir=workdir,
+        )
     register_s = time.perf_counter() - t
     f_img, t_img = warp_masks_to_atlas(
         reg.patient_image(inputs.flair), reg.patient_image(inputs.t1gd), atlas, reg
@@ -146,6 +152,8 @@ def plan_outputs(density, inputs: PatientInputs, brain, *, source: str, **rule) 
         "standard": plans.standard,
         "personalized": plans.personalized,
         "density": density,
+        "brain": brain,
+        "rule": rule,
         "figures": figures,
         "description": (
             f"Standard CTV: the tumor core grown by {margin:g} mm (Euclidean, in mm), inside "
@@ -198,6 +206,15 @@ class Personalization:
     @property
     def warnings(self) -> list[str]:
         return self.inputs.warnings
+
+    def plans_from(self, density: nib.Nifti1Image, source: str) -> dict:
+        """Both plans from another density on the patient's grid (the best match's when the
+        ensemble planned, say), with this result's brain and plan rule."""
+        if not self.plans or "brain" not in self.plans:
+            raise GliomatchError("no plans were made for this patient")
+        u = np.asarray(density.dataobj, dtype=np.float32)
+        return plan_outputs(u, self.inputs, self.plans["brain"], source=source,
+                            **self.plans["rule"])  # fmt: skip
 
     def summary(self) -> dict:
         """The record of ``matches.json``: settings, registration quality, timing, the plans'

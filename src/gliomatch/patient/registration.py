@@ -66,6 +66,7 @@ from gliomatch.intensity import BRAIN_LEVEL, canonical, foreground
 
 __all__ = [
     "Registration",
+    "identity",
     "on_grid_of",
     "poor_quality",
     "register",
@@ -171,10 +172,16 @@ class Registration:
 
     def to_atlas(self, img: nib.Nifti1Image, *, label: bool = False) -> nib.Nifti1Image:
         """A patient-space image on the atlas grid (a mask as labels: ``label=True``)."""
+        if self.kind == "none":  # the patient is on the atlas grid: nothing to warp
+            _same_grid(img, self.atlas.shape, self.atlas.affine, "the patient-space image")
+            return self.atlas.to_nifti(np.asarray(img.dataobj, dtype=np.float32))
         return warp_to_atlas(img, self.atlas, self, label=label)
 
     def to_patient(self, img: nib.Nifti1Image, *, label: bool = False) -> nib.Nifti1Image:
         """An atlas-grid image on the patient's grid, with the patient's affine and header."""
+        if self.kind == "none":
+            _same_grid(img, self.atlas.shape, self.atlas.affine, "the atlas-space image")
+            return self.patient_image(np.asarray(img.dataobj, dtype=np.float32))
         return warp_to_patient(img, self.atlas, self.patient, self, label=label)
 
     def patient_image(self, data: np.ndarray) -> nib.Nifti1Image:
@@ -365,6 +372,17 @@ def register(
     return reg
 
 
+def identity(anatomy: nib.Nifti1Image, atlas: Atlas) -> Registration:
+    """The registration of a scan that already lies on the atlas grid (``kind="none"``:
+    synthetic patients of the atlas-space benchmarks); anything else is refused. Its quality
+    is not measured (``measure`` "none")."""
+    _same_grid(anatomy, atlas.shape, atlas.affine, "a scan with registration 'none'")
+    return Registration(
+        [], [], [], "none", 0.0, skull_stripped=False, atlas=atlas, patient=anatomy,
+        quality_figures={"measure": "none", "none": None},
+    )  # fmt: skip
+
+
 def poor_quality(figures: dict) -> str | None:
     """The warning for quality ``figures`` whose headline is below ``POOR_QUALITY``, else
     None. The figure is rounded down, so one just under the threshold never reads as equal
@@ -502,8 +520,8 @@ def warp_masks_to_atlas(
     if reg.tumor is not None and reg.tumor_atlas is not None and np.array_equal(reg.tumor, f_data):
         f = reg.tumor_atlas > 0.5
     else:
-        f = warp_to_atlas(flair, atlas, reg, label=True).get_fdata() > 0.5
-    t = warp_to_atlas(t1gd, atlas, reg, label=True).get_fdata() > 0.5
+        f = reg.to_atlas(flair, label=True).get_fdata() > 0.5
+    t = reg.to_atlas(t1gd, label=True).get_fdata() > 0.5
     return atlas.to_nifti(f.astype(np.uint8)), atlas.to_nifti((t & f).astype(np.uint8))
 
 
