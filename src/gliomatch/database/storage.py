@@ -111,11 +111,30 @@ def write_shard(
 class Database:
     """Read access to a tumor database folder (lazy: densities are read per tumor or batch).
 
+    The only reader of the manifest: everything else asks its typed properties
+    (:attr:`build_config`, :attr:`model`, :attr:`counts`, :attr:`shape`, :attr:`affine`,
+    :attr:`spacing_mm`, :meth:`atlas`, ...).
+
+    Parameters
+    ----------
+    path : path
+        The database folder (:meth:`open` checks it; do not call the constructor directly).
+
+    Attributes
+    ----------
+    params : pandas.DataFrame
+        One row per tumor: id, theta, the identifiable quantities, volumes, box.
+    fingerprint : str
+        Identifies the content; indexes and models are tied to it.
+
     Examples
     --------
     >>> db = Database.open("DB")                      # doctest: +SKIP
     >>> len(db), db.params.columns[:4].tolist()       # doctest: +SKIP
-    >>> flair, t1gd = db.masks(0)                     # doctest: +SKIP
+    >>> u = db.density(0)                             # float32 on the atlas grid  # doctest: +SKIP
+    >>> flair, t1gd = db.masks(0)                     # u >= 0.2, u >= 0.6, exact  # doctest: +SKIP
+    >>> db.model.name, db.build_config.seed           # doctest: +SKIP
+    ('fisher-kolmogorov', 0)
     """
 
     def __init__(self, path: Path, manifest: dict, table: pd.DataFrame):

@@ -409,9 +409,30 @@ def ready_strategies(db, names=None) -> dict[str, str | None]:
 
 
 def get_strategy(name: str, db, **options) -> Strategy:
-    """Instantiate strategy ``name`` for ``db`` (its index is built/loaded on first search).
+    """Strategy ``name`` for ``db`` (its index is built/loaded on first search).
 
-    ``NAME+rrM`` is strategy NAME re-ranking its M best candidates by exact Dice.
+    Parameters
+    ----------
+    name : str
+        ``loop``, ``exact``, ``ds64``, ``ds32``, a trained model (``ae``, ``vae8``, ``hash``,
+        ``multitask``...), ``radiomics``, or ``NAME+rrM``: NAME re-ranking its M best
+        candidates by the exact Dice (FAISS's ``IndexRefineFlat``).
+    db : Database
+    **options
+        ``w_t1gd``, ``w_flair`` (score weights), ``progress``, and a strategy's own.
+
+    Returns
+    -------
+    Strategy
+        Answers ``search(queries, k) -> (scores, ids)`` of shape ``(nq, k)``; says its
+        ``metric`` and whether it is exact (``exact_scores``, ``exact_ranking``).
+
+    Examples
+    --------
+    >>> exact = get_strategy("exact", db)                             # doctest: +SKIP
+    >>> scores, ids = exact.search([Query.from_codes(db.codes(3))], 5)  # doctest: +SKIP
+    >>> int(ids[0, 0])                                                  # doctest: +SKIP
+    3
     """
     if not isinstance(name, str) or not name.strip():
         raise GliomatchError("no strategy name given")
