@@ -26,7 +26,7 @@ def check_scheduler(scheduler: str | None) -> str | None:
     m = _ADDRESS.match(str(scheduler)) if isinstance(scheduler, str) else None
     if m is None or not 0 < int(m.group(1)) < 65536:
         raise GliomatchError(
-            f"--scheduler {scheduler!r} is not a Dask scheduler address; expected "
+            f"scheduler {scheduler!r} is not a Dask scheduler address; expected "
             "tcp://HOST:PORT (e.g. tcp://127.0.0.1:8786)"
         )
     return scheduler

@@ -30,5 +30,5 @@ def test_bench_plans_refuses_databases_on_other_grids(db, make_db):
     other = make_db(4, resolution=64, seed=8)
     with pytest.raises(GliomatchError, match="another grid"):
         bench_plans([db, other], patients=1)
-    with pytest.raises(GliomatchError, match="--patients"):
+    with pytest.raises(GliomatchError, match="patients must be"):
         bench_plans([db], patients=0)

@@ -91,7 +91,7 @@ def test_age_gives_rho_and_dw():
     old = estimate(m, scores, age_days=1e6, prior_ranges={"rho": (0.001, 0.2)})
     assert any("implausible" in w for w in old["given_age"]["warnings"])
     for bad in (0, -3, float("nan")):
-        with pytest.raises(GliomatchError, match="age-days"):
+        with pytest.raises(GliomatchError, match="age_days"):
             estimate(m, scores, age_days=bad)
 
 

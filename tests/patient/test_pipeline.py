@@ -142,7 +142,7 @@ def test_parameter_summary_given_an_age(db):
     s2, i2 = ds.search_one(q, len(db))
     p2 = parameter_summary(db, q, ds, s2, i2, rows, age_days=float(truth.t_end))
     assert p2["estimates"]["rho_t"]["median"] == pytest.approx(p["estimates"]["rho_t"]["median"])
-    with pytest.raises(GliomatchError, match="age-days"):
+    with pytest.raises(GliomatchError, match="age_days"):
         parameter_summary(db, q, strat, scores, ids, rows, age_days=-1.0)
 
 
@@ -376,7 +376,7 @@ def test_two_scans_end_to_end(db, patient, tmp_path):
     assert best["dw"] == pytest.approx(row.dw, rel=0.3)
     assert (tmp_path / "out" / "density_followup_patient.nii.gz").is_file()
     # one without the other is refused before any work
-    with pytest.raises(GliomatchError, match="both --followup-seg and --interval-days"):
+    with pytest.raises(GliomatchError, match="both a follow-up segmentation .* and interval_days"):
         infer(inputs, db, tmp_path / "o2", interval_days=None)
     other = nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), np.eye(4))
     nib.save(other, tmp_path / "small.nii.gz")

@@ -66,7 +66,7 @@ def test_standard_ctv_is_clipped_to_the_brain():
 def test_standard_ctv_refuses_a_margin_that_is_not_positive(margin):
     core = np.zeros((8, 8, 8), bool)
     core[4, 4, 4] = True
-    with pytest.raises(GliomatchError, match="--margin"):
+    with pytest.raises(GliomatchError, match="margin_mm"):
         standard_ctv(core, np.ones_like(core), (1, 1, 1), margin)
 
 

@@ -48,7 +48,7 @@ def test_bad_intervals_are_refused(db):
     q = Query.from_masks(*db.masks(0), db.shape)
     strat = get_strategy("exact", db)
     for bad in (0, -5, float("nan")):
-        with pytest.raises(GliomatchError, match="interval-days"):
+        with pytest.raises(GliomatchError, match="interval_days"):
             two_scan(db, q, q, bad, strategy=strat)
 
 

@@ -138,6 +138,12 @@ def check_k(k: int) -> None:
     check_count(k, "--k")
 
 
+def check_margin(margin: float) -> None:
+    """The library names its parameter (``margin_mm``); the command line its flag."""
+    if not margin > 0 or margin == float("inf"):
+        raise GliomatchError(f"--margin must be a positive number of mm, got {margin}")
+
+
 def strategy_names(text: str) -> list[str]:
     """Comma-separated strategy names; an empty list is an error."""
     names = [s.strip() for s in text.split(",") if s.strip()]

@@ -12,11 +12,12 @@ from gliomatch.cli.apps import app, db_app
 from gliomatch.cli.common import (
     RegOpt,
     as_json,
+    check_k,
     handle_errors,
     progress_bar,
     strategy_names,
 )
-from gliomatch.errors import GliomatchError
+from gliomatch.errors import GliomatchError, check_count
 
 
 @app.command()
@@ -57,6 +58,9 @@ def evaluate(
     from gliomatch.database import Database
     from gliomatch.evaluation.harness import choose_strategies, evaluate_queries
 
+    check_k(k)  # the flags' names; the library checks its parameters again
+    check_count(synthetic, "--synthetic", minimum=0)
+    check_count(loop_check, "--loop-check", minimum=0)
     db = Database.open(db_path)
     names, skipped = choose_strategies(
         db, "all" if strategies == "all" else strategy_names(strategies)

@@ -16,6 +16,7 @@ from gliomatch.cli.common import (
     RegOpt,
     StrategyOpt,
     check_k,
+    check_margin,
     handle_errors,
     print_result,
 )
@@ -85,10 +86,20 @@ def infer(
     report."""
     from gliomatch.database import Database
     from gliomatch.patient.cohort import load_case
-    from gliomatch.patient.inputs import load_patient
+    from gliomatch.patient.inputs import load_patient, positive_days
     from gliomatch.patient.pipeline import infer as run_infer
 
     check_k(k)
+    check_margin(margin)
+    if age_days is not None:
+        positive_days(age_days, "--age-days")
+    if (followup_seg is None) != (interval_days is None):
+        raise GliomatchError(
+            "two-scan inference needs both --followup-seg and --interval-days (days between "
+            "the scans)"
+        )
+    if interval_days is not None:
+        positive_days(interval_days, "--interval-days")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         files = dict(t1=t1, t1c=t1c, wm=wm, seg=seg, flair_mask=flair_mask, t1gd_mask=t1gd_mask)

@@ -17,6 +17,7 @@ from gliomatch.cli.common import (
     PlanLevelOpt,
     PlanVolumeOpt,
     as_json,
+    check_margin,
     handle_errors,
     print_plans,
 )
@@ -36,6 +37,7 @@ AnatomyOpt = Annotated[
 
 
 def _rule(margin, plan_volume, plan_level) -> dict:
+    check_margin(margin)
     return {"margin_mm": margin, "volume_cm3": plan_volume, "level": plan_level}
 
 

@@ -286,7 +286,7 @@ def build_database(
     old = _old_manifest(path)
     if old and n < old["counts"]["tumors"]:
         raise GliomatchError(
-            f"database {path} holds {old['counts']['tumors']} tumors; --n {n} would drop "
+            f"database {path} holds {old['counts']['tumors']} tumors; n (--n) {n} would drop "
             f"{old['counts']['tumors'] - n} of them. Use --n {old['counts']['tumors']} or more "
             "to keep or grow it, or another folder for a smaller database"
         )

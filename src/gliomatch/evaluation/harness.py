@@ -200,8 +200,8 @@ def evaluate(
     log=print,
 ) -> dict:
     """Run every strategy on every query; write tables, figures, summary.json, report.html."""
-    check_count(k, "--k")
-    check_count(loop_check, "--loop-check", minimum=0)
+    check_count(k, "k")
+    check_count(loop_check, "loop_check", minimum=0)
     out = Path(out)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -360,9 +360,9 @@ def evaluate_queries(
 ) -> dict:
     """``gliomatch evaluate``: ``synthetic`` held-out queries (seeded by ``seed``) and/or a real
     cohort CSV, then :func:`evaluate` over them; returns its summary."""
-    check_count(synthetic, "--synthetic", minimum=0)
-    check_count(k, "--k")
-    check_count(loop_check, "--loop-check", minimum=0)
+    check_count(synthetic, "synthetic", minimum=0)
+    check_count(k, "k")
+    check_count(loop_check, "loop_check", minimum=0)
     if synthetic == 0 and real is None:
         raise GliomatchError("nothing to evaluate: give synthetic queries or a real cohort")
     out = Path(out)

@@ -86,7 +86,7 @@ def bench_plans(
     made from the first database's sampler and searched in every database of ``dbs`` (same
     grid), so the databases' sizes can be compared on the same patients."""
     if patients < 1:
-        raise GliomatchError(f"--patients must be >= 1, got {patients}")
+        raise GliomatchError(f"patients must be >= 1, got {patients}")
     ref = dbs[0]
     for db in dbs[1:]:
         _same_grid(db, ref)

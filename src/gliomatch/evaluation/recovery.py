@@ -134,7 +134,7 @@ def calibrate(db, *, queries: int = 400, progress=None) -> dict:
     """Calibrate the database's posterior intervals on ``queries`` held-out synthetic tumors
     (exact top ``POSTERIOR_K`` of each) and write ``calibration.json``; returns the record."""
     if queries < 20:
-        raise GliomatchError(f"--queries must be >= 20 for a calibration, got {queries}")
+        raise GliomatchError(f"queries must be >= 20 for a calibration, got {queries}")
     exact = get_strategy("exact", db).ensure_ready()
     report(progress, 0, queries, "simulating held-out tumors")
     tumors = held_out_tumors(db, queries, seed_offset=CALIBRATION_SEED_OFFSET)

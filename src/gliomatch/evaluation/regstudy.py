@@ -64,7 +64,7 @@ def bench_registration(db, *, patients: int = 4, seed: int = 0, progress=None) -
     """Rows (patient, contrast, registration, true Dice, every quality figure, seconds) and,
     per figure, its Spearman correlation with the true accuracy over all rows."""
     if patients < 2:
-        raise GliomatchError(f"--patients must be >= 2, got {patients}")
+        raise GliomatchError(f"patients must be >= 2, got {patients}")
     atlas = db.atlas()
     rng = np.random.default_rng(seed)
     ids = rng.choice(len(db), size=patients, replace=False)

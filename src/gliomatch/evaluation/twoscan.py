@@ -84,7 +84,7 @@ def bench_two_scan(
     """Recover rho, D_w, T1 and D_w/rho from ``patients`` synthetic two-scan patients;
     returns per-patient rows and median / percentile relative errors."""
     if patients < 1:
-        raise GliomatchError(f"--patients must be >= 1, got {patients}")
+        raise GliomatchError(f"patients must be >= 1, got {patients}")
     strat = get_strategy(strategy, db).ensure_ready()
     report(progress, 0, patients, "simulating two-scan patients")
     pats = two_scan_patients(db, patients, seed=seed)

@@ -45,7 +45,7 @@ def train_model(
         raise GliomatchError(f"modality must be t1gd, flair or both, got {modality!r}")
     if isinstance(cfg, MultitaskConfig):
         if modality != "both":
-            raise GliomatchError("--modality: the multitask network reads both masks; use both")
+            raise GliomatchError("modality: the multitask network reads both masks; use both")
         report(progress, 0, cfg.epochs, f"{cfg.name}: loading the tumors")
         summary = train_multitask(db, cfg, progress=progress)
         return TrainingRun(

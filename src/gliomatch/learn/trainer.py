@@ -35,7 +35,7 @@ __all__ = [
 def require_device(device: str) -> None:
     """A clear error when training is asked to run on a CUDA GPU this machine lacks."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise GliomatchError("--device cuda: no CUDA GPU is available here")
+        raise GliomatchError("device 'cuda': no CUDA GPU is available here")
 
 
 def fit(

@@ -213,7 +213,7 @@ def estimate(
     out["not_identifiable"] = NOT_IDENTIFIABLE
     out["given_age"] = None
     if age_days is not None:
-        age_days = positive_days(age_days, "--age-days")
+        age_days = positive_days(age_days, "age_days")
         rho = params["rho_t"].to_numpy(float) / age_days
         dw = params["dw_over_rho"].to_numpy(float) * rho
         given = {

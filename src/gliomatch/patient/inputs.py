@@ -125,7 +125,7 @@ def atlas_query(flair, t1gd, shape) -> Query:
 
 def positive_days(value, option: str) -> float:
     """``value`` as a positive, finite number of days; else a one-line error naming ``option``
-    (``--age-days``, ``--interval-days``)."""
+    (the parameter, ``age_days``, or the flag, ``--age-days``, as the caller sees it)."""
     try:
         days = float(value)
     except (TypeError, ValueError):
@@ -299,7 +299,9 @@ def load_patient(
     (registered to the first scan), for two-scan inference."""
     given = [(k, v) for k, v in (("t1", t1), ("t1c", t1c), ("wm", wm)) if v is not None]
     if len(given) != 1:
-        raise GliomatchError("give exactly one anatomical reference: --t1, --t1c or --wm")
+        raise GliomatchError(
+            "give exactly one anatomical reference: t1, t1c or wm (--t1, --t1c, --wm)"
+        )
     kind, path = given[0]
     anatomy = load_nifti(path, {"t1": "T1", "t1c": "T1Gd", "wm": "white-matter map"}[kind])
     if float(np.asarray(anatomy.dataobj).max()) <= float(np.asarray(anatomy.dataobj).min()):
@@ -309,13 +311,18 @@ def load_patient(
         warnings.simplefilter("always")
         if seg is not None:
             if flair_mask is not None or t1gd_mask is not None:
-                raise GliomatchError("give either --seg or --flair-mask/--t1gd-mask, not both")
+                raise GliomatchError(
+                    "give either seg (--seg) or flair_mask/t1gd_mask (--flair-mask/--t1gd-mask), "
+                    "not both"
+                )
             s = load_nifti(seg, "segmentation")
             data = on_grid(s, anatomy, f"segmentation {seg}", "the anatomy")
             flair, t1gd, scheme = masks_from_labels(data, labels, name=f"segmentation {seg}")
         else:
             if flair_mask is None or t1gd_mask is None:
-                raise GliomatchError("give --seg, or both --flair-mask and --t1gd-mask")
+                raise GliomatchError(
+                    "give seg (--seg), or both flair_mask and t1gd_mask (--flair-mask, --t1gd-mask)"
+                )
 
             def mask_on_anatomy(path, name):
                 img = load_nifti(path, name)

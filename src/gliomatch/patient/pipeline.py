@@ -295,14 +295,14 @@ def personalize(
     """
     check_count(k, "k")
     if age_days is not None:
-        positive_days(age_days, "--age-days")
+        positive_days(age_days, "age_days")
     if (inputs.followup is None) != (interval_days is None):
         raise GliomatchError(
-            "two-scan inference needs both --followup-seg and --interval-days (days between "
-            "the scans)"
+            "two-scan inference needs both a follow-up segmentation (load_patient's "
+            "followup_seg) and interval_days (days between the scans)"
         )
     if interval_days is not None:
-        positive_days(interval_days, "--interval-days")
+        positive_days(interval_days, "interval_days")
     if plans:
         check_rule(margin_mm, plan_volume_cm3, plan_level)
 

@@ -73,7 +73,7 @@ def standard_ctv(core, brain, zooms, margin_mm: float = MARGIN_MM) -> np.ndarray
     core, brain = np.asarray(core, bool), np.asarray(brain, bool)
     _check_same("the brain mask", brain, core)
     if not np.isfinite(margin_mm) or margin_mm <= 0:
-        raise GliomatchError(f"--margin must be a positive number of mm, got {margin_mm}")
+        raise GliomatchError(f"margin_mm must be a positive number of mm, got {margin_mm}")
     if not core.any():
         raise GliomatchError(
             "the segmentation has no tumor core (necrotic or enhancing label): the standard "
@@ -197,7 +197,7 @@ class Plans:
 def check_rule(margin_mm=MARGIN_MM, volume_cm3=None, level=None) -> None:
     """A one-line error for a plan rule that cannot work (before any slow step runs)."""
     if not np.isfinite(margin_mm) or margin_mm <= 0:
-        raise GliomatchError(f"--margin must be a positive number of mm, got {margin_mm}")
+        raise GliomatchError(f"margin_mm must be a positive number of mm, got {margin_mm}")
     if volume_cm3 is not None and level is not None:
         raise GliomatchError("give either a plan volume or an isodensity level, not both")
     if level is not None and (not np.isfinite(level) or not 0 < level <= 1):

@@ -147,7 +147,7 @@ def two_scan(
 ) -> TwoScanResult:
     """Fit one trajectory and two stages to two atlas-space scans ``interval_days`` apart
     (``first`` before ``followup``, no treatment between); see the module notes."""
-    interval_days = positive_days(interval_days, "--interval-days")
+    interval_days = positive_days(interval_days, "interval_days")
     if trajectories < 1:
         raise GliomatchError(f"refine at least one trajectory, got {trajectories}")
     cfg = db.build_config
