@@ -240,3 +240,19 @@ def test_exactness_is_an_attribute_not_a_name(db64):
     for name, (scores, ranking) in expect.items():
         s = get_strategy(name, db64)
         assert (s.exact_scores, s.exact_ranking) == (scores, ranking), name
+
+
+def test_the_ground_truth_comes_through_the_interface(db, db64):
+    """loop is an index like any other: its scores are the exact ones, as exact's are."""
+    from gliomatch.evaluation.engine import exact_ranking
+
+    q = Query.from_codes(db.codes(17), affine=db.affine)
+    a = exact_ranking(get_strategy("exact", db), q)
+    b = exact_ranking(get_strategy("loop", db, workers=1), q)
+    for x, y in zip(a, b, strict=True):
+        assert np.allclose(x, y)
+    ids = np.array([3, 17, 40])
+    assert np.allclose(get_strategy("loop", db, workers=1).scores(q, ids)[0], a[0][ids])
+    q64 = Query.from_codes(db64.codes(2), affine=db64.affine)
+    with pytest.raises(GliomatchError, match="not the ground truth"):
+        exact_ranking(get_strategy("ds32", db64), q64)  # Dice at 32^3 of a 64^3 database

@@ -1,14 +1,15 @@
 """What ``evaluate`` and ``bench search`` share: the exact ranking of a query (the ground
 truth), where a strategy's best match falls in it, and top-k preservation.
 
-Strategies are reached only through their public interface (``search``; ``scores`` of the
-exact strategy for the ground truth).
+Strategies are reached only through their public interface (``search``; ``scores`` of any
+strategy with exact scores for the ground truth: ``exact`` or ``loop`` alike).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from gliomatch.errors import GliomatchError
 from gliomatch.search import Query
 
 __all__ = ["KS", "exact_ranking", "preservation", "rank_of"]
@@ -17,9 +18,14 @@ __all__ = ["KS", "exact_ranking", "preservation", "rank_of"]
 KS = (1, 5, 15)
 
 
-def exact_ranking(exact, query: Query):
-    """Exact ``(scores, dice_t1gd, dice_flair)`` of every database tumor for ``query``."""
-    return exact.scores(query)
+def exact_ranking(truth, query: Query):
+    """Exact ``(scores, dice_t1gd, dice_flair)`` of every database tumor for ``query``, from
+    ``truth``: a strategy whose :attr:`exact_scores` holds (``exact``, ``loop``)."""
+    if not truth.exact_scores:
+        raise GliomatchError(
+            f"strategy {truth.name}'s scores are not the ground truth; use exact or loop"
+        )
+    return truth.scores(query)
 
 
 def rank_of(all_scores: np.ndarray, i: int) -> int:

@@ -299,6 +299,15 @@ class Strategy(abc.ABC):
         scores, ids = self.search([query], k)
         return scores[0], ids[0]
 
+    def scores(self, query: Query, ids=None):
+        """Exact ``(score, dice_t1gd, dice_flair)`` arrays of the tumors ``ids`` (default: all)
+        for ``query``: the ground truth, answered by the strategies with :attr:`exact_scores`
+        (``loop`` and ``exact`` alike); the others refuse."""
+        raise GliomatchError(
+            f"strategy {self.name} gives no exact scores; the ground truth comes from one that "
+            "does (exact, loop)"
+        )
+
     def check_sample(self, ids) -> bool:
         """Re-derive this index's entries for tumors ``ids`` from the densities and compare
         (``db verify``); False when a strategy cannot (a learned code or a radiomics feature
@@ -369,6 +378,11 @@ class RerankStrategy(Strategy):
     def _search(self, query: Query, k: int):
         _, cand = self.base.search_one(query, max(k, min(self.m, len(self.db))))
         return top_k(self._exact.scores(query, cand)[0], np.asarray(cand, dtype=np.int64), k)
+
+    def scores(self, query: Query, ids=None):
+        """The exact scores it re-ranks with (the full-resolution block index's)."""
+        self.ensure_ready()
+        return self._exact.scores(query, ids)
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}

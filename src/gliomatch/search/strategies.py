@@ -65,9 +65,13 @@ class LoopStrategy(Strategy):
         self.workers = workers or os.cpu_count() or 1
         self.ids = np.arange(len(db)) if ids is None else np.asarray(ids, dtype=np.int64)
 
-    def _search(self, query: Query, k: int):
+    def scores(self, query: Query, ids=None):
+        """Exact ``(score, dice_t1gd, dice_flair)`` of the tumors ``ids`` (default: all of
+        this strategy's) for ``query``: the ground truth, as the block index gives it."""
+        self._check_query(query)
+        ids = self.ids if ids is None else np.asarray(ids, dtype=np.int64)
         flair, t1gd = query.flair, query.t1gd
-        chunks = [c for c in np.array_split(self.ids, max(1, self.workers * 4)) if len(c)]
+        chunks = [c for c in np.array_split(ids, max(1, self.workers * 4)) if len(c)]
         args = [(str(self.db.path), c, flair, t1gd) for c in chunks]
         if self.workers == 1 or len(chunks) == 1:
             parts = [_loop_counts(a) for a in args]
@@ -75,17 +79,13 @@ class LoopStrategy(Strategy):
             with worker_pool(self.workers) as pool:
                 parts = list(pool.map(_loop_counts, args))
         c = np.concatenate(parts)
-        scores = dice_scores(
-            c[:, 0],
-            c[:, 1],
-            c[:, 2],
-            c[:, 3],
-            int(flair.sum()),
-            int(t1gd.sum()),
-            self.w_t1gd,
-            self.w_flair,
-        )[0]
-        return top_k(scores, np.concatenate(chunks), min(k, len(self.ids)))
+        return dice_scores(
+            c[:, 0], c[:, 1], c[:, 2], c[:, 3], int(flair.sum()), int(t1gd.sum()),
+            self.w_t1gd, self.w_flair,
+        )  # fmt: skip
+
+    def _search(self, query: Query, k: int):
+        return top_k(self.scores(query)[0], self.ids, min(k, len(self.ids)))
 
 
 # ------------------------------------------------------------------------- block indexes
