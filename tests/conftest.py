@@ -1,24 +1,7 @@
-import os
+"""Fixtures of the test suite (the cache isolation and ITK settings: the repository's conftest)."""
 
 import numpy as np
 import pytest
-
-# ANTs registrations are reproducible only single-threaded with a fixed seed, and ITK reads both
-# once, before its first filter: set them before anything imports ants.
-os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
-os.environ.setdefault("ANTS_RANDOM_SEED", "1")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    """Atlas cache in a temporary folder: tests never touch the user's cache."""
-    old = os.environ.get("GLIOMATCH_CACHE")
-    os.environ["GLIOMATCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("GLIOMATCH_CACHE", None)
-    else:
-        os.environ["GLIOMATCH_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -129,12 +129,13 @@ class Database:
 
     Examples
     --------
-    >>> db = Database.open("DB")                      # doctest: +SKIP
-    >>> len(db), db.params.columns[:4].tolist()       # doctest: +SKIP
-    >>> u = db.density(0)                             # float32 on the atlas grid  # doctest: +SKIP
-    >>> flair, t1gd = db.masks(0)                     # u >= 0.2, u >= 0.6, exact  # doctest: +SKIP
-    >>> db.model.name, db.build_config.seed           # doctest: +SKIP
-    ('fisher-kolmogorov', 0)
+    >>> db = Database.open(db.path)                   # a 6-tumor 32^3 database
+    >>> len(db), db.shape, db.model.name, db.build_config.seed
+    (6, (32, 32, 32), 'fisher-kolmogorov', 1)
+    >>> u = db.density(0)                             # float32 on the atlas grid
+    >>> flair, t1gd = db.masks(0)                     # u >= 0.2, u >= 0.6, exact
+    >>> bool(((u >= 0.2) == flair).all()), bool((t1gd <= flair).all())
+    (True, True)
     """
 
     def __init__(self, path: Path, manifest: dict, table: pd.DataFrame):

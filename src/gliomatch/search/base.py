@@ -276,9 +276,10 @@ class Strategy(abc.ABC):
 
         Examples
         --------
-        >>> scores, ids = get_strategy("exact", db).search([q1, q2], 15)  # doctest: +SKIP
-        >>> ids.shape                                                      # doctest: +SKIP
-        (2, 15)
+        >>> qs = [Query.from_codes(db.codes(i), affine=db.affine) for i in (0, 4)]
+        >>> scores, ids = get_strategy("exact", db).search(qs, 3)
+        >>> ids.shape, ids[:, 0].tolist()
+        ((2, 3), [0, 4])
         """
         batch = [queries] if isinstance(queries, Query) else list(queries)
         if not batch:
@@ -443,10 +444,13 @@ def get_strategy(name: str, db, **options) -> Strategy:
 
     Examples
     --------
-    >>> exact = get_strategy("exact", db)                             # doctest: +SKIP
-    >>> scores, ids = exact.search([Query.from_codes(db.codes(3))], 5)  # doctest: +SKIP
-    >>> int(ids[0, 0])                                                  # doctest: +SKIP
-    3
+    >>> exact = get_strategy("exact", db)
+    >>> q = Query.from_codes(db.codes(3), affine=db.affine)   # a query equal to tumor 3
+    >>> scores, ids = exact.search([q], 5)
+    >>> ids.shape, int(ids[0, 0]), float(scores[0, 0])
+    ((1, 5), 3, 2.0)
+    >>> exact.exact_scores, get_strategy("ds32+rr3", db).exact_scores
+    (True, True)
     """
     if not isinstance(name, str) or not name.strip():
         raise GliomatchError("no strategy name given")
