@@ -119,9 +119,10 @@ def lattice_levels(values: np.ndarray) -> np.ndarray | None:
     return (levels - levels[0])[inverse]
 
 
-def canonical(data: np.ndarray) -> np.ndarray:
+def canonical(data: np.ndarray, *, fg: np.ndarray | None = None) -> np.ndarray:
     """The scan in the canonical intensity convention of the module notes (float32, >= 0,
     background 0, the foreground's 99th percentile at 1); all zeros when the scan is constant.
+    ``fg``: the scan's :func:`foreground`, when the caller has it already.
 
     Examples
     --------
@@ -130,7 +131,7 @@ def canonical(data: np.ndarray) -> np.ndarray:
     True
     """
     a = np.asarray(data)
-    fg = foreground(a)
+    fg = foreground(a) if fg is None else fg
     out = np.zeros(a.shape, np.float32)
     if not fg.any():
         return out

@@ -132,7 +132,8 @@ def patient_brain(inputs: PatientInputs, atlas, reg) -> np.ndarray:
     """The brain on the patient's grid, for the plans: a skull-stripped T1/T1Gd's own brain
     (its support, holes filled), else the atlas brain mapped back; the tumor is included."""
     if reg.skull_stripped and inputs.anatomy_kind in ("t1", "t1c"):
-        brain = brain_support(np.asarray(inputs.anatomy.dataobj, dtype=np.float32))
+        # the support the registration measured its brain Dice on (computed there once)
+        brain = reg.brain if reg.brain is not None else brain_support(inputs.anatomy.dataobj)
     else:
         mapped = reg.to_patient(atlas.to_nifti(atlas.brain.astype(np.float32)), label=True)
         brain = np.asarray(mapped.dataobj) > 0.5

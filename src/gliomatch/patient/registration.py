@@ -160,6 +160,8 @@ class Registration:
     #: the ``tumor`` mask given to :func:`register` and its warp to the atlas (label interp.)
     tumor: np.ndarray | None = field(default=None, repr=False)
     tumor_atlas: np.ndarray | None = field(default=None, repr=False)
+    #: a skull-stripped scan's own brain on its grid (:func:`brain_support`; None otherwise)
+    brain: np.ndarray | None = field(default=None, repr=False)
     #: the two spaces: the atlas, and the patient's scan (its grid, affine and header)
     atlas: Atlas | None = field(default=None, repr=False)
     patient: nib.Nifti1Image | None = field(default=None, repr=False)
@@ -258,7 +260,8 @@ def register(
     workdir = Path(workdir or tempfile.mkdtemp(prefix="gliomatch-reg-"))
     workdir.mkdir(parents=True, exist_ok=True)
     raw = np.asarray(anatomy.dataobj)
-    canon = canonical(raw)  # every intensity step reads this
+    fg = foreground(raw)
+    canon = canonical(raw, fg=fg)  # every intensity step reads this
     spacing = np.linalg.norm(anatomy.affine[:3, :3], axis=0)
     fixed, fixed_brain = _atlas_images(atlas)
     work = working_copy(anatomy, atlas.spacing, canon=canon)
@@ -279,7 +282,7 @@ def register(
         keep = to_ants(nib.Nifti1Image((~grown_work).astype(np.float32), work.affine))
 
     if skull == "auto":
-        has_skull = bool(_has_skull(canon, foreground(raw), spacing))
+        has_skull = bool(_has_skull(canon, fg, spacing))
     else:
         has_skull = skull == "on"
     init = None
@@ -360,8 +363,8 @@ def register(
         )
     brain_atlas = None
     if not has_skull:  # a skull-stripped scan: its own brain, warped, against the atlas'
-        support = reg.patient_image(_support(canon))
-        brain_atlas = reg.to_atlas(support, label=True).get_fdata() > 0.5
+        reg.brain = _support(canon)
+        brain_atlas = reg.to_atlas(reg.patient_image(reg.brain), label=True).get_fdata() > 0.5
     reg.quality_figures = registration_quality(
         warped.numpy(), fixed.numpy(), atlas, reg.tumor_atlas, brain_atlas=brain_atlas
     )
