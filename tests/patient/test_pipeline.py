@@ -467,10 +467,15 @@ def test_personalize_computes_and_write_outputs_writes(db, patient, tmp_path):
     assert res.images["density_atlas"].shape == db.shape
     assert res.best_id == res.matches[0]["id"] == int(res.ids[0]) and len(res.matches) == 3
     assert res.plans["figures"]["standard"]["volume_cm3"] > 0
+    # a personalized plan that leaves out visible tumor is a warning (report, JSON, CLI)
+    fig = res.plans["figures"]["personalized"]
+    leaves_out = fig["covers_core"] < 1 or fig["covers_whole_tumor"] < 1
+    assert leaves_out == any("leaves out" in w for w in res.warnings)
     files = write_outputs(res, tmp_path / "out", report=False)
     summary = json.loads(Path(files["matches"]).read_text())
     assert summary["matches"] == res.matches and summary["timing"]["total_s"] > 0
     assert summary["plans"]["figures"] == res.plans["figures"]
+    assert summary["warnings"] == res.warnings
     written = np.asarray(nib.load(files["ctv_personalized"]).dataobj)
     assert np.array_equal(written, np.asarray(res.images["ctv_personalized"].dataobj))
 
@@ -523,3 +528,11 @@ def test_registration_none_for_patients_on_the_atlas_grid(db, tmp_path):
     moved = nib.Nifti1Image(atlas.t1[1:].astype(np.float32), atlas.affine)  # not the grid
     with pytest.raises(GliomatchError, match="registration 'none'"):
         personalize(PatientInputs(moved, "t1", f[1:], t[1:], "masks"), db, registration="none")
+
+
+def test_a_plan_leaving_out_visible_tumor_is_a_warning():
+    from gliomatch.patient.pipeline import _plan_doubts
+
+    assert _plan_doubts({"covers_core": 1.0, "covers_whole_tumor": 1.0}) == []
+    (note,) = _plan_doubts({"covers_core": 0.781, "covers_whole_tumor": 0.629})
+    assert "leaves out 21.9 % of the visible tumor core and 37.1 % of the whole tumor" in note

@@ -17,7 +17,8 @@ benchmark over many patients calls it and writes nothing. :func:`infer` adds the
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -195,6 +196,8 @@ class Personalization:
     timing: dict
     #: what was asked for: strategy, registration, database path and size
     settings: dict
+    #: doubts the pipeline found (a personalized plan that leaves out visible tumor)
+    notes: list = field(default_factory=list)
 
     @property
     def best_id(self) -> int:
@@ -206,7 +209,9 @@ class Personalization:
 
     @property
     def warnings(self) -> list[str]:
-        return self.inputs.warnings
+        """The inputs' warnings and the pipeline's (the report, the JSON and the CLI show
+        them)."""
+        return [*self.inputs.warnings, *self.notes]
 
     def plans_from(self, density: nib.Nifti1Image, source: str) -> dict:
         """Both plans from another density on the patient's grid (the best match's when the
@@ -362,7 +367,7 @@ def personalize(
         images["t1gd_followup_atlas"] = atlas.to_nifti(q2.t1gd)
         images["density_followup_patient"] = reg.to_patient(atlas.to_nifti(both.density_followup))
         timing["two_scan_s"] = time.perf_counter() - t
-    plan = None
+    plan, notes = None, []
     if plans or ensemble:
         t = time.perf_counter()
         say("plans")
@@ -384,6 +389,7 @@ def personalize(
             )  # fmt: skip
             for name in ("standard", "personalized"):
                 images[f"ctv_{name}"] = reg.patient_image(plan[name])
+            notes += _plan_doubts(plan["figures"]["personalized"])
         timing["plans_s"] = time.perf_counter() - t
     timing["total_s"] = float(sum(v for key, v in timing.items() if key != "total_s"))
     settings = {
@@ -392,10 +398,25 @@ def personalize(
         "database": str(db.path),
         "n_db": len(db),
     }
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     return Personalization(
         inputs, atlas, q, reg, matches, scores, ids, parameters, images, plan, db.masks(best),
-        timing, settings,
+        timing, settings, notes,
     )  # fmt: skip
+
+
+def _plan_doubts(figures: dict) -> list[str]:
+    """A warning when the personalized CTV leaves out visible tumor (a poor match can aim the
+    volume away from it; the standard CTV always holds the core)."""
+    core, whole = figures["covers_core"], figures["covers_whole_tumor"]
+    if core >= 1.0 and whole >= 1.0:
+        return []
+    return [
+        f"the personalized CTV leaves out {100 * (1 - core):.1f} % of the visible tumor core "
+        f"and {100 * (1 - whole):.1f} % of the whole tumor (the standard CTV holds the core); "
+        "do not use it without review"
+    ]
 
 
 def infer(
