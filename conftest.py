@@ -30,7 +30,7 @@ def _doctest_db(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("doctest-db") / "db"
     db = build_database(folder, 6, BuildConfig(resolution=32, seed=1, shard_size=4), workers=1)
-    get_strategy("exact", db).build()
+    get_strategy("exact", db).ensure_ready()
     return db
 
 

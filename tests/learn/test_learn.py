@@ -194,7 +194,7 @@ def test_faiss_equals_bruteforce(db, trained):
 def test_rerank_is_exact_among_candidates(db, trained):
     exact = get_strategy("exact", db)
     q = Query.from_codes(db.codes(9))
-    rr = get_strategy(f"{trained['ae']}+rr{len(db)}", db)
+    rr = get_strategy(f"{trained['ae']}+rr{len(db)}", db).ensure_ready()  # the codes, once
     s1, i1 = rr.search_one(q, 5)
     s2, i2 = exact.search_one(q, 5)
     assert np.array_equal(i1, i2) and np.allclose(s1, s2)  # M = n: the exact answer

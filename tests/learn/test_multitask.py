@@ -149,6 +149,9 @@ def test_reload_embeds_identically_and_search(trained):
     assert "stem.0.weight" in state
 
     s = get_strategy("multitask", db)
+    with pytest.raises(GliomatchError, match="multitask index .* is not built"):
+        s.search_one(Query.from_codes(db.codes(5)), k=3)  # searching never builds
+    s.ensure_ready()  # the explicit step: every tumor's embedding
     q = Query.from_codes(db.codes(5))
     scores, ids = s.search_one(q, k=3)
     assert len(ids) == 3 and np.all(np.diff(scores) >= 0) and s.metric == "distance"

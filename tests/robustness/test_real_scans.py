@@ -453,9 +453,20 @@ def test_3_9_registration_repeats_in_fresh_processes_and_quietly(patient, tmp_pa
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ITK_", "ANTS_"))}
     runs = [
         subprocess.Popen(
-            [sys.executable, "-W", "default", "-c", _REGISTER_ONCE, str(patient.t1),
-             str(tmp_path / f"w{i}"), str(tmp_path / "pycache") if i == 0 else ""],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-W",
+                "default",
+                "-c",
+                _REGISTER_ONCE,
+                str(patient.t1),
+                str(tmp_path / f"w{i}"),
+                str(tmp_path / "pycache") if i == 0 else "",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for i in range(2)
     ]

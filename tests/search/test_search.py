@@ -14,15 +14,24 @@ from gliomatch.search.strategies import downsample
 CFG = BuildConfig(resolution=32, seed=3, shard_size=4)
 
 
+def indexed(db, *names):
+    """``db`` with the indexes of ``names`` built: the explicit step before searching."""
+    for name in names:
+        get_strategy(name, db).ensure_ready()
+    return db
+
+
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    return build_database(tmp_path_factory.mktemp("sdb") / "db", 60, CFG, workers=1)
+    db = build_database(tmp_path_factory.mktemp("sdb") / "db", 60, CFG, workers=1)
+    return indexed(db, "exact", "ds32")
 
 
 @pytest.fixture(scope="module")
 def db64(tmp_path_factory):
     cfg = BuildConfig(resolution=64, seed=4, shard_size=4)
-    return build_database(tmp_path_factory.mktemp("sdb64") / "db", 24, cfg, workers=1)
+    db = build_database(tmp_path_factory.mktemp("sdb64") / "db", 24, cfg, workers=1)
+    return indexed(db, "exact", "ds64", "ds32")
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +265,18 @@ def test_the_ground_truth_comes_through_the_interface(db, db64):
     q64 = Query.from_codes(db64.codes(2), affine=db64.affine)
     with pytest.raises(GliomatchError, match="not the ground truth"):
         exact_ranking(get_strategy("ds32", db64), q64)  # Dice at 32^3 of a 64^3 database
+
+
+def test_searching_never_builds_an_index(make_db):
+    """Building is the explicit step (`db index`, ``ensure_ready``); a search of an unbuilt
+    index refuses, naming the command, and leaves the database as it was."""
+    db = make_db(6, resolution=32, seed=5, indexes=())
+    before = (db.path / "manifest.json").read_bytes()
+    q = Query.from_codes(db.codes(0))
+    for name in ("exact", "ds32", "exact+rr3"):
+        with pytest.raises(GliomatchError, match="index .* is not built.*gliomatch db index"):
+            get_strategy(name, db).search_one(q, 2)
+    assert not (db.path / "index" / "exact").exists()
+    assert (db.path / "manifest.json").read_bytes() == before
+    s = get_strategy("exact", db).ensure_ready()
+    assert s.search_one(q, 2)[1][0] == 0 and (db.path / "index" / "exact").is_dir()

@@ -17,7 +17,7 @@ def test_merge_keeps_the_global_order_ties_by_id():
 
 
 def test_sharded_search_equals_local_search_on_two_workers(make_db):
-    db = make_db(24, resolution=32, seed=3)
+    db = make_db(24, resolution=32, seed=3, indexes=("exact", "ds32"))
     queries = [Query.from_codes(db.codes(i)) for i in (0, 5, 17)]
     # a query with ties: a copy of a tumor's masks shifted by one voxel matches several
     f, t = db.masks(9)

@@ -295,3 +295,23 @@ def print_result(res, json_out: bool, extra: dict | None = None):
         + ", ".join(f"{k_[:-2]} {v_:.1f} s" for k_, v_ in res.timing.items())
     )
     typer.echo(f"outputs in {res.out} (report: {res.out / 'report.html'})")
+
+
+def prepared_strategy(db, name: str, *, quiet: bool = False, **options):
+    """The explicit build step of the commands that search: strategy ``name`` for ``db`` with
+    its index built (saying so, once per database) and loaded. The library's ``search`` never
+    builds an index."""
+    from gliomatch.search import get_strategy
+
+    strat = get_strategy(name, db, **options)
+    base = getattr(strat, "base", strat)  # NAME+rrM: NAME's index and exact's
+    missing = [base.name] if base.needs_index and not base.is_built() else []
+    if "+rr" in strat.name and not get_strategy("exact", db).is_built():
+        missing.append("exact")
+    if missing and not quiet:
+        typer.echo(
+            f"building the {' and '.join(dict.fromkeys(missing))} index of {db.path} once "
+            "(`gliomatch db index` does it ahead)",
+            err=True,
+        )
+    return strat.ensure_ready()

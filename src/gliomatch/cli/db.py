@@ -17,6 +17,7 @@ from gliomatch.cli.common import (
     given,
     handle_errors,
     out_path,
+    prepared_strategy,
     progress_bar,
     sibling,
 )
@@ -133,6 +134,9 @@ def db_build(
             progress=bar,
             time_limit_s=None if time_limit is None else time_limit * 60,
         )
+    t0 = time.perf_counter()
+    exact = prepared_strategy(db, "exact", quiet=True)  # search reads it, never builds it
+    index_s = time.perf_counter() - t0
     c = db.counts
     if json_out:
         typer.echo(as_json({**c, "disk_bytes": db.disk_bytes, "seconds": db.build_seconds}))
@@ -140,7 +144,8 @@ def db_build(
     typer.echo(
         f"{c['tumors']} tumors from {c['trajectories']} trajectories "
         f"({c['rejected_snapshots']} snapshots rejected by size) in {out}; "
-        f"{db.disk_bytes / 1e6:.1f} MB, {db.build_seconds:.1f} s"
+        f"{db.disk_bytes / 1e6:.1f} MB, {db.build_seconds:.1f} s; exact index in "
+        f"{exact.index_path} ({index_s:.1f} s)"
     )
 
 
@@ -175,7 +180,8 @@ def db_index(
     db_path: Annotated[Path, typer.Argument(help="Database folder.")],
     strategy: StrategyOpt = "exact",
 ):
-    """Build a strategy's search index explicitly (search builds it on first use otherwise)."""
+    """Build a strategy's search index (the explicit step before searching with it; `db build`
+    builds exact's, `train` a model's codes)."""
     from gliomatch.database import (
         Database,
     )

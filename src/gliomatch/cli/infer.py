@@ -18,6 +18,7 @@ from gliomatch.cli.common import (
     check_k,
     check_margin,
     handle_errors,
+    prepared_strategy,
     print_result,
 )
 from gliomatch.errors import GliomatchError
@@ -112,6 +113,7 @@ def infer(
         from gliomatch.database.demo import demo_database
 
         database = Database.open(db) if db else demo_database(log=None if json_out else typer.echo)
+        prepared_strategy(database, strategy, quiet=json_out)
         res = run_infer(
             inputs,
             database,
@@ -157,12 +159,11 @@ def infer_batch(
     row is recorded there and the others go on (exit code 1 if any failed)."""
     from gliomatch.database import Database
     from gliomatch.patient.cohort import infer_cohort, read_cohort
-    from gliomatch.search import get_strategy
 
     check_k(k)
     rows = read_cohort(csv, labels)
     database = Database.open(db)
-    get_strategy(strategy, database)  # a bad name fails now
+    prepared_strategy(database, strategy)  # a bad name fails now
     table = infer_cohort(
         rows, database, out, k=k, strategy=strategy, registration=registration, log=typer.echo
     )

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from gliomatch.cli.apps import app
-from gliomatch.cli.common import StrategyOpt, handle_errors
+from gliomatch.cli.common import StrategyOpt, handle_errors, prepared_strategy
 
 
 @app.command("predict-gbm")
@@ -39,6 +39,7 @@ def predict_gbm(
 
     db = db or (Path(os.environ["GLIOMATCH_DB"]) if os.environ.get("GLIOMATCH_DB") else None)
     database = Database.open(db) if db else demo_database(log=typer.echo)
+    prepared_strategy(database, strategy)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         written = run_predict_gbm(

@@ -15,6 +15,7 @@ from gliomatch.cli.common import (
     as_json,
     check_k,
     handle_errors,
+    prepared_strategy,
     print_estimates,
     progress_bar,
 )
@@ -44,7 +45,7 @@ def search(
     from gliomatch.database import Database
     from gliomatch.patient.estimates import POSTERIOR_K, parameter_summary
     from gliomatch.patient.inputs import atlas_query
-    from gliomatch.search import describe_matches, get_strategy
+    from gliomatch.search import describe_matches
     from gliomatch.search.sharded import maybe_sharded
 
     check_k(k)
@@ -55,8 +56,9 @@ def search(
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     with progress_bar(not json_out, transient=True) as bar:
-        strat = get_strategy(strategy, db, w_t1gd=w_t1gd, w_flair=w_flair, progress=bar)
-        strat.ensure_ready()
+        strat = prepared_strategy(
+            db, strategy, quiet=json_out, w_t1gd=w_t1gd, w_flair=w_flair, progress=bar
+        )
     with maybe_sharded(strat, scheduler, dask_workers) as strat:
         t0 = time.perf_counter()
         # the posterior of what the scan determines is taken over the best POSTERIOR_K

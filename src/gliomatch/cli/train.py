@@ -14,6 +14,7 @@ import typer
 
 from gliomatch.cli.apps import app
 from gliomatch.cli.common import as_json, handle_errors, progress_bar
+from gliomatch.errors import GliomatchError
 from gliomatch.learn.config import default
 
 
@@ -115,13 +116,24 @@ def train(
         lr_patience=lr_patience, gamma=gamma, device=device, tasks=tasks, lambda_seg=lambda_seg,
         lambda_cls=lambda_cls, box_jitter=box_jitter, atlas_channel=atlas_channel,
     )  # fmt: skip
+    from gliomatch.database import Database
+    from gliomatch.search import get_strategy
+
     with progress_bar(not json_out) as bar:
         run = train_model(db_path, kind, modality=modality, progress=bar, **options)
+        # the explicit build step of the strategy: every tumor's code, once
+        strat = get_strategy(run.name, Database.open(db_path), progress=bar)
+        try:
+            strat.ensure_ready()
+            codes = f"{run.name} codes of every tumor -> {strat.index_path}"
+        except GliomatchError as exc:  # e.g. one modality trained, the other not yet
+            codes = f"{run.name} codes not built yet: {exc}"
     if json_out:
-        typer.echo(as_json(run.summaries))
+        typer.echo(as_json({**run.summaries, "codes": codes}))
         return
     for part, r in run.summaries.items():
         typer.echo(f"{run.name} {part}: {_describe(r)} -> {run.folders[part]}")
+    typer.echo(codes)
 
 
 def _describe(r: dict) -> str:

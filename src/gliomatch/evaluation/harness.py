@@ -151,6 +151,7 @@ def recurrence_coverage_rows(db, queries, *, margin_mm=MARGIN_MM) -> list[dict]:
     space (``personalize`` of the warped masks: the standard plan of the warped core; the best
     match's and the ensemble plan of the same volume, over the exact search's matches)."""
     rows, atlas = [], db.atlas()
+    get_strategy("exact", db).ensure_ready()  # the explicit build step personalize reads
     for q in queries:
         if q.kind != "real" or q.followup is None:
             continue

@@ -29,6 +29,7 @@ from gliomatch.patient.inputs import PatientInputs
 from gliomatch.patient.pipeline import personalize
 from gliomatch.patient.plans import MARGIN_MM, recurrence_coverage
 from gliomatch.progress import report
+from gliomatch.search import get_strategy
 
 __all__ = ["PLANS", "RECURRENCES", "atlas_patient", "bench_plans", "plan_coverage"]
 
@@ -100,6 +101,7 @@ def bench_plans(
     simulate_s = time.perf_counter() - t
     rows = []
     for db in dbs:
+        get_strategy("exact", db).ensure_ready()  # the explicit build step personalize reads
         for j, p in enumerate(pats):
             core = p.first.t1gd
             if not core.any():

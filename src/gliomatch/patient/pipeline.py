@@ -319,8 +319,7 @@ def personalize(
     t = time.perf_counter()
     say("load")
     atlas = db.atlas()
-    strat = get_strategy(strategy, db)
-    strat.ensure_ready()
+    strat = get_strategy(strategy, db).load()  # built beforehand (ensure_ready); never here
     timing["load_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

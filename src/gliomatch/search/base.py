@@ -234,12 +234,25 @@ class Strategy(abc.ABC):
         return self
 
     def ensure_ready(self) -> Strategy:
-        """Build the index if needed, check its files against the manifest, load it."""
+        """The explicit build step: build the index if it is missing (writing it and its
+        checksums into the database), then :meth:`load` it. Searching never builds."""
+        if not self._loaded and self.needs_index and not self.is_built():
+            self.build()
+        return self.load()
+
+    def load(self) -> Strategy:
+        """Load the built index after checking its files against the manifest; never writes.
+        Raises :class:`GliomatchError` naming the build command when it is not built."""
         if self._loaded:
             return self
         if self.needs_index:
             if not self.is_built():
-                self.build()
+                self._check_buildable()  # e.g. no trained model: say that first
+                raise GliomatchError(
+                    f"the {self.name} index of {self.db.path} is not built; build it with "
+                    f"`gliomatch db index DB --strategy {self.name}` (Python: "
+                    f"get_strategy({self.name!r}, db).ensure_ready())"
+                )
             self.db.check_files(self.name, self.index_path)
             try:
                 self._load(self.index_path)
@@ -287,7 +300,7 @@ class Strategy(abc.ABC):
         for q in batch:
             self._check_query(q)
         k = min(check_count(k, "k"), len(self.db))
-        self.ensure_ready()
+        self.load()
         scores, ids = self._search_batch(batch, k)
         scores = np.asarray(scores, dtype=np.float64).reshape(len(batch), k)
         ids = np.asarray(ids, dtype=np.int64).reshape(len(batch), k)
@@ -334,6 +347,10 @@ class Strategy(abc.ABC):
         out = [self._search(q, k) for q in queries]
         return np.stack([s for s, _ in out]), np.stack([i for _, i in out])
 
+    def _check_buildable(self) -> None:  # noqa: B027 - most indexes need only the database
+        """Raise :class:`GliomatchError` when the index could not be built now (a learned
+        strategy without its trained model)."""
+
     def _build(self, folder: Path) -> None:  # noqa: B027 - strategies without an index
         """Write the index files into ``folder`` (only when ``needs_index``), reporting with
         :meth:`_report`."""
@@ -370,9 +387,15 @@ class RerankStrategy(Strategy):
     def ensure_ready(self) -> Strategy:
         if not self._loaded:
             self.base.ensure_ready()
+            get_strategy("exact", self.db).ensure_ready()
+        return self.load()
+
+    def load(self) -> Strategy:
+        if not self._loaded:
+            self.base.load()
             self._exact = get_strategy(
                 "exact", self.db, w_t1gd=self.w_t1gd, w_flair=self.w_flair
-            ).ensure_ready()
+            ).load()
             self._loaded = True
         return self
 
@@ -382,7 +405,7 @@ class RerankStrategy(Strategy):
 
     def scores(self, query: Query, ids=None):
         """The exact scores it re-ranks with (the full-resolution block index's)."""
-        self.ensure_ready()
+        self.load()
         return self._exact.scores(query, ids)
 
 
@@ -424,7 +447,8 @@ def ready_strategies(db, names=None) -> dict[str, str | None]:
 
 
 def get_strategy(name: str, db, **options) -> Strategy:
-    """Strategy ``name`` for ``db`` (its index is built/loaded on first search).
+    """Strategy ``name`` for ``db``; build its index with :meth:`Strategy.ensure_ready` (searching
+    only loads it).
 
     Parameters
     ----------

@@ -57,6 +57,9 @@ class LearnedStrategy(Strategy):
 
         return {m: load_model(self.db, self.model_name, m) for m in ("t1gd", "flair")}
 
+    def _check_buildable(self) -> None:
+        self._models()
+
     def _build(self, folder: Path) -> None:
         from gliomatch.learn.train import encode_masks, masks_at
 

@@ -38,6 +38,9 @@ class MultitaskStrategy(LearnedStrategy):
         model, _ = load_multitask(self.db, self.model_name)
         return model, model_atlas(self.db, model)
 
+    def _check_buildable(self) -> None:
+        self._model()
+
     def _build(self, folder: Path) -> None:
         from gliomatch.learn.multitask import embed_masks, tumor_arrays
 

@@ -83,7 +83,11 @@ class ShardedStrategy(Strategy):
             )
 
     def ensure_ready(self) -> Strategy:
-        self.base.ensure_ready()  # built if needed, checked against the manifest
+        self.base.ensure_ready()  # built if needed
+        return self.load()
+
+    def load(self) -> Strategy:
+        self.base.load()  # checked against the manifest; the workers read its files
         self._loaded = True
         return self
 

@@ -135,7 +135,7 @@ class _BlockStrategy(Strategy):
         the masks. A resealed index whose arrays were edited or swapped fails here although
         its checksums pass. Raises :class:`GliomatchError` naming the first tumor that
         differs; returns True."""
-        self.ensure_ready()
+        self.load()
         s, a = self.grid_size, self.index.a
         ids = np.asarray(ids, dtype=np.int64)
         masks = []
@@ -165,7 +165,7 @@ class _BlockStrategy(Strategy):
         ``query``, at this strategy's grid: the ground truth that re-ranking and the
         evaluation use."""
         self._check_query(query)
-        self.ensure_ready()
+        self.load()
         s = self.grid_size
         packed = PackedQuery.pack(downsample(query.flair, s), downsample(query.t1gd, s))
         ids = np.arange(self.index.n) if ids is None else np.asarray(ids, dtype=np.int64)
