@@ -9,6 +9,7 @@ from gliomatch.cli import (  # noqa: F401
     atlas,
     bench,
     bench_patient,
+    bench_stress,
     db,
     demo,
     evaluate,
