@@ -164,6 +164,7 @@ CONVENTIONS = [
     ("brats2023", {1, 2, 3}, {1, 2, 3}, {1, 3}),
     ("brats2024", {1, 2, 3, 4}, {1, 2, 3}, {1, 3}),  # 4 = resection cavity, never tumor
     ("predictgbm", {1, 2, 3}, {1, 2, 3}, {1, 3}),
+    ("gliodil", {1, 3, 4}, {1, 3, 4}, {1, 4}),  # 1 enhancing, 3 edema, 4 necrotic
 ]
 
 
@@ -188,6 +189,7 @@ def test_auto_picks_only_an_unambiguous_reading(present, scheme):
     [
         ({1, 2, 4}, "brats2013 .*brats2021 .*brats2024"),  # 4: enhancing or cavity?
         ({1, 2, 3, 4}, "brats2013 .*brats2024"),
+        ({1, 3, 4}, "brats2013 .*gliodil \\(4 = necrotic\\)"),  # 3: core or edema?
         ({1}, "binary mask.*--flair-mask"),
         ({5}, "fit no known convention"),
         (set(), "empty"),
@@ -210,6 +212,20 @@ def test_auto_refuses_and_lists_the_conventions_that_fit(present, message):
 def test_named_convention_refuses_labels_it_lacks(scheme, present, message):
     with pytest.raises(GliomatchError, match=message):
         masks_from_labels(_label_map(present), scheme)
+
+
+def test_a_recurrence_of_the_enhancing_label_alone_is_read_by_its_convention():
+    """A follow-up may hold one label: GliODIL's 1 is an enhancing recurrence (not a binary
+    mask), PREDICT-GBM's 4 a cavity with no tumor."""
+    from gliomatch.patient.inputs import recurrence_masks
+
+    enh, anyt, _ = recurrence_masks(_label_map({1}), "gliodil")
+    assert enh.any() and np.array_equal(enh, anyt)
+    lab = _label_map({1, 3})
+    enh, anyt, _ = recurrence_masks(lab, "gliodil")
+    assert {int(v) for v in lab[enh]} == {1} and {int(v) for v in lab[anyt]} == {1, 3}
+    enh, anyt, _ = recurrence_masks(_label_map({4}), "predictgbm")
+    assert not enh.any() and not anyt.any()
 
 
 def _save(arr, affine, path):

@@ -45,8 +45,8 @@ def infer(
     labels: Annotated[
         str,
         typer.Option(
-            help="Label convention of --seg: auto, brats2013, brats2021, brats2023, brats2024 "
-            "or predictgbm (see the README's table)."
+            help="Label convention of --seg: auto, brats2013, brats2021, brats2023, brats2024, "
+            "predictgbm or gliodil (see the README's table)."
         ),
     ] = "auto",
     db: Annotated[Path | None, typer.Option(help="Database (default: the demo database).")] = None,

@@ -18,6 +18,9 @@ brats2024   1 non-enhancing core, 2 edema (SNFH),       1, 2, 3        1, 3     
 predictgbm  1 necrotic, 2 edema, 3 enhancing,           1, 2, 3        1, 3      4
             4 resection cavity (PREDICT-GBM; the
             cavity in follow-up scans)
+gliodil     1 enhancing, 3 edema, 4 necrotic (the       1, 3, 4        1, 4
+            GliODIL study's data, BraTS-toolkit
+            order)
 ==========  ==========================================  =============  ========  =====
 
 ``auto`` picks a convention only when exactly one family fits the labels present (labels
@@ -61,14 +64,16 @@ LABEL_SCHEMES = {
     "brats2023": {"flair": (1, 2, 3), "t1gd": (1, 3), "enhancing": (3,), "never": ()},
     "brats2024": {"flair": (1, 2, 3), "t1gd": (1, 3), "enhancing": (3,), "never": (4,)},
     "predictgbm": {"flair": (1, 2, 3), "t1gd": (1, 3), "enhancing": (3,), "never": (4,)},
+    "gliodil": {"flair": (1, 3, 4), "t1gd": (1, 4), "enhancing": (1,), "never": ()},
 }
 #: When several conventions fit and read the labels identically, ``auto`` names this one.
-_PREFERENCE = ("brats2021", "brats2023", "predictgbm", "brats2013", "brats2024")
+_PREFERENCE = ("brats2021", "brats2023", "predictgbm", "brats2013", "brats2024", "gliodil")
 #: What each convention calls a label, for error messages.
 _MEANING = {
     "brats2013": {4: "enhancing"},
     "brats2021": {4: "enhancing"},
     "brats2024": {4: "cavity"},
+    "gliodil": {4: "necrotic"},
 }
 LABEL_CHOICES = ("auto", *LABEL_SCHEMES)
 #: Affines that differ by less than this (mm, per entry) are "the same grid, header noise".
@@ -253,8 +258,13 @@ def recurrence_masks(labels: np.ndarray, scheme: str = "auto", *, name: str = "f
     lab = np.asarray(labels)
     if lab.dtype.kind in "biuf" and np.all(np.isfinite(lab)):
         never = LABEL_SCHEMES[scheme]["never"] if scheme in LABEL_SCHEMES else ()
-        if set(np.unique(lab).astype(int).tolist()) <= {0, *never}:
+        values = set(np.unique(lab).astype(int).tolist())
+        if values <= {0, *never}:
             return np.zeros(lab.shape, bool), np.zeros(lab.shape, bool), scheme
+        if scheme in LABEL_SCHEMES and values <= {0, 1, *never}:
+            # a recurrence of label 1 alone is a named convention's reading, not a binary mask
+            sc = LABEL_SCHEMES[scheme]
+            return np.isin(lab, sc["enhancing"]), np.isin(lab, sc["flair"]), scheme
     flair, _, scheme = masks_from_labels(lab, scheme, name=name)
     return np.isin(lab, LABEL_SCHEMES[scheme]["enhancing"]), flair, scheme
 
