@@ -16,6 +16,7 @@ from gliomatch.cli import (  # noqa: F401
     infer,
     plan,
     predictgbm,
+    recurrence,
     search,
     simulate,
     train,

@@ -290,6 +290,9 @@ class PatientInputs:
     warnings: list[str] = field(default_factory=list)
     #: A follow-up scan's (FLAIR, T1Gd) masks on the anatomy's grid (``--followup-seg``).
     followup: tuple[np.ndarray, np.ndarray] | None = None
+    #: The brain on the anatomy's grid when the data give it (a cohort's brain mask or tissue
+    #: maps); the plans are clipped to it instead of one derived from the registration.
+    brain: np.ndarray | None = None
 
 
 def load_patient(

@@ -131,7 +131,10 @@ class InferResult:
 
 def patient_brain(inputs: PatientInputs, atlas, reg) -> np.ndarray:
     """The brain on the patient's grid, for the plans: a skull-stripped T1/T1Gd's own brain
-    (its support, holes filled), else the atlas brain mapped back; the tumor is included."""
+    (its support, holes filled), else the atlas brain mapped back; the tumor is included. A
+    brain the data give (``inputs.brain``) comes first."""
+    if inputs.brain is not None:
+        return np.asarray(inputs.brain, bool) | inputs.flair
     if reg.skull_stripped and inputs.anatomy_kind in ("t1", "t1c"):
         # the support the registration measured its brain Dice on (computed there once)
         brain = reg.brain if reg.brain is not None else brain_support(inputs.anatomy.dataobj)
