@@ -87,6 +87,7 @@ def test_outputs(result, patient, db):
     # the posterior is over the whole 40-tumor database (fewer than POSTERIOR_K)
     assert p["posterior_k"] == len(db) and p["given_age"] is None
     assert "does not determine D_w, rho and T_end" in p["not_identifiable"]
+    assert "Which plan the benchmarks support" in (out / "report.html").read_text()
     assert "does not determine" in m["not_identifiable"]
     # a match's simulation parameters are labelled as such, never as an estimate
     assert set(m["matches"][0]) >= {"seed_mm", "identifiable", "simulated_with"}
@@ -491,6 +492,7 @@ def test_personalize_computes_and_write_outputs_writes(db, patient, tmp_path):
     summary = json.loads(Path(files["matches"]).read_text())
     assert summary["matches"] == res.matches and summary["timing"]["total_s"] > 0
     assert summary["plans"]["figures"] == res.plans["figures"]
+    assert summary["plans"]["evidence"]["supported_plan"] == "standard"  # no stress figure yet
     assert summary["warnings"] == res.warnings
     written = np.asarray(nib.load(files["ctv_personalized"]).dataobj)
     assert np.array_equal(written, np.asarray(res.images["ctv_personalized"].dataobj))
@@ -549,6 +551,28 @@ def test_registration_none_for_patients_on_the_atlas_grid(db, tmp_path):
 def test_a_plan_leaving_out_visible_tumor_is_a_warning():
     from gliomatch.patient.pipeline import _plan_doubts
 
-    assert _plan_doubts({"covers_core": 1.0, "covers_whole_tumor": 1.0}) == []
-    (note,) = _plan_doubts({"covers_core": 0.781, "covers_whole_tumor": 0.629})
+    assert _plan_doubts({"covers_core": 1.0, "covers_whole_tumor": 1.0}, 1000) == []
+    (note,) = _plan_doubts({"covers_core": 0.781, "covers_whole_tumor": 0.629}, 1000)
     assert "leaves out 21.9 % of the visible tumor core and 37.1 % of the whole tumor" in note
+    # a small database: why (its size) and what to do
+    assert "with 1,000 tumors" in note and "gliomatch db build --n 50000" in note
+    (note,) = _plan_doubts({"covers_core": 0.781, "covers_whole_tumor": 0.629}, 50_000)
+    assert "db build" not in note
+
+
+def test_the_plan_the_benchmarks_support_is_stated(monkeypatch):
+    """Until a stress benchmark shows the personalized CTV matching the margin at this size,
+    the standard CTV is the supported one, with the figures."""
+    from gliomatch.patient import evidence
+
+    e = evidence.plan_evidence(1000)
+    assert e["supported_plan"] == "standard" and e["circular"]["n_db"] == 1000
+    assert "-1.8 ± 1.0 points" in e["text"] and "+5.5 ± 0.4" in e["text"]
+    assert "no benchmark outside the model's own world" in e["text"]
+    stress = ({"n_db": 5000, "diff": -3.0, "se": 1.0, "patients": 100, "date": "x"},
+              {"n_db": 50000, "diff": 0.4, "se": 0.5, "patients": 100, "date": "y"})  # fmt: skip
+    monkeypatch.setattr(evidence, "STRESS", stress)
+    assert evidence.plan_evidence(20_000)["supported_plan"] == "standard"  # the 5,000 figure
+    assert "-3.0 ± 1.0 points" in evidence.plan_evidence(20_000)["text"]
+    assert evidence.plan_evidence(60_000)["supported_plan"] == "personalized"
+    assert evidence.plan_evidence(100)["circular"] is None

@@ -261,6 +261,8 @@ def print_plans(plans: dict | None) -> None:
             f"it outside the visible tumor; covers {100 * f['covers_whole_tumor']:.1f} % of the "
             f"visible whole tumor, {100 * f['covers_core']:.1f} % of the core"
         )
+    if "evidence" in plans:
+        typer.echo(plans["evidence"]["text"])
 
 
 def print_result(res, json_out: bool, extra: dict | None = None):

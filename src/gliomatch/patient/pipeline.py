@@ -33,6 +33,7 @@ from gliomatch.patient.estimates import (
     full_resolution_scores,
     parameter_summary,
 )
+from gliomatch.patient.evidence import plan_evidence
 from gliomatch.patient.inputs import PatientInputs, positive_days
 from gliomatch.patient.plans import MARGIN_MM, PlanInputs, check_rule, plans_for
 from gliomatch.patient.registration import (
@@ -242,7 +243,9 @@ class Personalization:
             "not_identifiable": NOT_IDENTIFIABLE,
             "plans": None
             if plan is None
-            else {k: plan[k] for k in ("figures", "description", "skipped") if k in plan},
+            else {
+                k: plan[k] for k in ("figures", "description", "evidence", "skipped") if k in plan
+            },
             "matches": self.matches,
             "warnings": self.warnings,
         }
@@ -391,7 +394,8 @@ def personalize(
             )  # fmt: skip
             for name in ("standard", "personalized"):
                 images[f"ctv_{name}"] = reg.patient_image(plan[name])
-            notes += _plan_doubts(plan["figures"]["personalized"])
+            plan["evidence"] = plan_evidence(len(db))
+            notes += _plan_doubts(plan["figures"]["personalized"], len(db))
         timing["plans_s"] = time.perf_counter() - t
     timing["total_s"] = float(sum(v for key, v in timing.items() if key != "total_s"))
     settings = {
@@ -408,16 +412,28 @@ def personalize(
     )  # fmt: skip
 
 
-def _plan_doubts(figures: dict) -> list[str]:
+#: Below this many tumors, a CTV that leaves out visible tumor names the database's size.
+LARGE_DB = 50_000
+
+
+def _plan_doubts(figures: dict, n_db: int) -> list[str]:
     """A warning when the personalized CTV leaves out visible tumor (a poor match can aim the
-    volume away from it; the standard CTV always holds the core)."""
+    volume away from it; the standard CTV always holds the core), saying why when the database
+    is small and what to do."""
     core, whole = figures["covers_core"], figures["covers_whole_tumor"]
     if core >= 1.0 and whole >= 1.0:
         return []
+    why = ""
+    if n_db < LARGE_DB:
+        why = (
+            f"; with {n_db:,} tumors the database's best matches lie far from most patients' "
+            f"tumors: build a {LARGE_DB:,}-tumor database (`gliomatch db build --n {LARGE_DB}`, "
+            "about an hour on 2 cores) and run again, or plan with the standard CTV"
+        )
     return [
         f"the personalized CTV leaves out {100 * (1 - core):.1f} % of the visible tumor core "
         f"and {100 * (1 - whole):.1f} % of the whole tumor (the standard CTV holds the core); "
-        "do not use it without review"
+        f"do not use it without review{why}"
     ]
 
 

@@ -136,8 +136,15 @@ def write_report(
             "</tr>"
             for name, f in plans["figures"].items()
         )
+        evidence = (
+            f"<p><b>Which plan the benchmarks support:</b> "
+            f"{html.escape(plans['evidence']['text'])}</p>"
+            if "evidence" in plans
+            else ""
+        )
         plan_html = (
             f"<h2>Radiotherapy target volumes</h2><p>{html.escape(plans['description'])}</p>"
+            f"{evidence}"
             "<table><tr><th>plan</th><th>volume (cm³)</th><th>brain outside the visible tumor "
             "(cm³)</th><th>covers the visible whole tumor</th><th>covers the core</th></tr>"
             f'{cells}</table><img src="plans.png" width="100%">'

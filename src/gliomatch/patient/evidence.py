@@ -1,0 +1,76 @@
+"""Which plan the benchmarks support, for a database of a given size.
+
+``infer`` makes both CTVs, but it must not present the personalized one as the better plan
+unless a benchmark outside the model's own world shows it at least matching the standard
+margin. The figures are kept here, each with its benchmark, database size, patients and date,
+and every ``infer`` result states them (``matches.json``, the report, the CLI):
+
+* ``CIRCULAR``: ``gliomatch bench plans`` (the patient is the database model's own tumor in the
+  atlas anatomy, its recurrence the same simulation grown on: the best case);
+* ``STRESS``: ``gliomatch bench stress`` with every factor (another anatomy through
+  registration, another grey/white ratio, imaging thresholds and noise, resection and cell
+  kill before regrowth).
+
+The rule: the personalized (ensemble) CTV is supported for a database of ``n`` tumors only when
+a stress benchmark on a database of at most ``n`` tumors shows its mean coverage of the
+enhancing recurrence at least equal to the standard CTV's; otherwise the standard CTV is.
+A new figure enters here with the command that produced it (docs/results.md).
+"""
+
+from __future__ import annotations
+
+__all__ = ["CIRCULAR", "STRESS", "plan_evidence"]
+
+#: bench plans, 200 synthetic patients (docs/methods.md, "Synthetic plan benchmark").
+CIRCULAR = (
+    {"n_db": 1_000, "diff": -1.8, "se": 1.0, "patients": 200, "date": "2026-11"},
+    {"n_db": 5_000, "diff": 4.7, "se": 0.4, "patients": 200, "date": "2026-11"},
+    {"n_db": 50_000, "diff": 5.5, "se": 0.4, "patients": 200, "date": "2026-11"},
+)
+#: bench stress, setting "all" (every factor); ensemble − standard, enhancing recurrence,
+#: points ± s.e. Filled as the runs finish (docs/results.md).
+STRESS: tuple = ()
+
+
+def _at_most(entries, n: int):
+    fit = [e for e in entries if e["n_db"] <= n]
+    return max(fit, key=lambda e: e["n_db"]) if fit else None
+
+
+def _fmt(e) -> str:
+    return (
+        f"{e['diff']:+.1f} ± {e['se']:.1f} points on {e['patients']} patients with a "
+        f"{e['n_db']:,}-tumor database ({e['date']})"
+    )
+
+
+def plan_evidence(n_db: int) -> dict:
+    """The plan the benchmarks support for a database of ``n_db`` tumors, why, and the figures
+    (ensemble CTV − standard CTV, mean coverage of the enhancing recurrence)."""
+    circ, stress = _at_most(CIRCULAR, n_db), _at_most(STRESS, n_db)
+    supported = "personalized" if stress is not None and stress["diff"] >= 0 else "standard"
+    if stress is None:
+        why = (
+            "no benchmark outside the model's own world (bench stress) has yet shown the "
+            f"personalized CTV matching the standard margin with a database of {n_db:,} tumors "
+            "or fewer"
+        )
+    else:
+        why = f"outside the model's own world (bench stress, every factor): {_fmt(stress)}"
+    circular = (
+        "in the model's own world (bench plans, the best case): "
+        + (_fmt(circ) if circ else f"no figure for {n_db:,} tumors or fewer")
+        + f"; with 50,000 tumors {_fmt(CIRCULAR[-1])}"
+    )
+    text = (
+        f"The benchmarks support the {supported} CTV for this {n_db:,}-tumor database: {why}; "
+        f"{circular}. Ensemble CTV − standard CTV, coverage of the enhancing recurrence."
+    )
+    return {
+        "supported_plan": supported,
+        "text": text,
+        "stress": stress,
+        "circular": circ,
+        "rule": "personalized only when a stress benchmark at this database size or smaller "
+        "shows it at least matching the standard CTV",
+    }
