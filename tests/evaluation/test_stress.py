@@ -141,3 +141,37 @@ def test_cli(db, tmp_path):
                                  str(tmp_path / "p"), "--settings", "weather"])  # fmt: skip
     assert r.exit_code != 0 and "unknown weather" in r.output
     assert set(FACTORS) < set(SETTINGS)
+
+
+def test_edema_proxy_plans_from_the_core_alone(db, tmp_path):
+    """The proxy hides the edema from the plans and scores each by the edema it covers; a
+    synthetic BraTS case on the atlas grid (registration none)."""
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from gliomatch.cli import app
+    from gliomatch.evaluation.proxy import edema_proxy
+
+    atlas = db.atlas()
+    flair, core = db.masks(
+        int(np.argmax([m[0].sum() - m[1].sum() for m in map(db.masks, range(len(db)))]))
+    )
+    seg = np.where(core, 4, np.where(flair, 2, 0)).astype(np.uint8)
+    case = tmp_path / "cases" / "C1"
+    case.mkdir(parents=True)
+    nib.save(nib.Nifti1Image((atlas.t1 * 1000).astype(np.float32), atlas.affine),
+             str(case / "C1-t1n.nii.gz"))  # fmt: skip
+    nib.save(nib.Nifti1Image(seg, atlas.affine), str(case / "C1-seg.nii.gz"))
+    table, s = edema_proxy(tmp_path / "cases", db, tmp_path / "o", labels="brats2021",
+                           registration="none")  # fmt: skip
+    row = table.iloc[0]
+    assert row["status"] == "ok", row["status"]
+    assert row["edema_cm3"] == pytest.approx((flair & ~core).sum() * atlas.voxel_volume_cm3)
+    for p in ("standard", "best", "ensemble"):
+        assert 0 <= row[f"{p}_edema"] <= 1
+    assert s["ok"] == 1 and (tmp_path / "o" / "proxy.csv").is_file()
+    r = CliRunner().invoke(app, ["bench", "edema-proxy", "--real", str(tmp_path / "cases"),
+                                 "--db", str(db.path), "--out", str(tmp_path / "o"),
+                                 "--labels", "brats2021", "--registration", "none"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "| C1 |" in r.output and "edema hidden" in r.output

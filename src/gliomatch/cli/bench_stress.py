@@ -1,4 +1,4 @@
-"""`gliomatch bench stress`: the plans outside the database's own world."""
+"""`gliomatch bench stress` and `bench edema-proxy`: the plans outside the database's own world."""
 
 from __future__ import annotations
 
@@ -99,3 +99,56 @@ def stress_table(res: dict) -> str:
                 f"{100 * e['ensemble_at_least_standard']:.0f} % |"
             )
     return "\n".join(lines)
+
+
+@bench_app.command("edema-proxy")
+@handle_errors
+def bench_edema_proxy_cmd(
+    real: Annotated[
+        Path,
+        typer.Option(help="A BraTS case folder, a folder of them, or a cohort CSV (both labels)."),
+    ],
+    db: Annotated[Path, typer.Option(help="Database folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for proxy.csv, proxy.json, the cache.")],
+    labels: Annotated[str, typer.Option(help="Label convention of the segmentations.")] = "auto",
+    registration: RegOpt = "syn",
+    margin: Annotated[float, typer.Option(help="Standard CTV margin around the core (mm).")] = 15.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Plans from the tumor core and anatomy alone (edema hidden), scored by how much of the
+    hidden FLAIR abnormality outside the core each covers (standard vs personalized, equal
+    volume). Edema is a proxy for infiltration, not proof."""
+    from gliomatch.database import Database
+    from gliomatch.evaluation.proxy import edema_proxy
+
+    check_margin(margin)
+    folder = output_folder(out)
+    database = Database.open(db)
+    table, s = edema_proxy(
+        real, database, folder, labels=labels, registration=registration, margin_mm=margin,
+        log=None if json_out else typer.echo,
+    )  # fmt: skip
+    if json_out:
+        typer.echo(as_json({**s, "rows": table.to_dict(orient="records")}))
+        return
+    typer.echo(
+        f"{s['n_db']:,}-tumor database; plans from the core alone (edema hidden), equal volume "
+        f"(core + {margin:g} mm); coverage % of the FLAIR abnormality outside the core"
+    )
+    typer.echo("| case | core cm3 | edema cm3 | plan cm3 | standard | best | ensemble |")
+    typer.echo("|---|---|---|---|---|---|---|")
+    for _, r in table.iterrows():
+        if r["status"] != "ok":
+            typer.echo(f"| {r['patient_id']} | {r['status']} | | | | | |")
+            continue
+        typer.echo(
+            f"| {r['patient_id']} | {r['core_cm3']:.1f} | {r['edema_cm3']:.1f} | "
+            f"{r['plan_cm3']:.1f} | {100 * r['standard_edema']:.1f} | "
+            f"{100 * r['best_edema']:.1f} | {100 * r['ensemble_edema']:.1f} |"
+        )
+    if s["ok"]:
+        typer.echo(
+            f"mean of {s['ok']}: standard {100 * s['standard_mean']:.1f}, best "
+            f"{100 * s['best_mean']:.1f}, ensemble {100 * s['ensemble_mean']:.1f} %"
+        )
+    typer.echo(f"wrote {folder / 'proxy.csv'} and {folder / 'proxy.json'}")

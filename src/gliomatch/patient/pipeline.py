@@ -267,6 +267,7 @@ def personalize(
     plan_volume_cm3: float | None = None,
     plan_level: float | None = None,
     ensemble: bool = False,
+    weights: tuple[float, float] = (1.0, 1.0),
     workdir: Path | None = None,
     progress: Progress | None = None,
 ) -> Personalization:
@@ -290,6 +291,8 @@ def personalize(
     plans, margin_mm, plan_volume_cm3, plan_level, ensemble
         Radiotherapy plans and their rule (:func:`gliomatch.patient.plans.make_plans`); plan
         from the posterior mean density instead of the best match.
+    weights : (float, float)
+        The search score's weights of Dice_T1Gd and Dice_FLAIR (``(1, 0)``: the core alone).
     workdir : path, optional
         Where the registration's transform files go (a temporary folder when omitted).
 
@@ -325,7 +328,9 @@ def personalize(
     t = time.perf_counter()
     say("load")
     atlas = db.atlas()
-    strat = get_strategy(strategy, db).load()  # built beforehand (ensure_ready); never here
+    w_t1gd, w_flair = weights
+    # built beforehand (ensure_ready); never here
+    strat = get_strategy(strategy, db, w_t1gd=w_t1gd, w_flair=w_flair).load()
     timing["load_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
