@@ -54,7 +54,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +138,7 @@ def _factors(setting: str) -> frozenset:
 
 def _rng(seed: int, j: int, factor: str) -> np.random.Generator:
     """The draws of one factor for patient ``j``: the same whichever other factors are on."""
-    return np.random.default_rng([seed, j, 1 + SETTINGS.index(factor) if factor in SETTINGS else 0])
+    return np.random.default_rng([seed, j, 1 + SETTINGS.index(factor)])
 
 
 def _log_uniform(rng, lo_hi) -> float:
@@ -560,8 +560,3 @@ def _figure(table: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-
-
-def stress_config(**overrides) -> StressConfig:
-    """:class:`StressConfig` with ``overrides`` (a CLI passes the ranges it was given)."""
-    return replace(StressConfig(), **{k: v for k, v in overrides.items() if v is not None})
