@@ -14,6 +14,7 @@ from gliomatch.cli.common import (
     ResolutionOpt,
     as_json,
     handle_errors,
+    prepared_strategy,
     progress_bar,
 )
 from gliomatch.errors import GliomatchError
@@ -44,9 +45,9 @@ def bench_infer_cmd(
 
             if db is None:
                 raise GliomatchError("--case needs --db (the database to search)")
-            res = infer(
-                load_case(case, labels), Database.open(db), Path(tmp), registration=registration
-            )
+            database = Database.open(db)
+            prepared_strategy(database, "exact", quiet=json_out)
+            res = infer(load_case(case, labels), database, Path(tmp), registration=registration)
             extra = {"case": str(case), "best_score": res.matches[0]["score"]}
         else:
             from gliomatch.evaluation.demo import run_demo

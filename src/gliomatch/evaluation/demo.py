@@ -15,6 +15,7 @@ from gliomatch.patient.inputs import load_patient
 from gliomatch.patient.pipeline import InferResult, infer
 from gliomatch.patient.synthetic import make_patient
 from gliomatch.progress import Progress
+from gliomatch.search import get_strategy
 
 __all__ = ["DemoResult", "run_demo"]
 #: The true parameters reported beside the recovered ones.
@@ -43,6 +44,7 @@ def run_demo(
     """Make a synthetic patient from a held-out tumor, run ``infer`` on it, compare."""
     say = log or (lambda msg: None)
     db = demo_database(n, resolution, db_path, log=log, progress=progress)
+    get_strategy("exact", db).ensure_ready()  # the explicit build step (once per database)
     atlas = db.atlas()
     row, _ = held_out_tumors(db, 1, seed_offset=2_000_003 + seed)[0]
     truth = {k: float(row[k]) for k in TRUTH}
