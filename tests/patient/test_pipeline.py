@@ -570,9 +570,12 @@ def test_the_plan_the_benchmarks_support_is_stated(monkeypatch):
     assert "-1.8 ± 1.0 points" in e["text"] and "+5.5 ± 0.4" in e["text"]
     assert "no benchmark outside the model's own world" in e["text"]
     stress = ({"n_db": 5000, "diff": -3.0, "se": 1.0, "patients": 100, "date": "x"},
-              {"n_db": 50000, "diff": 0.4, "se": 0.5, "patients": 100, "date": "y"})  # fmt: skip
+              {"n_db": 50000, "diff": 0.4, "se": 0.5, "patients": 100, "date": "y"},
+              {"n_db": 80000, "diff": 9.0, "se": 4.0, "patients": 10, "date": "z"})  # fmt: skip
     monkeypatch.setattr(evidence, "STRESS", stress)
     assert evidence.plan_evidence(20_000)["supported_plan"] == "standard"  # the 5,000 figure
     assert "-3.0 ± 1.0 points" in evidence.plan_evidence(20_000)["text"]
     assert evidence.plan_evidence(60_000)["supported_plan"] == "personalized"
+    small = evidence.plan_evidence(90_000)  # 10 patients: stated, decides nothing
+    assert small["supported_plan"] == "standard" and "not yet decisive" in small["text"]
     assert evidence.plan_evidence(100)["circular"] is None

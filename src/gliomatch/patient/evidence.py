@@ -12,14 +12,18 @@ and every ``infer`` result states them (``matches.json``, the report, the CLI):
   kill before regrowth).
 
 The rule: the personalized (ensemble) CTV is supported for a database of ``n`` tumors only when
-a stress benchmark on a database of at most ``n`` tumors shows its mean coverage of the
-enhancing recurrence at least equal to the standard CTV's; otherwise the standard CTV is.
+a stress benchmark of at least ``MIN_PATIENTS`` patients, on a database of at most ``n``
+tumors, shows its mean coverage of the enhancing recurrence at least equal to the standard
+CTV's; otherwise the standard CTV is. A smaller run is stated, and decides nothing.
 A new figure enters here with the command that produced it (docs/results.md).
 """
 
 from __future__ import annotations
 
-__all__ = ["CIRCULAR", "STRESS", "plan_evidence"]
+__all__ = ["CIRCULAR", "MIN_PATIENTS", "STRESS", "plan_evidence"]
+
+#: Patients (every factor) a stress figure needs before it can decide the supported plan.
+MIN_PATIENTS = 100
 
 #: bench plans, 200 synthetic patients (docs/methods.md, "Synthetic plan benchmark").
 CIRCULAR = (
@@ -48,7 +52,8 @@ def plan_evidence(n_db: int) -> dict:
     """The plan the benchmarks support for a database of ``n_db`` tumors, why, and the figures
     (ensemble CTV − standard CTV, mean coverage of the enhancing recurrence)."""
     circ, stress = _at_most(CIRCULAR, n_db), _at_most(STRESS, n_db)
-    supported = "personalized" if stress is not None and stress["diff"] >= 0 else "standard"
+    decisive = stress is not None and stress["patients"] >= MIN_PATIENTS
+    supported = "personalized" if decisive and stress["diff"] >= 0 else "standard"
     if stress is None:
         why = (
             "no benchmark outside the model's own world (bench stress) has yet shown the "
@@ -57,6 +62,8 @@ def plan_evidence(n_db: int) -> dict:
         )
     else:
         why = f"outside the model's own world (bench stress, every factor): {_fmt(stress)}"
+        if not decisive:
+            why += f" (fewer than {MIN_PATIENTS} patients: stated, not yet decisive)"
     circular = (
         "in the model's own world (bench plans, the best case): "
         + (_fmt(circ) if circ else f"no figure for {n_db:,} tumors or fewer")
@@ -71,6 +78,6 @@ def plan_evidence(n_db: int) -> dict:
         "text": text,
         "stress": stress,
         "circular": circ,
-        "rule": "personalized only when a stress benchmark at this database size or smaller "
-        "shows it at least matching the standard CTV",
+        "rule": f"personalized only when a stress benchmark of at least {MIN_PATIENTS} "
+        "patients at this database size or smaller shows it at least matching the standard CTV",
     }
