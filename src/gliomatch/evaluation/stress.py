@@ -554,7 +554,7 @@ def _figure(table: pd.DataFrame, path: Path) -> None:
             ax.boxplot(data, tick_labels=labels, showmeans=True)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_title(f"{rec} recurrence: personalized − standard (points)")
-        ax.tick_params(axis="x", labelsize=7)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=60)
     axes[0].set_ylabel("coverage difference (percentage points)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
