@@ -283,13 +283,17 @@ def test_database_is_the_only_reader_of_its_manifest(make_db):
     import gliomatch
     from gliomatch.database import BuildConfig
 
-    db = make_db(6, resolution=32, seed=9)
+    db = make_db(6, resolution=32, seed=9, indexes=())
     assert isinstance(db.build_config, BuildConfig) and db.build_config.seed == 9
     assert db.counts["tumors"] == len(db) == 6 and db.disk_bytes > 0 and db.build_seconds >= 0
     assert db.spacing_mm == pytest.approx(db.atlas().spacing)
     names = [r["name"] for r in db.shard_records]
     assert names == [f"s{i:05d}" for i in range(len(names))]
     assert db.recorded_keys() == []
+    from gliomatch.search import get_strategy
+
+    get_strategy("exact", db).ensure_ready()  # the explicit build step records its files
+    assert db.recorded_keys() == ["exact"]
     root = Path(gliomatch.__file__).parent
     outside = [
         f"{p.relative_to(root)}:{n}"

@@ -558,6 +558,8 @@ def test_a_plan_leaving_out_visible_tumor_is_a_warning():
     assert "with 1,000 tumors" in note and "gliomatch db build --n 50000" in note
     (note,) = _plan_doubts({"covers_core": 0.781, "covers_whole_tumor": 0.629}, 50_000)
     assert "db build" not in note
+    (note,) = _plan_doubts({"covers_core": 1.0, "covers_whole_tumor": 0.99999}, 50_000)
+    assert "leaves out 0.0 % of the visible tumor core and < 0.1 % of the whole" in note
 
 
 def test_the_plan_the_benchmarks_support_is_stated(monkeypatch):

@@ -34,9 +34,7 @@ CIRCULAR = (
 #: bench stress, setting "all" (every factor); ensemble − standard, enhancing recurrence,
 #: points ± s.e., over the patients with an enhancing recurrence (docs/methods.md, "Outside
 #: the model's own world"). The first run is preliminary (fewer than MIN_PATIENTS).
-STRESS: tuple = (
-    {"n_db": 5_000, "diff": 3.4, "se": 2.0, "patients": 8, "date": "2026-12-02"},
-)
+STRESS: tuple = ({"n_db": 5_000, "diff": 3.4, "se": 2.0, "patients": 8, "date": "2026-12-02"},)
 
 
 def _at_most(entries, n: int):

@@ -436,10 +436,17 @@ def _plan_doubts(figures: dict, n_db: int) -> list[str]:
             "about an hour on 2 cores) and run again, or plan with the standard CTV"
         )
     return [
-        f"the personalized CTV leaves out {100 * (1 - core):.1f} % of the visible tumor core "
-        f"and {100 * (1 - whole):.1f} % of the whole tumor (the standard CTV holds the core); "
+        f"the personalized CTV leaves out {_share(1 - core)} of the visible tumor core "
+        f"and {_share(1 - whole)} of the whole tumor (the standard CTV holds the core); "
         f"do not use it without review{why}"
     ]
+
+
+def _share(fraction: float) -> str:
+    """A left-out share as a percentage; a share that rounds to 0.0 % is still not none."""
+    if fraction <= 0:
+        return "0.0 %"
+    return "< 0.1 %" if fraction < 0.0005 else f"{100 * fraction:.1f} %"
 
 
 def infer(
