@@ -570,7 +570,7 @@ def test_the_plan_the_benchmarks_support_is_stated(monkeypatch):
     e = evidence.plan_evidence(1000)
     assert e["supported_plan"] == "standard" and e["circular"]["n_db"] == 1000
     assert "-1.8 ± 1.0 points" in e["text"] and "+5.5 ± 0.4" in e["text"]
-    assert "no benchmark outside the model's own world" in e["text"]
+    assert "no run yet with 1,000 tumors or fewer" in e["text"]
     stress = ({"n_db": 5000, "diff": -3.0, "se": 1.0, "patients": 100, "date": "x"},
               {"n_db": 50000, "diff": 0.4, "se": 0.5, "patients": 100, "date": "y"},
               {"n_db": 80000, "diff": 9.0, "se": 4.0, "patients": 10, "date": "z"})  # fmt: skip

@@ -43,10 +43,8 @@ def _at_most(entries, n: int):
 
 
 def _fmt(e) -> str:
-    return (
-        f"{e['diff']:+.1f} ± {e['se']:.1f} points on {e['patients']} patients with a "
-        f"{e['n_db']:,}-tumor database ({e['date']})"
-    )
+    points = f"{e['diff']:+.1f} ± {e['se']:.1f} points"
+    return f"{points} at {e['n_db']:,} tumors ({e['patients']} patients)"
 
 
 def plan_evidence(n_db: int) -> dict:
@@ -56,23 +54,17 @@ def plan_evidence(n_db: int) -> dict:
     decisive = stress is not None and stress["patients"] >= MIN_PATIENTS
     supported = "personalized" if decisive and stress["diff"] >= 0 else "standard"
     if stress is None:
-        why = (
-            "no benchmark outside the model's own world (bench stress) has yet shown the "
-            f"personalized CTV matching the standard margin with a database of {n_db:,} tumors "
-            "or fewer"
-        )
+        why = f"no run yet with {n_db:,} tumors or fewer"
     else:
-        why = f"outside the model's own world (bench stress, every factor): {_fmt(stress)}"
+        why = _fmt(stress)
         if not decisive:
-            why += f" (fewer than {MIN_PATIENTS} patients: stated, not yet decisive)"
-    circular = (
-        "in the model's own world (bench plans, the best case): "
-        + (_fmt(circ) if circ else f"no figure for {n_db:,} tumors or fewer")
-        + f"; with 50,000 tumors {_fmt(CIRCULAR[-1])}"
-    )
+            why += f"; fewer than {MIN_PATIENTS} patients, so not yet decisive"
+    own = [_fmt(e) for e in (circ, CIRCULAR[-1]) if e is not None]
     text = (
-        f"The benchmarks support the {supported} CTV for this {n_db:,}-tumor database: {why}; "
-        f"{circular}. Ensemble CTV − standard CTV, coverage of the enhancing recurrence."
+        f"Plan the benchmarks support for this {n_db:,}-tumor database: the {supported} CTV. "
+        "Ensemble CTV − standard CTV, coverage of the enhancing recurrence: outside the "
+        f"model's own world (bench stress, every factor): {why}; in the model's own world "
+        f"(bench plans, the best case): {'; '.join(dict.fromkeys(own))}."
     )
     return {
         "supported_plan": supported,
