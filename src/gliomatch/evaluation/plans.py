@@ -31,7 +31,14 @@ from gliomatch.patient.plans import MARGIN_MM, recurrence_coverage
 from gliomatch.progress import report
 from gliomatch.search import get_strategy
 
-__all__ = ["PLANS", "RECURRENCES", "atlas_patient", "bench_plans", "plan_coverage"]
+__all__ = [
+    "PLANS",
+    "RECURRENCES",
+    "atlas_patient",
+    "bench_plans",
+    "paired_coverage",
+    "plan_coverage",
+]
 
 PLANS = ("standard", "best", "ensemble")
 RECURRENCES = ("enhancing", "any", "new_enhancing")
@@ -72,6 +79,26 @@ def plan_coverage(result, recurrences: dict) -> tuple[dict, int]:
         for r, mask in recurrences.items()
     }
     return cov, int(plans["standard"].sum())
+
+
+def paired_coverage(rows, recurrence: str) -> dict:
+    """Over ``rows`` (a table with ``<plan>_<recurrence>`` coverage columns, one row per
+    patient): ``n``, each plan's mean coverage and, for the personalized plans, the paired
+    difference to the standard plan (mean, s.e.; None for one patient) and the share of
+    patients where it covers at least as much."""
+    out = {"n": int(len(rows))}
+    if not len(rows):
+        return out
+    for plan in PLANS:
+        out[f"{plan}_mean"] = float(rows[f"{plan}_{recurrence}"].mean())
+    for plan in PLANS[1:]:
+        d = rows[f"{plan}_{recurrence}"] - rows[f"standard_{recurrence}"]
+        out[f"{plan}_minus_standard"] = float(d.mean())
+        out[f"{plan}_minus_standard_se"] = (
+            float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+        )
+        out[f"{plan}_at_least_standard"] = float((d >= -1e-9).mean())
+    return out
 
 
 def bench_plans(

@@ -16,7 +16,6 @@ more plausible, not shown better on recurrences.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 import warnings
@@ -26,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
-from gliomatch.evaluation.plans import PLANS, plan_coverage
+from gliomatch.evaluation.plans import PLANS, paired_coverage, plan_coverage
 from gliomatch.files import atomic_path, cache_key, write_text_atomic
 from gliomatch.patient.cohort import input_digest, read_cohort
 from gliomatch.patient.inputs import load_patient
@@ -112,16 +111,7 @@ def edema_proxy(source, db, out, *, labels="auto", registration="syn", margin_mm
     ok = table[table["status"] == "ok"]
     summary = {"cases": int(len(table)), "ok": int(len(ok)), "n_db": len(db),
                "registration": registration, "margin_mm": margin_mm}  # fmt: skip
-    for p in PLANS:
-        if len(ok):
-            summary[f"{p}_mean"] = float(ok[f"{p}_edema"].mean())
-    for p in PLANS[1:]:
-        if len(ok):
-            d = ok[f"{p}_edema"] - ok["standard_edema"]
-            summary[f"{p}_minus_standard"] = float(d.mean())
-            summary[f"{p}_minus_standard_se"] = (
-                float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None
-            )
+    summary.update({k: v for k, v in paired_coverage(ok, "edema").items() if k != "n"})
     with atomic_path(out / "proxy.csv") as tmp:
         table.to_csv(tmp, index=False)
     write_text_atomic(out / "proxy.json", json.dumps(summary, indent=2, default=float))

@@ -14,7 +14,6 @@ database and the settings; a failed patient is recorded with its error and the o
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 import warnings
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
-from gliomatch.evaluation.plans import PLANS, plan_coverage
+from gliomatch.evaluation.plans import PLANS, paired_coverage, plan_coverage
 from gliomatch.files import atomic_path, cache_key, sha256_file, write_text_atomic
 from gliomatch.patient.layouts import RecurrenceCase, load_recurrence_case
 from gliomatch.patient.pipeline import personalize
@@ -150,17 +149,5 @@ def recurrence_summary(table: pd.DataFrame) -> dict:
     out = {"patients": int(len(table)), "ok": int(len(ok)), "failed": int(len(table) - len(ok))}
     for rec in ("enhancing", "any"):
         col = f"recurrence_{rec}_cm3"
-        have = ok[ok[col] > 0] if col in ok else ok
-        e = {"n": int(len(have))}
-        for plan in PLANS:
-            if len(have):
-                e[f"{plan}_mean"] = float(have[f"{plan}_{rec}"].mean())
-        for plan in PLANS[1:]:
-            if len(have):
-                d = have[f"{plan}_{rec}"] - have[f"standard_{rec}"]
-                e[f"{plan}_minus_standard"] = float(d.mean())
-                e[f"{plan}_minus_standard_se"] = (
-                    float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None
-                )
-        out[rec] = e
+        out[rec] = paired_coverage(ok[ok[col] > 0] if col in ok else ok, rec)
     return out

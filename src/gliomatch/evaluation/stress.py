@@ -63,6 +63,7 @@ from scipy import ndimage
 
 from gliomatch.database.trajectories import iter_held_out
 from gliomatch.errors import GliomatchError, check_count
+from gliomatch.evaluation.plans import paired_coverage, plan_coverage
 from gliomatch.files import atomic_path, cache_key, write_text_atomic
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
 from gliomatch.patient.inputs import PatientInputs
@@ -357,8 +358,6 @@ def stress_patient(
 
 
 def _coverages(result, recurrence: dict) -> dict:
-    from gliomatch.evaluation.plans import plan_coverage
-
     cov, n = plan_coverage(result, recurrence)
     return {**cov, "plan_cm3": n * result.atlas.voxel_volume_cm3}
 
@@ -516,20 +515,7 @@ def summarize_stress(table: pd.DataFrame) -> dict:
         }
         for rec in ("enhancing", "any"):
             col = f"recurrence_{rec}_cm3"
-            have = ok[ok[col] > 0] if col in ok else ok.iloc[:0]
-            e = {"n": int(len(have))}
-            for plan in PLANS:
-                if len(have):
-                    e[f"{plan}_mean"] = float(have[f"{plan}_{rec}"].mean())
-            for plan in ("best", "ensemble"):
-                if len(have):
-                    diff = have[f"{plan}_{rec}"] - have[f"standard_{rec}"]
-                    e[f"{plan}_minus_standard"] = float(diff.mean())
-                    e[f"{plan}_minus_standard_se"] = (
-                        float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else None
-                    )
-                    e[f"{plan}_at_least_standard"] = float((diff >= -1e-9).mean())
-            entry[rec] = e
+            entry[rec] = paired_coverage(ok[ok[col] > 0] if col in ok else ok.iloc[:0], rec)
         out["settings"][str(setting)] = entry
     return out
 
