@@ -42,14 +42,13 @@ from gliomatch.patient.inputs import (
     on_grid,
     recurrence_masks,
 )
+from gliomatch.patient.predictgbm import T1_INTENSITY, pseudo_t1
 
 __all__ = ["LAYOUTS", "RecurrenceCase", "find_recurrence_cases", "load_recurrence_case"]
 
 LAYOUTS = ("predict-gbm", "gliodil")
 #: The label convention of each layout's segmentations.
 LAYOUT_LABELS = {"predict-gbm": "predictgbm", "gliodil": "gliodil"}
-#: A T1's reading of the tissues (only their order matters to mutual information).
-T1_INTENSITY = {"wm": 1.0, "gm": 0.6, "csf": 0.2}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PGBM_KEYS = {
     "tumorseg": "tumor_seg",
@@ -195,7 +194,7 @@ def load_recurrence_case(case: RecurrenceCase):
         raise GliomatchError(case.problem)
     seg = load_nifti(case.files["tumorseg"], "tumor segmentation")
     maps = {}
-    for t in T1_INTENSITY:
+    for t in T1_INTENSITY:  # the pseudo-T1's tissues, as PREDICT-GBM's interface reads them
         if t not in case.files:
             maps[t] = np.zeros(seg.shape, np.float32)  # GliODIL may give no CSF map
             continue
@@ -203,7 +202,7 @@ def load_recurrence_case(case: RecurrenceCase):
         maps[t] = on_grid(img, seg, f"{t} map {case.files[t]}", "tumor segmentation", label=False)
         if not np.all(np.isfinite(maps[t])) or maps[t].min() < -1e-3 or maps[t].max() > 1 + 1e-3:
             raise GliomatchError(f"{t} map {case.files[t]}: not a probability map")
-    anatomy = sum(T1_INTENSITY[t] * np.clip(maps[t], 0, 1) for t in T1_INTENSITY)
+    anatomy = pseudo_t1(maps)
     if "brain_mask" in case.files:
         b = load_nifti(case.files["brain_mask"], "brain mask")
         brain = on_grid(b, seg, f"brain mask {case.files['brain_mask']}", "segmentation") > 0
