@@ -119,6 +119,23 @@ def write_json_atomic(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False))
 
 
+def cached_record(path: Path, compute) -> dict:
+    """The JSON record cached at ``path``, else ``compute()``'s, written there atomically (a
+    resumable benchmark's per-patient cache). A cached file that does not parse (edited or
+    damaged by hand) is computed again, not trusted and not a traceback."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            rec = json.loads(path.read_text())
+            if isinstance(rec, dict):
+                return rec
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass
+    rec = compute()
+    write_text_atomic(path, json.dumps(rec))
+    return rec
+
+
 def confined_child(folder: Path, name: str, what: str = "name") -> Path:
     """``folder / name`` for a ``name`` that comes from user data, refused unless it is one
     plain path component (see :data:`SAFE_NAME`) that stays inside ``folder``.

@@ -138,6 +138,12 @@ def test_cohort_runs_records_failures_and_resumes(db, tmp_path, monkeypatch):
     monkeypatch.setattr(rec_mod, "_one", lambda *a, **k: pytest.fail("recomputed"))
     again, s2 = evaluate_recurrence_cohort(cases, db, tmp_path / "o", registration="none")
     assert s2 == summary
+    # a cached record damaged by hand is computed again, not a traceback
+    monkeypatch.undo()
+    for f in (tmp_path / "o" / "cache").glob("*.json"):
+        f.write_text("{not json")
+    _, s3 = evaluate_recurrence_cohort(cases, db, tmp_path / "o", registration="none")
+    assert s3 == summary
 
 
 def test_cli_prints_predict_gbm_table(db, tmp_path):

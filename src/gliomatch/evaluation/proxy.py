@@ -26,7 +26,7 @@ import pandas as pd
 
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.plans import PLANS, paired_coverage, plan_coverage
-from gliomatch.files import atomic_path, cache_key, write_text_atomic
+from gliomatch.files import atomic_path, cache_key, cached_record, write_text_atomic
 from gliomatch.patient.cohort import input_digest, read_cohort
 from gliomatch.patient.inputs import load_patient
 from gliomatch.patient.pipeline import personalize
@@ -83,10 +83,8 @@ def edema_proxy(source, db, out, *, labels="auto", registration="syn", margin_mm
             continue
         key = cache_key(version=PROXY_VERSION, db=db.fingerprint, files=input_digest(row),
                         registration=registration, margin=margin_mm)  # fmt: skip
-        path = cache / f"{key}.json"
-        if path.is_file():
-            rec = json.loads(path.read_text())
-        else:
+
+        def compute(rec=rec, row=row):
             t = time.perf_counter()
             try:
                 inputs = load_patient(**row.patient_kwargs())
@@ -95,12 +93,12 @@ def edema_proxy(source, db, out, *, labels="auto", registration="syn", margin_mm
                         inputs, db, registration=registration, margin_mm=margin_mm,
                         workdir=Path(work),
                     )  # fmt: skip
-                rec.update(got)
-                rec["status"] = "ok"
+                rec = {**rec, **got, "status": "ok"}
             except GliomatchError as exc:
-                rec["status"] = f"failed: {exc}"
-            rec["seconds"] = time.perf_counter() - t
-            write_text_atomic(path, json.dumps(rec))
+                rec = {**rec, "status": f"failed: {exc}"}
+            return {**rec, "seconds": time.perf_counter() - t}
+
+        rec = cached_record(cache / f"{key}.json", compute)
         rows.append(rec)
         if log is not None and rec["status"] == "ok":
             log(f"{rec['patient_id']}: edema covered by "

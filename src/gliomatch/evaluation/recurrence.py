@@ -24,7 +24,13 @@ import pandas as pd
 
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.plans import PLANS, paired_coverage, plan_coverage
-from gliomatch.files import atomic_path, cache_key, sha256_file, write_text_atomic
+from gliomatch.files import (
+    atomic_path,
+    cache_key,
+    cached_record,
+    sha256_file,
+    write_text_atomic,
+)
 from gliomatch.patient.layouts import RecurrenceCase, load_recurrence_case
 from gliomatch.patient.pipeline import personalize
 from gliomatch.patient.plans import MARGIN_MM
@@ -107,12 +113,9 @@ def evaluate_recurrence_cohort(
             problem=case.problem, layout=case.layout, registration=registration,
             margin=margin_mm, strategy=strategy,
         )  # fmt: skip
-        path = cache / f"{key}.json"
-        if path.is_file():
-            row = json.loads(path.read_text())
-        else:
-            row = _one(case, db, registration, margin_mm, strategy)
-            write_text_atomic(path, json.dumps(row))
+        row = cached_record(
+            cache / f"{key}.json", lambda c=case: _one(c, db, registration, margin_mm, strategy)
+        )
         rows.append(row)
         report(progress, n, len(cases), "patients")
         if log is not None:

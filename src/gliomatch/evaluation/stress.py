@@ -64,7 +64,7 @@ from scipy import ndimage
 from gliomatch.database.trajectories import iter_held_out
 from gliomatch.errors import GliomatchError, check_count
 from gliomatch.evaluation.plans import paired_coverage, plan_coverage
-from gliomatch.files import atomic_path, cache_key, write_text_atomic
+from gliomatch.files import atomic_path, cache_key, cached_record, write_text_atomic
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
 from gliomatch.patient.inputs import PatientInputs
 from gliomatch.patient.pipeline import personalize
@@ -414,14 +414,12 @@ def bench_stress(
                 prior=prior, config=cfg.to_dict(), registration=registration, margin=margin_mm,
                 max_cm3=max_cm3,
             )  # fmt: skip
-            path = cache / f"{setting}-{j:04d}-{key}.json"
-            if path.is_file():
-                rec = json.loads(path.read_text())
-            else:
-                rec = _run_patient(
-                    db, atlas, prior, j, setting, seed, cfg, registration, margin_mm, max_cm3
-                )
-                write_text_atomic(path, json.dumps(rec))
+            rec = cached_record(
+                cache / f"{setting}-{j:04d}-{key}.json",
+                lambda p=prior, s=setting, i=j: _run_patient(
+                    db, atlas, p, i, s, seed, cfg, registration, margin_mm, max_cm3
+                ),
+            )
             records.append(rec)
             j += 1
             if not rec["status"].startswith("skipped"):
