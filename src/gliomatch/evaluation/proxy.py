@@ -22,6 +22,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
@@ -53,8 +54,8 @@ def edema_proxy_case(inputs, db, *, registration="syn", margin_mm=MARGIN_MM, wor
             hidden, db, registration=registration, ensemble=True, margin_mm=margin_mm,
             weights=(1.0, 0.0), workdir=workdir,
         )  # fmt: skip
-    cov, n = plan_coverage(res, {"edema": edema})
-    vox = res.plans["figures"]["standard"]["volume_cm3"] / max(n, 1)
+    cov, _ = plan_coverage(res, {"edema": edema})
+    vox = float(abs(np.linalg.det(inputs.anatomy.affine[:3, :3]))) / 1000.0  # cm^3 per voxel
     return {
         **cov,
         "plan_cm3": res.plans["figures"]["standard"]["volume_cm3"],
