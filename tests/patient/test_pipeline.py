@@ -56,6 +56,23 @@ def test_recovers_hidden_tumor(result, patient):
     assert dice(pred >= 0.6, true >= 0.6) > 0.8
 
 
+def test_refined_outputs_and_report(result, patient):
+    # a registered patient (SyN): the tissue is the atlas' mapped back, the refined density
+    # lies on the scan's grid, and the report shows the tissue and the fit
+    out = result.out
+    for name in ("density_refined_patient.nii.gz", "tissue_wm.nii.gz", "tissue.png",
+                 "density_refined.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    d = nib.load(out / "density_refined_patient.nii.gz")
+    p_img = nib.load(patient.t1)
+    assert d.shape == p_img.shape and np.allclose(d.affine, p_img.affine)
+    r = json.loads((out / "matches.json").read_text())["refinement"]
+    assert r["tissue"]["source"] == "atlas priors" and r["score_after"] >= r["score_before"]
+    html = (out / "report.html").read_text()
+    assert "Refined in the patient's anatomy" in html and "tissue.png" in html
+    assert f"{r['score_after']:.3f}" in html
+
+
 def test_outputs(result, patient, db):
     out = result.out
     for name in (
@@ -115,7 +132,10 @@ def test_ensemble_plan(db, patient, tmp_path):
     inputs = load_patient(t1=patient.t1, seg=patient.seg, labels="brats2021")
     res = infer(inputs, db, tmp_path / "o", k=5, report=False, ensemble=True, plan_level=0.3)
     assert res.parameters["ensemble"]["members"] >= 1
-    ens = np.asarray(nib.load(res.files["density_ensemble_patient"]).dataobj)
+    # planned from the refined ensemble (the refinement is on by default); the atlas-only
+    # ensemble is written beside it
+    assert "density_ensemble_patient" in res.files
+    ens = np.asarray(nib.load(res.files["density_refined_ensemble_patient"]).dataobj)
     per = np.asarray(nib.load(res.files["ctv_personalized"]).dataobj) > 0
     # the isodensity plan is u >= 0.3 clipped to the brain (nearly all of it lies inside)
     assert np.array_equal(per & (ens >= 0.3), per) and per.sum() >= 0.9 * (ens >= 0.3).sum()

@@ -38,6 +38,13 @@ def bench_stress_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the patients.")] = 0,
     registration: RegOpt = "syn",
     margin: Annotated[float, typer.Option(help="Standard CTV margin around the core (mm).")] = 15.0,
+    refine: Annotated[
+        bool,
+        typer.Option(
+            help="Also score the plans of the refinement in the patient's anatomy (best fit and "
+            "refined ensemble)."
+        ),
+    ] = True,
     quiet: Annotated[bool, typer.Option(help="No line per patient.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
@@ -58,7 +65,7 @@ def bench_stress_cmd(
     with progress_bar(not json_out and quiet) as bar:
         res = bench_stress(
             database, folder, settings=chosen, patients=patients, combined=combined, seed=seed,
-            registration=registration, margin_mm=margin, progress=bar, log=log,
+            registration=registration, margin_mm=margin, refine=refine, progress=bar, log=log,
         )  # fmt: skip
     if json_out:
         typer.echo(as_json(res))
@@ -70,15 +77,23 @@ def bench_stress_cmd(
 
 
 def stress_table(res: dict) -> str:
-    """The summary as the README's Markdown table (coverage %, paired difference in points)."""
+    """The summary as the README's Markdown table (coverage %, paired difference in points):
+    a column for each plan the run scored (the refined ones when it refined)."""
+    from gliomatch.evaluation.plans import PLANS, REFINED_PLANS
+
+    entries = [s[rec] for s in res["settings"].values() for rec in ("enhancing", "any")]
+    plans = [p for p in (*PLANS, *REFINED_PLANS) if any(f"{p}_mean" in e for e in entries)]
+    names = {"refined_ensemble": "refined ens."}
+    head = " | ".join(names.get(p, p) for p in plans)
+    diffs = " | ".join(f"{names.get(p, p)} − std" for p in plans[1:])
     lines = [
         f"{res['n_db']:,}-tumor database; patients through `personalize` "
         f"(registration {res['registration']}); plans of equal volume (core + "
         f"{res['margin_mm']:g} mm); mean recurrence coverage % over patients with that "
         "recurrence; difference personalized − standard in points ± s.e.; share ≥ standard",
-        "| setting | patients ok / skipped / failed | recurrence | n | standard | best | "
-        "ensemble | best − std | ensemble − std | ensemble ≥ std |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| setting | patients ok / skipped / failed | recurrence | n | {head} | {diffs} | "
+        f"{names.get(plans[-1], plans[-1])} ≥ std |",
+        "|" + "---|" * (5 + 2 * len(plans)),
     ]
     for name, s in res["settings"].items():
         for rec in ("enhancing", "any"):
@@ -92,11 +107,11 @@ def stress_table(res: dict) -> str:
                 d = 100 * e[f"{plan}_minus_standard"]
                 return f"{d:+.1f}" + ("" if se is None else f" ± {100 * se:.1f}")
 
+            means = " | ".join(f"{100 * e[f'{p}_mean']:.1f}" for p in plans)
+            ds = " | ".join(diff(p) for p in plans[1:])
             lines.append(
                 f"| {name} | {s['ok']} / {s['skipped']} / {s['failed']} | {rec} | {e['n']} | "
-                f"{100 * e['standard_mean']:.1f} | {100 * e['best_mean']:.1f} | "
-                f"{100 * e['ensemble_mean']:.1f} | {diff('best')} | {diff('ensemble')} | "
-                f"{100 * e['ensemble_at_least_standard']:.0f} % |"
+                f"{means} | {ds} | {100 * e[f'{plans[-1]}_at_least_standard']:.0f} % |"
             )
     return "\n".join(lines)
 

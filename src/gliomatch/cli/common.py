@@ -291,6 +291,14 @@ def print_result(res, json_out: bool, extra: dict | None = None):
         f"(Dice T1Gd {b['dice_t1gd']:.3f}, FLAIR {b['dice_flair']:.3f})"
     )
     print_estimates(res.parameters)
+    if "refinement" in res.parameters:
+        r = res.parameters["refinement"]
+        typer.echo(
+            f"refined in the patient's anatomy ({r['tissue']['source']} tissue): score "
+            f"{r['score_before']:.3f} atlas-only -> {r['score_after']:.3f} refined "
+            f"(Dice T1Gd {r['best']['dice_t1gd']:.3f}, FLAIR {r['best']['dice_flair']:.3f}) in "
+            f"{r['seconds']:.1f} s"
+        )
     print_plans(res.plans)
     typer.echo(
         f"registration quality: {describe_quality(res.quality_figures)}; timing: "

@@ -31,8 +31,16 @@ def infer(
     t1: Annotated[Path | None, typer.Option(help="Patient T1 (registration reference).")] = None,
     t1c: Annotated[Path | None, typer.Option(help="Patient T1Gd (registration reference).")] = None,
     wm: Annotated[
-        Path | None, typer.Option(help="White-matter map (registration reference).")
+        Path | None,
+        typer.Option(
+            help="White-matter map (registration reference; with --gm, the patient's own tissue "
+            "for the refinement)."
+        ),
     ] = None,
+    gm: Annotated[
+        Path | None, typer.Option(help="Grey-matter probability map (with --wm).")
+    ] = None,
+    csf: Annotated[Path | None, typer.Option(help="CSF probability map (with --wm, --gm).")] = None,
     seg: Annotated[Path | None, typer.Option(help="BraTS label map (1/2/4 or 1/2/3).")] = None,
     flair_mask: Annotated[Path | None, typer.Option(help="Binary whole-tumor mask.")] = None,
     t1gd_mask: Annotated[Path | None, typer.Option(help="Binary tumor-core mask.")] = None,
@@ -81,10 +89,18 @@ def infer(
             "density_ensemble_patient.nii.gz) instead of the best match's."
         ),
     ] = False,
+    refine: Annotated[
+        bool,
+        typer.Option(
+            help="Refine the top matches with the growth model in the patient's own anatomy "
+            "(about 10 s) and plan from the refined density; --no-refine: plan from the atlas "
+            "match warped back."
+        ),
+    ] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ):
-    """Personalize the growth model for one patient: register, search, warp back, plan,
-    report."""
+    """Personalize the growth model for one patient: register, search, warp back, refine in
+    the patient's anatomy, plan, report."""
     from gliomatch.database import Database
     from gliomatch.patient.cohort import load_case
     from gliomatch.patient.inputs import load_patient, positive_days
@@ -105,11 +121,11 @@ def infer(
         warnings.simplefilter("always")
         files = dict(t1=t1, t1c=t1c, wm=wm, seg=seg, flair_mask=flair_mask, t1gd_mask=t1gd_mask)
         if case is not None:
-            if any(v is not None for v in files.values()):
+            if any(v is not None for v in (*files.values(), gm, csf)):
                 raise GliomatchError("give either --case or the patient's files, not both")
             inputs = load_case(case, labels, followup_seg=followup_seg)
         else:
-            inputs = load_patient(**files, labels=labels, followup_seg=followup_seg)
+            inputs = load_patient(**files, gm=gm, csf=csf, labels=labels, followup_seg=followup_seg)
         from gliomatch.database.demo import demo_database
 
         database = Database.open(db) if db else demo_database(log=None if json_out else typer.echo)
@@ -128,6 +144,7 @@ def infer(
             plan_volume_cm3=plan_volume,
             plan_level=plan_level,
             ensemble=ensemble,
+            refine=refine,
             progress=None if json_out else (lambda i, n, stage: typer.echo(f"[{stage}]")),
         )
     for w in caught:

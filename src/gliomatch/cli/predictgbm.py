@@ -31,6 +31,13 @@ def predict_gbm(
     ensemble: Annotated[
         bool, typer.Option(help="Write the posterior mean density instead of the best match's.")
     ] = False,
+    refine: Annotated[
+        bool,
+        typer.Option(
+            help="Refine the matches with the growth model on the patient's own tissue maps "
+            "(--no-refine: the atlas match warped back)."
+        ),
+    ] = True,
 ):
     """Write each patient's full tumor-cell density on its input grid (``<id>.nii.gz``)."""
     from gliomatch.database import Database
@@ -43,8 +50,9 @@ def predict_gbm(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         written = run_predict_gbm(
-            input_dir, output_dir, database, strategy=strategy, ensemble=ensemble, log=typer.echo
-        )
+            input_dir, output_dir, database, strategy=strategy, ensemble=ensemble, refine=refine,
+            log=typer.echo,
+        )  # fmt: skip
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     typer.echo(f"wrote {len(written)} densities into {output_dir}")

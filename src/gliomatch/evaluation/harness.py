@@ -161,7 +161,7 @@ def recurrence_coverage_rows(db, queries, *, margin_mm=MARGIN_MM) -> list[dict]:
         enh, anyt = q.followup
         res = personalize(
             atlas_patient(atlas, q.query), db, registration="none", ensemble=True,
-            margin_mm=margin_mm,
+            refine=False, margin_mm=margin_mm,
         )  # fmt: skip
         cov, n = plan_coverage(res, {"enhancing": enh, "any": anyt})
         vox = atlas.voxel_volume_cm3

@@ -32,8 +32,10 @@ from gliomatch.progress import report
 from gliomatch.search import get_strategy
 
 __all__ = [
+    "DENSITY_OF",
     "PLANS",
     "RECURRENCES",
+    "REFINED_PLANS",
     "atlas_patient",
     "bench_plans",
     "paired_coverage",
@@ -41,6 +43,16 @@ __all__ = [
 ]
 
 PLANS = ("standard", "best", "ensemble")
+#: The plans of the refinement in the patient's anatomy (``personalize(refine=True)``), scored
+#: beside ``PLANS`` where a benchmark refines.
+REFINED_PLANS = ("refined", "refined_ensemble")
+#: Each personalized plan's density in a Personalization's images.
+DENSITY_OF = {
+    "best": "density_patient",
+    "ensemble": "density_ensemble_patient",
+    "refined": "density_refined_patient",
+    "refined_ensemble": "density_refined_ensemble_patient",
+}
 RECURRENCES = ("enhancing", "any", "new_enhancing")
 #: Patients differ from ``bench two-scan``'s (another seed offset).
 PLAN_SEED_OFFSET = 5_000_011
@@ -64,15 +76,14 @@ def atlas_patient(atlas, scan) -> PatientInputs:
 
 
 def plan_coverage(result, recurrences: dict) -> tuple[dict, int]:
-    """Coverage of ``result``'s standard plan, the best match's plan and the ensemble plan (a
-    :class:`~gliomatch.patient.pipeline.Personalization` made with ``ensemble=True``) against
-    every mask of ``recurrences``. Returns ``({"<plan>_<recurrence>": coverage}, V)``."""
-    best = result.plans_from(result.images["density_patient"], "best match")
-    plans = {
-        "standard": result.plans["standard"],
-        "best": best["personalized"],
-        "ensemble": result.plans["personalized"],
-    }
+    """Coverage of ``result``'s standard plan and of a plan of its volume from each density it
+    holds (the best match's, the ensemble's with ``ensemble=True``, the refined ones with
+    ``refine=True``: :data:`DENSITY_OF`) against every mask of ``recurrences``. Returns
+    ``({"<plan>_<recurrence>": coverage}, V)``."""
+    plans = {"standard": result.plans["standard"]}
+    for name, key in DENSITY_OF.items():
+        if key in result.images:
+            plans[name] = result.plans_from(result.images[key], name)["personalized"]
     cov = {
         f"{name}_{r}": recurrence_coverage(mask, plan)
         for name, plan in plans.items()
@@ -89,9 +100,10 @@ def paired_coverage(rows, recurrence: str) -> dict:
     out = {"n": int(len(rows))}
     if not len(rows):
         return out
-    for plan in PLANS:
+    present = [p for p in (*PLANS, *REFINED_PLANS) if f"{p}_{recurrence}" in rows]
+    for plan in present:
         out[f"{plan}_mean"] = float(rows[f"{plan}_{recurrence}"].mean())
-    for plan in PLANS[1:]:
+    for plan in present[1:]:
         d = rows[f"{plan}_{recurrence}"] - rows[f"standard_{recurrence}"]
         out[f"{plan}_minus_standard"] = float(d.mean())
         out[f"{plan}_minus_standard_se"] = (
@@ -135,7 +147,7 @@ def bench_plans(
                 continue  # no visible core: no standard plan (counted below)
             res = personalize(
                 atlas_patient(atlas, p.first), db, registration="none", ensemble=True,
-                margin_mm=margin_mm,
+                refine=False, margin_mm=margin_mm,
             )  # fmt: skip
             rec = {
                 "enhancing": p.followup.t1gd,

@@ -63,7 +63,7 @@ from scipy import ndimage
 
 from gliomatch.database.trajectories import iter_held_out
 from gliomatch.errors import GliomatchError, check_count
-from gliomatch.evaluation.plans import paired_coverage, plan_coverage
+from gliomatch.evaluation.plans import PLANS, REFINED_PLANS, paired_coverage, plan_coverage
 from gliomatch.files import atomic_path, cache_key, cached_record, write_text_atomic
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
 from gliomatch.patient.inputs import PatientInputs
@@ -87,13 +87,12 @@ __all__ = [
 FACTORS = ("anatomy", "model", "imaging", "treatment")
 #: ``none``: the database's world, through the whole pipeline; each factor alone; all together.
 SETTINGS = ("none", *FACTORS, "all")
-PLANS = ("standard", "best", "ensemble")
 #: Prior draws differ from the other benchmarks' (another seed offset).
 STRESS_SEED_OFFSET = 7_000_019
 #: Prior draws tried per wanted patient before giving up (most skipped ones outgrew the limit).
 MAX_DRAWS_PER_PATIENT = 20
 #: Bump when a patient's making changes: cached rows of another version are not reused.
-STRESS_VERSION = 1
+STRESS_VERSION = 2  # 2: the refinement's plans beside the atlas-only ones
 
 
 @dataclass(frozen=True)
@@ -372,13 +371,16 @@ def bench_stress(
     seed: int = 0,
     registration: str = "syn",
     margin_mm: float = MARGIN_MM,
+    refine: bool = True,
     config: StressConfig | None = None,
     progress=None,
     log=None,
 ) -> dict:
     """Run every setting of ``settings`` on ``patients`` stressed patients (``combined`` for
     ``all``), through :func:`personalize`; write ``rows.csv``, ``summary.json`` and
-    ``stress.png`` into ``out`` and return the summary. Resumable (per-patient cache)."""
+    ``stress.png`` into ``out`` and return the summary. Resumable (per-patient cache).
+    ``refine``: score the refinement's plans (best fit and refined ensemble) beside the
+    atlas-only ones."""
     check_count(patients, "patients")
     check_count(combined, "combined")
     settings = list(dict.fromkeys(settings))
@@ -412,12 +414,12 @@ def bench_stress(
             key = cache_key(
                 version=STRESS_VERSION, db=db.fingerprint, setting=setting, j=j, seed=seed,
                 prior=prior, config=cfg.to_dict(), registration=registration, margin=margin_mm,
-                max_cm3=max_cm3,
+                max_cm3=max_cm3, refine=refine,
             )  # fmt: skip
             rec = cached_record(
                 cache / f"{setting}-{j:04d}-{key}.json",
                 lambda p=prior, s=setting, i=j: _run_patient(
-                    db, atlas, p, i, s, seed, cfg, registration, margin_mm, max_cm3
+                    db, atlas, p, i, s, seed, cfg, registration, margin_mm, max_cm3, refine
                 ),
             )
             records.append(rec)
@@ -436,6 +438,7 @@ def bench_stress(
             "n_db": len(db),
             "registration": registration,
             "margin_mm": margin_mm,
+            "refine": refine,
             "seed": seed,
             "config": cfg.to_dict(),
             "grid": f"the atlas grid, {atlas.shape[0]}^3 at {atlas.spacing:.2f} mm",
@@ -451,11 +454,9 @@ def bench_stress(
 def _line(rec: dict) -> str:
     if rec["status"] != "ok":
         return f"{rec['setting']} #{rec['patient']}: {rec['status']}"
-    return (
-        f"{rec['setting']} #{rec['patient']}: enhancing recurrence covered standard "
-        f"{100 * rec['standard_enhancing']:.1f} %, best {100 * rec['best_enhancing']:.1f} %, "
-        f"ensemble {100 * rec['ensemble_enhancing']:.1f} %"
-    )
+    plans = [p for p in (*PLANS, *REFINED_PLANS) if f"{p}_enhancing" in rec]
+    cells = ", ".join(f"{p} {100 * rec[f'{p}_enhancing']:.1f} %" for p in plans)
+    return f"{rec['setting']} #{rec['patient']}: enhancing recurrence covered {cells}"
 
 
 def _independent(held_out):
@@ -470,7 +471,7 @@ def _independent(held_out):
             yield prior
 
 
-def _run_patient(db, atlas, prior, j, setting, seed, cfg, registration, margin_mm, max_cm3):
+def _run_patient(db, atlas, prior, j, setting, seed, cfg, registration, margin_mm, max_cm3, refine):
     base = {"setting": setting, "patient": j}
     t = time.perf_counter()
     try:
@@ -481,8 +482,9 @@ def _run_patient(db, atlas, prior, j, setting, seed, cfg, registration, margin_m
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the plans' doubts: measured here, not shown
             res = personalize(
-                pat.inputs, db, registration=registration, ensemble=True, margin_mm=margin_mm
-            )
+                pat.inputs, db, registration=registration, ensemble=True, refine=refine,
+                margin_mm=margin_mm,
+            )  # fmt: skip
     except GliomatchError as exc:
         return {**base, **pat.truth, "status": f"failed: {exc}"}
     return {
@@ -492,7 +494,19 @@ def _run_patient(db, atlas, prior, j, setting, seed, cfg, registration, margin_m
         **_coverages(res, pat.recurrence),
         "best_score": float(res.matches[0]["score"]),
         "registration_quality": res.registration.quality,  # None without registration
+        **_refine_figures(res),
         "seconds": time.perf_counter() - t,
+    }
+
+
+def _refine_figures(res) -> dict:
+    if res.refinement is None:
+        return {}
+    r = res.parameters["refinement"]
+    return {
+        "refine_score_before": r["score_before"],
+        "refine_score_after": r["score_after"],
+        "refine_s": res.timing.get("refine_s"),
     }
 
 
@@ -526,12 +540,12 @@ def _figure(table: pd.DataFrame, path: Path) -> None:
 
     ok = table[table["status"] == "ok"] if "status" in table else table.iloc[:0]
     settings = [s for s in SETTINGS if s in set(ok.get("setting", []))]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.5), sharey=True)
     for ax, rec in zip(axes, ("enhancing", "any"), strict=True):
         data, labels = [], []
         for s in settings:
             g = ok[(ok["setting"] == s) & (ok[f"recurrence_{rec}_cm3"] > 0)]
-            for plan in ("best", "ensemble"):
+            for plan in [p for p in (*PLANS, *REFINED_PLANS)[1:] if f"{p}_{rec}" in g]:
                 data.append(100 * (g[f"{plan}_{rec}"] - g[f"standard_{rec}"]).to_numpy())
                 labels.append(f"{s}\n{plan}")
         if data:

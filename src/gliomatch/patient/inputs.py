@@ -293,6 +293,9 @@ class PatientInputs:
     #: The brain on the anatomy's grid when the data give it (a cohort's brain mask or tissue
     #: maps); the plans are clipped to it instead of one derived from the registration.
     brain: np.ndarray | None = None
+    #: The patient's own tissue probability maps (``wm``, ``gm``, ``csf`` arrays on the
+    #: anatomy's grid) when the data give them; the refinement runs the growth model on them.
+    tissue: dict | None = None
 
 
 def load_patient(
@@ -305,11 +308,20 @@ def load_patient(
     t1gd_mask=None,
     labels: str = "auto",
     followup_seg=None,
+    gm=None,
+    csf=None,
 ) -> PatientInputs:
     """Read and check a patient's files (see the module notes); clear errors naming files.
 
     ``followup_seg``: a later label map of the same patient on the same grid as the anatomy
-    (registered to the first scan), for two-scan inference."""
+    (registered to the first scan), for two-scan inference. ``gm`` (with ``wm``) and ``csf``:
+    the patient's grey-matter and CSF probability maps: with them the patient's own tissue
+    maps are given (the refinement's growth model runs on them) instead of mapped from the
+    atlas."""
+    if (gm is not None or csf is not None) and (wm is None or gm is None):
+        raise GliomatchError(
+            "the patient's tissue maps need both wm and gm (--wm, --gm; --csf optional)"
+        )
     given = [(k, v) for k, v in (("t1", t1), ("t1c", t1c), ("wm", wm)) if v is not None]
     if len(given) != 1:
         raise GliomatchError(
@@ -368,4 +380,22 @@ def load_patient(
         caught = [str(x.message) for x in w]
     for msg in caught:
         warnings.warn(msg, stacklevel=2)
-    return PatientInputs(anatomy, kind, flair, t1gd, scheme, caught, followup)
+    tissue = None
+    if gm is not None:
+        tissue = {
+            name: probability_map(path, anatomy, name.upper())
+            for name, path in (("wm", wm), ("gm", gm), ("csf", csf))
+            if path is not None
+        }
+    return PatientInputs(anatomy, kind, flair, t1gd, scheme, caught, followup, tissue=tissue)
+
+
+def probability_map(path, anatomy: nib.Nifti1Image, name: str) -> np.ndarray:
+    """A tissue probability map on the anatomy's grid, checked: values in [0, 1]."""
+    img = load_nifti(path, f"{name} map")
+    data = on_grid(img, anatomy, f"{name} map {path}", "the anatomy", label=False)
+    if not np.all(np.isfinite(data)) or data.min() < -1e-3 or data.max() > 1 + 1e-3:
+        raise GliomatchError(
+            f"{name} map {path}: not a probability map (values must lie in [0, 1])"
+        )
+    return np.clip(data, 0, 1).astype(np.float32)

@@ -217,5 +217,5 @@ def load_recurrence_case(case: RecurrenceCase):
     rec = on_grid(rec_img, seg, f"recurrence {case.files['recurrence']}", "tumor segmentation")
     enh, anyt, _ = recurrence_masks(rec, case.labels, name=f"recurrence {case.files['recurrence']}")
     img = nib.Nifti1Image((anatomy * brain).astype(np.float32), seg.affine, seg.header)
-    inputs = PatientInputs(img, "tissue", flair, t1gd, scheme, brain=brain | flair)
+    inputs = PatientInputs(img, "tissue", flair, t1gd, scheme, brain=brain | flair, tissue=maps)
     return inputs, {"enhancing": enh, "any": anyt}

@@ -36,6 +36,7 @@ from gliomatch.patient.estimates import (
 from gliomatch.patient.evidence import plan_evidence
 from gliomatch.patient.inputs import PatientInputs, positive_days
 from gliomatch.patient.plans import MARGIN_MM, PlanInputs, check_rule, plans_for
+from gliomatch.patient.refine import refine as refine_in_patient
 from gliomatch.patient.registration import (
     Registration,
     brain_support,
@@ -57,11 +58,12 @@ __all__ = [
     "Personalization",
     "infer",
     "personalize",
+    "planned_density",
     "to_atlas",
 ]
 
 #: The stages ``progress`` reports, in order.
-STAGES = ("load", "register", "warp", "search", "warp back", "plans", "report")
+STAGES = ("load", "register", "warp", "search", "warp back", "refine", "plans", "report")
 
 
 @dataclass
@@ -202,6 +204,9 @@ class Personalization:
     settings: dict
     #: doubts the pipeline found (a personalized plan that leaves out visible tumor)
     notes: list = field(default_factory=list)
+    #: the refinement in the patient's anatomy (:mod:`gliomatch.patient.refine`), None when
+    #: turned off
+    refinement: object = None
 
     @property
     def best_id(self) -> int:
@@ -241,6 +246,7 @@ class Personalization:
             "n_db": self.settings["n_db"],
             "timing": self.timing,
             "not_identifiable": NOT_IDENTIFIABLE,
+            "refinement": None if self.refinement is None else self.parameters["refinement"],
             "plans": None
             if plan is None
             else {
@@ -267,6 +273,7 @@ def personalize(
     plan_volume_cm3: float | None = None,
     plan_level: float | None = None,
     ensemble: bool = False,
+    refine: bool = True,
     weights: tuple[float, float] = (1.0, 1.0),
     workdir: Path | None = None,
     progress: Progress | None = None,
@@ -291,6 +298,10 @@ def personalize(
     plans, margin_mm, plan_volume_cm3, plan_level, ensemble
         Radiotherapy plans and their rule (:func:`gliomatch.patient.plans.make_plans`); plan
         from the posterior mean density instead of the best match.
+    refine : bool
+        Refit the top matches with the growth model in the patient's own anatomy
+        (:func:`gliomatch.patient.refine.refine`) and plan from the refined density (the
+        refined ensemble with ``ensemble``); the atlas-only densities stay in ``images``.
     weights : (float, float)
         The search score's weights of Dice_T1Gd and Dice_FLAIR (``(1, 0)``: the core alone).
     workdir : path, optional
@@ -377,22 +388,44 @@ def personalize(
         images["t1gd_followup_atlas"] = atlas.to_nifti(q2.t1gd)
         images["density_followup_patient"] = reg.to_patient(atlas.to_nifti(both.density_followup))
         timing["two_scan_s"] = time.perf_counter() - t
-    plan, notes = None, []
-    if plans or ensemble:
+    plan, notes, refinement = None, [], None
+    brain = patient_brain(inputs, atlas, reg) if plans or refine else None
+    density, source = density_patient, f"best match, tumor {best}"
+    if ensemble:
+        ens, info = ensemble_density(db, ids, full)
+        density = reg.to_patient(atlas.to_nifti(ens))
+        images["density_ensemble_patient"] = density
+        parameters["ensemble"] = info
+        source = f"posterior mean of the top {info['matches']} matches, {info['weighting']}"
+    if refine:
+        t = time.perf_counter()
+        say("refine")
+        refinement = refine_in_patient(inputs, db, atlas, reg, ids, brain, weights=weights)
+        parameters["refinement"] = refinement.summary()
+        images["density_refined_patient"] = reg.patient_image(
+            refinement.on_patient(refinement.best.density, inputs.anatomy)
+        )
+        density = images["density_refined_patient"]
+        source = "refined in the patient's anatomy, best fit"
+        if ensemble:
+            images["density_refined_ensemble_patient"] = reg.patient_image(
+                refinement.on_patient(refinement.ensemble(), inputs.anatomy)
+            )
+            density = images["density_refined_ensemble_patient"]
+            source = (
+                f"refined in the patient's anatomy, posterior mean of {len(refinement.after)} "
+                "refined matches"
+            )
+        for name in ("wm", "gm", "csf"):
+            images[f"tissue_{name}"] = refinement.tissue.image(name)
+        timing["refine_s"] = time.perf_counter() - t
+    if plans:
         t = time.perf_counter()
         say("plans")
-        density, source = density_patient, f"best match, tumor {best}"
-        if ensemble:
-            ens, info = ensemble_density(db, ids, full)
-            density = reg.to_patient(atlas.to_nifti(ens))
-            images["density_ensemble_patient"] = density
-            parameters["ensemble"] = info
-            source = f"posterior mean of the top {info['matches']} matches, {info['weighting']}"
-        if plans and not inputs.t1gd.any():
+        if not inputs.t1gd.any():
             plan = {"skipped": "no plans: the segmentation has no tumor core (necrotic or "
                     "enhancing label), which the standard plan grows"}  # fmt: skip
-        elif plans:
-            brain = patient_brain(inputs, atlas, reg)
+        else:
             plan = plan_outputs(
                 np.asarray(density.dataobj, dtype=np.float32), inputs, brain, source=source,
                 margin_mm=margin_mm, volume_cm3=plan_volume_cm3, level=plan_level,
@@ -408,13 +441,21 @@ def personalize(
         "registration": registration,
         "database": str(db.path),
         "n_db": len(db),
+        "refine": refine,
     }
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return Personalization(
         inputs, atlas, q, reg, matches, scores, ids, parameters, images, plan, db.masks(best),
-        timing, settings, notes,
+        timing, settings, notes, refinement,
     )  # fmt: skip
+
+
+def planned_density(refine: bool, ensemble: bool) -> str:
+    """The name, in a Personalization's images, of the density its plans are made from."""
+    if refine:
+        return "density_refined_ensemble_patient" if ensemble else "density_refined_patient"
+    return "density_ensemble_patient" if ensemble else "density_patient"
 
 
 #: Below this many tumors, a CTV that leaves out visible tumor names the database's size.

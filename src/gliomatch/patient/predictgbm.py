@@ -10,7 +10,9 @@ the output has exactly the input's shape (and, for everyone else, its affine).
 Their atlas space and ours are registered with the tissue maps they give: a pseudo-T1 made of
 the maps (white > grey > CSF, as a T1 reads them) is registered to our atlas T1 (mutual
 information: only the order of the intensities matters), tumor excluded. The rest is
-``gliomatch infer``: search, best-match (or ``ensemble``) density, warped back.
+``gliomatch infer``: search, best-match (or ``ensemble``) density, warped back, then refined
+with the growth model on the patient's own ``gm``/``wm``/``csf`` maps
+(:mod:`gliomatch.patient.refine`; ``refine=False``: the warped atlas density).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from gliomatch.errors import GliomatchError
 from gliomatch.files import atomic_path, output_folder
 from gliomatch.patient.inputs import PatientInputs, load_nifti, masks_from_labels, on_grid
-from gliomatch.patient.pipeline import personalize
+from gliomatch.patient.pipeline import personalize, planned_density
 
 __all__ = ["PGBM_FILES", "PgbmPatient", "find_patients", "pseudo_t1", "run_predict_gbm"]
 
@@ -123,14 +125,22 @@ def load_pgbm_patient(pat: PgbmPatient):
         np.asarray(seg.dataobj), "predictgbm", name=f"tumorseg {pat.files['tumorseg']}"
     )
     img = nib.Nifti1Image(anatomy, seg.affine)
-    return PatientInputs(img, "tissue", flair, t1gd, scheme), seg
+    return PatientInputs(img, "tissue", flair, t1gd, scheme, tissue=maps), seg
 
 
 def run_predict_gbm(
-    input_dir, output_dir, db, *, strategy: str = "exact", ensemble: bool = False, log=None
+    input_dir,
+    output_dir,
+    db,
+    *,
+    strategy: str = "exact",
+    ensemble: bool = False,
+    refine: bool = True,
+    log=None,
 ) -> list[Path]:
     """Write ``<id>.nii.gz`` (the density on the input grid) into ``output_dir`` for every
-    patient of ``input_dir``; returns the files written."""
+    patient of ``input_dir``; returns the files written. ``refine``: the density refined in
+    the patient's anatomy, on the tissue maps PREDICT-GBM gives (else the atlas match's)."""
     pats = find_patients(input_dir)
     out_root = Path(output_dir)
     output_folder(out_root, "output")
@@ -143,9 +153,9 @@ def run_predict_gbm(
         with tempfile.TemporaryDirectory(prefix="gliomatch-pgbm-") as work:  # the transforms
             res = personalize(
                 inputs, db, strategy=strategy, skull="off", plans=False, ensemble=ensemble,
-                workdir=work,
+                refine=refine, workdir=work,
             )  # fmt: skip
-        name = "density_ensemble_patient" if ensemble else "density_patient"
+        name = planned_density(refine, ensemble)
         u = np.clip(np.asarray(res.images[name].dataobj, dtype=np.float32), 0.0, 1.0)
         if u.shape != seg.shape:  # cannot happen (warped onto the input grid); never write it
             raise GliomatchError(f"patient {pat.pid}: density {u.shape} != input {seg.shape}")
@@ -155,6 +165,10 @@ def run_predict_gbm(
             nib.save(out, str(tmp))
         written.append(target)
         if log:
+            fit = ""
+            if res.refinement is not None:
+                r = res.parameters["refinement"]
+                fit = f", refined {r['score_before']:.3f} -> {r['score_after']:.3f}"
             log(f"{pat.pid}: best match {res.matches[0]['id']} (score "
-                f"{res.matches[0]['score']:.3f}) -> {target}")  # fmt: skip
+                f"{res.matches[0]['score']:.3f}{fit}) -> {target}")  # fmt: skip
     return written

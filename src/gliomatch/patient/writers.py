@@ -54,6 +54,8 @@ def write_outputs(result, out, *, report: bool = True) -> dict:
                 timing=result.timing,
                 warnings_=result.warnings,
                 plans=result.plans,
+                refinement=result.refinement,
+                density_refined=result.images.get("density_refined_patient"),
             )
         )
     timing = result.timing
