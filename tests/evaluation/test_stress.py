@@ -89,10 +89,12 @@ def test_bench_runs_resumes_and_summarizes(db, tmp_path, monkeypatch):
         e = res["settings"][s]
         assert e["ok"] + e["failed"] == 2
         for rec in ("enhancing", "any"):
-            for plan in ("standard", "best", "ensemble"):
+            # the refinement's plans are scored beside the atlas-only ones
+            for plan in ("standard", "best", "ensemble", "refined", "refined_ensemble"):
                 if e[rec]["n"]:
                     assert 0 <= e[rec][f"{plan}_mean"] <= 1
     rows = pd.read_csv(tmp_path / "rows.csv")
+    assert (rows["refine_score_after"].dropna() >= rows["refine_score_before"].dropna()).all()
     assert set(rows["setting"]) == {"none", "all"} and (tmp_path / "stress.png").is_file()
     ok = rows[rows["status"] == "ok"]
     assert (ok["plan_cm3"] > 0).all()
@@ -136,7 +138,12 @@ def test_cli(db, tmp_path):
                                  str(tmp_path / "o"), "--settings", "model", "--patients", "1",
                                  "--registration", "none"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "| model |" in r.output and "ensemble − std" in r.output
+    assert "| model |" in r.output and "refined ens. − std" in r.output
+    r = CliRunner().invoke(app, ["bench", "stress", "--db", str(db.path), "--out",
+                                 str(tmp_path / "q"), "--settings", "model", "--patients", "1",
+                                 "--registration", "none", "--no-refine"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "ensemble − std" in r.output and "refined" not in r.output
     r = CliRunner().invoke(app, ["bench", "stress", "--db", str(db.path), "--out",
                                  str(tmp_path / "p"), "--settings", "weather"])  # fmt: skip
     assert r.exit_code != 0 and "unknown weather" in r.output
@@ -167,11 +174,11 @@ def test_edema_proxy_plans_from_the_core_alone(db, tmp_path):
     row = table.iloc[0]
     assert row["status"] == "ok", row["status"]
     assert row["edema_cm3"] == pytest.approx((flair & ~core).sum() * atlas.voxel_volume_cm3)
-    for p in ("standard", "best", "ensemble"):
+    for p in ("standard", "best", "ensemble", "refined", "refined_ensemble"):
         assert 0 <= row[f"{p}_edema"] <= 1
     assert s["ok"] == 1 and (tmp_path / "o" / "proxy.csv").is_file()
     r = CliRunner().invoke(app, ["bench", "edema-proxy", "--real", str(tmp_path / "cases"),
                                  "--db", str(db.path), "--out", str(tmp_path / "o"),
                                  "--labels", "brats2021", "--registration", "none"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "| C1 |" in r.output and "edema hidden" in r.output
+    assert "| C1 |" in r.output and "edema hidden" in r.output and "refined" in r.output

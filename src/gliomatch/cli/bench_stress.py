@@ -150,20 +150,21 @@ def bench_edema_proxy_cmd(
         f"{s['n_db']:,}-tumor database; plans from the core alone (edema hidden), equal volume "
         f"(core + {margin:g} mm); coverage % of the FLAIR abnormality outside the core"
     )
-    typer.echo("| case | core cm3 | edema cm3 | plan cm3 | standard | best | ensemble |")
-    typer.echo("|---|---|---|---|---|---|---|")
+    from gliomatch.evaluation.plans import PLANS, REFINED_PLANS
+
+    plans = [p for p in (*PLANS, *REFINED_PLANS) if f"{p}_edema" in table]
+    typer.echo("| case | core cm3 | edema cm3 | plan cm3 | " + " | ".join(plans) + " |")
+    typer.echo("|" + "---|" * (4 + len(plans)))
     for _, r in table.iterrows():
         if r["status"] != "ok":
-            typer.echo(f"| {r['patient_id']} | {r['status']} | | | | | |")
+            typer.echo(f"| {r['patient_id']} | {r['status']} |" + " |" * (2 + len(plans)))
             continue
+        cells = " | ".join(f"{100 * r[f'{p}_edema']:.1f}" for p in plans)
         typer.echo(
             f"| {r['patient_id']} | {r['core_cm3']:.1f} | {r['edema_cm3']:.1f} | "
-            f"{r['plan_cm3']:.1f} | {100 * r['standard_edema']:.1f} | "
-            f"{100 * r['best_edema']:.1f} | {100 * r['ensemble_edema']:.1f} |"
+            f"{r['plan_cm3']:.1f} | {cells} |"
         )
     if s["ok"]:
-        typer.echo(
-            f"mean of {s['ok']}: standard {100 * s['standard_mean']:.1f}, best "
-            f"{100 * s['best_mean']:.1f}, ensemble {100 * s['ensemble_mean']:.1f} %"
-        )
+        means = ", ".join(f"{p} {100 * s[f'{p}_mean']:.1f}" for p in plans)
+        typer.echo(f"mean of {s['ok']}: {means} %")
     typer.echo(f"wrote {folder / 'proxy.csv'} and {folder / 'proxy.json'}")

@@ -3,10 +3,11 @@
 On a real case with both labels, the plans are made from the tumor core and the anatomy alone:
 the patient is given to :func:`personalize` with its whole-tumor mask replaced by the core (the
 edema hidden) and searched by Dice_T1Gd alone (weights 1, 0). Each plan — the standard CTV
-(core + 15 mm in the brain) and the personalized CTVs of the same volume from the best match and
-from the ensemble — is scored by how much of the hidden FLAIR abnormality outside the core it
-covers. The isotropic margin ignores anatomy; a growth model should know that tumor spreads
-along white matter and not across the falx or the ventricles.
+(core + 15 mm in the brain) and the personalized CTVs of the same volume from the best match,
+from the ensemble, and from their refinements in the patient's anatomy — is scored by how
+much of the hidden FLAIR abnormality outside the core it covers. The isotropic margin ignores
+anatomy; a growth model should know that tumor spreads along white matter and not across the
+falx or the ventricles.
 
 What this is not: edema is a proxy for infiltration, not proof of it (it is partly vasogenic
 fluid, and the infiltration that recurs may lie beyond it). A plan that covers more edema is
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
-from gliomatch.evaluation.plans import PLANS, paired_coverage, plan_coverage
+from gliomatch.evaluation.plans import PLANS, REFINED_PLANS, paired_coverage, plan_coverage
 from gliomatch.files import atomic_path, cache_key, cached_record, write_text_atomic
 from gliomatch.patient.cohort import input_digest, read_cohort
 from gliomatch.patient.inputs import load_patient
@@ -36,7 +37,7 @@ from gliomatch.search import get_strategy
 
 __all__ = ["edema_proxy", "edema_proxy_case"]
 
-PROXY_VERSION = 1
+PROXY_VERSION = 2  # +1: the refined plans
 
 
 def edema_proxy_case(inputs, db, *, registration="syn", margin_mm=MARGIN_MM, workdir=None):
@@ -102,8 +103,9 @@ def edema_proxy(source, db, out, *, labels="auto", registration="syn", margin_mm
         rec = cached_record(cache / f"{key}.json", compute)
         rows.append(rec)
         if log is not None and rec["status"] == "ok":
+            plans = [p for p in (*PLANS, *REFINED_PLANS) if f"{p}_edema" in rec]
             log(f"{rec['patient_id']}: edema covered by "
-                + ", ".join(f"{p} {100 * rec[f'{p}_edema']:.1f} %" for p in PLANS))  # fmt: skip
+                + ", ".join(f"{p} {100 * rec[f'{p}_edema']:.1f} %" for p in plans))  # fmt: skip
         elif log is not None:
             log(f"{rec['patient_id']}: {rec['status']}")
     table = pd.DataFrame.from_records(rows)

@@ -17,8 +17,10 @@ parameters are fitted to the patient's own masks:
   once the FLAIR volume exceeds twice the patient's). Same scheme, boundary conditions, seed
   and thresholds as the database (:func:`gliomatch.solver.simulate`).
 * **The optimizer.** scipy's Nelder–Mead over (seed x, y, z in mm, ln D_w/rho), initial
-  simplex steps ``SEED_STEP_MM`` and ``LOG_STEP``, at most ``EVALUATIONS`` simulations per start:
-  a fixed count, not a clock, so the same input gives the same answer on any machine.
+  simplex steps ``SEED_STEP_MM`` and ``LOG_STEP``: ``EVALUATIONS`` simulations on the working
+  grid coarsened ``COARSE_FACTOR`` times (``COARSE_STAGES`` stages each), then ``POLISH`` on the
+  working grid with half the steps, and the winner's stage chosen again among ``STAGES``. A
+  fixed count, not a clock, so the same input gives the same answer on any machine.
 * **Never worse.** A start whose fit scores below its atlas-only score keeps the atlas-only
   density (in-sample the refinement cannot lose; on held-out recurrences that is measured, not
   assumed: ``gliomatch bench stress``).
