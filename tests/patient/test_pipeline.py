@@ -590,11 +590,19 @@ def test_the_plan_the_benchmarks_support_is_stated(monkeypatch):
     e = evidence.plan_evidence(1000)
     assert e["supported_plan"] == "standard" and e["circular"]["n_db"] == 1000
     assert "-1.8 ± 1.0 points" in e["text"] and "+5.5 ± 0.4" in e["text"]
-    assert "no run yet with 1,000 tumors or fewer" in e["text"]
-    stress = ({"n_db": 5000, "diff": -3.0, "se": 1.0, "patients": 100, "date": "x"},
-              {"n_db": 50000, "diff": 0.4, "se": 0.5, "patients": 100, "date": "y"},
-              {"n_db": 80000, "diff": 9.0, "se": 4.0, "patients": 10, "date": "z"})  # fmt: skip
+    assert "no run of this CTV yet with 1,000 tumors or fewer" in e["text"]
+    assert e["personalized_plan"] == "refined" and "refined CTV" in e["text"]
+    stress = ({"plan": "refined", "n_db": 5000, "diff": -3.0, "se": 1.0, "patients": 100},
+              {"plan": "refined", "n_db": 50000, "diff": 0.4, "se": 0.5, "patients": 100},
+              {"plan": "ensemble", "n_db": 50000, "diff": -2.0, "se": 0.5, "patients": 100},
+              {"plan": "refined", "n_db": 80000, "diff": 9.0, "se": 4.0,
+               "patients": 10})  # fmt: skip
     monkeypatch.setattr(evidence, "STRESS", stress)
+    # each kind of CTV is judged by its own figure
+    assert evidence.plan_evidence(60_000, "ensemble")["supported_plan"] == "standard"
+    assert "no run of this CTV" in evidence.plan_evidence(60_000, "best")["text"]
+    with pytest.raises(ValueError, match="unknown plan kind"):
+        evidence.plan_evidence(60_000, "margin")
     assert evidence.plan_evidence(20_000)["supported_plan"] == "standard"  # the 5,000 figure
     assert "-3.0 ± 1.0 points" in evidence.plan_evidence(20_000)["text"]
     assert evidence.plan_evidence(60_000)["supported_plan"] == "personalized"

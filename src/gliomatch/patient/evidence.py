@@ -11,30 +11,44 @@ and every ``infer`` result states them (``matches.json``, the report, the CLI):
   registration, another grey/white ratio, imaging thresholds and noise, resection and cell
   kill before regrowth).
 
-The rule: the personalized (ensemble) CTV is supported for a database of ``n`` tumors only when
-a stress benchmark of at least ``MIN_PATIENTS`` patients, on a database of at most ``n``
-tumors, shows its mean coverage of the enhancing recurrence at least equal to the standard
-CTV's; otherwise the standard CTV is. A smaller run is stated, and decides nothing.
+The rule: the personalized CTV is supported for a database of ``n`` tumors only when a stress
+benchmark of at least ``MIN_PATIENTS`` patients, on a database of at most ``n`` tumors, shows
+the mean coverage of the enhancing recurrence by *that kind* of personalized CTV (``PLAN_KINDS``:
+the one ``infer`` made — refined best fit by default, refined ensemble with ``--ensemble``,
+atlas-only with ``--no-refine``) at least equal to the standard CTV's; otherwise the standard
+CTV is. A smaller run is stated, and decides nothing.
 A new figure enters here with the command that produced it (docs/results.md).
 """
 
 from __future__ import annotations
 
-__all__ = ["CIRCULAR", "MIN_PATIENTS", "STRESS", "plan_evidence"]
+__all__ = ["CIRCULAR", "MIN_PATIENTS", "PLAN_KINDS", "STRESS", "plan_evidence"]
+
+#: The kinds of personalized CTV, as the benchmarks name them.
+PLAN_KINDS = {
+    "best": "best-match CTV (atlas-only)",
+    "ensemble": "ensemble CTV (atlas-only)",
+    "refined": "refined CTV (best fit in the patient's anatomy)",
+    "refined_ensemble": "refined ensemble CTV",
+}
 
 #: Patients (every factor) a stress figure needs before it can decide the supported plan.
 MIN_PATIENTS = 100
 
-#: bench plans, 200 synthetic patients (docs/methods.md, "Synthetic plan benchmark").
+#: bench plans, 200 synthetic patients (docs/methods.md, "Synthetic plan benchmark"); the
+#: atlas-only ensemble CTV (no registration: nothing to refine).
 CIRCULAR = (
     {"n_db": 1_000, "diff": -1.8, "se": 1.0, "patients": 200, "date": "2026-11"},
     {"n_db": 5_000, "diff": 4.7, "se": 0.4, "patients": 200, "date": "2026-11"},
     {"n_db": 50_000, "diff": 5.5, "se": 0.4, "patients": 200, "date": "2026-11"},
 )
-#: bench stress, setting "all" (every factor); ensemble − standard, enhancing recurrence,
-#: points ± s.e., over the patients with an enhancing recurrence (docs/methods.md, "Outside
-#: the model's own world"). The first run is preliminary (fewer than MIN_PATIENTS).
-STRESS: tuple = ({"n_db": 5_000, "diff": 3.4, "se": 2.0, "patients": 8, "date": "2026-12-02"},)
+#: bench stress, setting "all" (every factor); a kind of personalized CTV − standard, enhancing
+#: recurrence, points ± s.e., over the patients with an enhancing recurrence (docs/methods.md,
+#: "Outside the model's own world"). Preliminary runs (fewer than MIN_PATIENTS) are stated.
+STRESS: tuple = (
+    {"plan": "ensemble", "n_db": 5_000, "diff": 3.4, "se": 2.0, "patients": 8,
+     "date": "2026-12-02"},
+)  # fmt: skip
 
 
 def _at_most(entries, n: int):
@@ -47,14 +61,18 @@ def _fmt(e) -> str:
     return f"{points} at {e['n_db']:,} tumors ({e['patients']} patients)"
 
 
-def plan_evidence(n_db: int) -> dict:
-    """The plan the benchmarks support for a database of ``n_db`` tumors, why, and the figures
-    (ensemble CTV − standard CTV, mean coverage of the enhancing recurrence)."""
-    circ, stress = _at_most(CIRCULAR, n_db), _at_most(STRESS, n_db)
+def plan_evidence(n_db: int, plan: str = "refined") -> dict:
+    """The plan the benchmarks support for a database of ``n_db`` tumors when the personalized
+    CTV is of kind ``plan`` (``PLAN_KINDS``), why, and the figures (that CTV − the standard
+    CTV, mean coverage of the enhancing recurrence)."""
+    if plan not in PLAN_KINDS:
+        raise ValueError(f"unknown plan kind {plan!r}; one of {', '.join(PLAN_KINDS)}")
+    circ = _at_most(CIRCULAR, n_db)
+    stress = _at_most([e for e in STRESS if e["plan"] == plan], n_db)
     decisive = stress is not None and stress["patients"] >= MIN_PATIENTS
     supported = "personalized" if decisive and stress["diff"] >= 0 else "standard"
     if stress is None:
-        why = f"no run yet with {n_db:,} tumors or fewer"
+        why = f"no run of this CTV yet with {n_db:,} tumors or fewer"
     else:
         why = _fmt(stress)
         if not decisive:
@@ -62,12 +80,14 @@ def plan_evidence(n_db: int) -> dict:
     own = [_fmt(e) for e in (circ, CIRCULAR[-1]) if e is not None]
     text = (
         f"Plan the benchmarks support for this {n_db:,}-tumor database: the {supported} CTV. "
-        "Ensemble CTV − standard CTV, coverage of the enhancing recurrence: outside the "
-        f"model's own world (bench stress, every factor): {why}; in the model's own world "
-        f"(bench plans, the best case): {'; '.join(dict.fromkeys(own))}."
+        f"Coverage of the enhancing recurrence, {PLAN_KINDS[plan]} − standard CTV: outside the "
+        f"model's own world (bench stress, every factor): {why}; ensemble CTV (atlas-only) − "
+        f"standard CTV in the model's own world (bench plans, the best case): "
+        f"{'; '.join(dict.fromkeys(own))}."
     )
     return {
         "supported_plan": supported,
+        "personalized_plan": plan,
         "text": text,
         "stress": stress,
         "circular": circ,
