@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -348,9 +349,14 @@ def test_infer_batch(db, patient, tmp_path):
     ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "b" / "summary.csv").is_file()
+    summary = pd.read_csv(tmp_path / "b" / "summary.csv")
+    assert summary["refined_score"][0] >= summary["refined_score_before"][0]
     r = runner.invoke(app, args)  # resumable: the finished patient is reused
     assert r.exit_code == 0 and "reused" in r.output
+    # another refinement setting is another result: not reused
+    r = runner.invoke(app, [*args, "--no-refine"])
+    assert r.exit_code == 0 and "reused" not in r.output
+    assert "refined_score" not in pd.read_csv(tmp_path / "b" / "summary.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("id,t1\nx,a.nii.gz\n")
     r = runner.invoke(

@@ -171,6 +171,9 @@ def infer_batch(
     labels: Annotated[
         str, typer.Option(help="Label convention of the BraTS folders' segmentations.")
     ] = "auto",
+    refine: Annotated[
+        bool, typer.Option(help="Refine each patient in its own anatomy (as `infer`).")
+    ] = True,
 ):
     """Run `infer` for every patient of a cohort (resumable) and write summary.csv; a failed
     row is recorded there and the others go on (exit code 1 if any failed)."""
@@ -182,8 +185,9 @@ def infer_batch(
     database = Database.open(db)
     prepared_strategy(database, strategy)  # a bad name fails now
     table = infer_cohort(
-        rows, database, out, k=k, strategy=strategy, registration=registration, log=typer.echo
-    )
+        rows, database, out, k=k, strategy=strategy, registration=registration, refine=refine,
+        log=typer.echo,
+    )  # fmt: skip
     typer.echo(table.to_string(index=False))
     typer.echo(f"summary: {out / 'summary.csv'}")
     if (table["status"] != "ok").any():

@@ -212,12 +212,14 @@ def infer_cohort(
     k: int = 15,
     strategy: str = "exact",
     registration: str = "syn",
+    refine: bool = True,
     log=None,
 ) -> pd.DataFrame:
     """Run ``infer`` for every row into ``out/<patient_id>`` and write ``out/summary.csv``.
 
     Resumable: a patient whose folder holds a result made from the same input files, database,
-    strategy, k and registration is not run again; any other result there is redone. Every
+    strategy, k, registration and refinement setting is not run again; any other result there
+    is redone. Every
     failure is recorded in its row (``status``) and the cohort goes on.
     """
 
@@ -247,6 +249,7 @@ def infer_cohort(
                 strategy=strategy,
                 k=k,
                 registration=registration,
+                refine=refine,
             )
             summary = _previous(pdir, key)
             if summary is not None:
@@ -255,7 +258,8 @@ def infer_cohort(
                 say(head)
                 inputs = load_patient(**row.patient_kwargs())
                 shutil.rmtree(pdir, ignore_errors=True)  # an earlier run's outputs
-                infer(inputs, db, pdir, k=k, strategy=strategy, registration=registration)
+                infer(inputs, db, pdir, k=k, strategy=strategy, registration=registration,
+                      refine=refine)  # fmt: skip
                 summary = json.loads((pdir / "matches.json").read_text())
                 summary["cache_key"] = key
                 write_json_atomic(pdir / "matches.json", summary)
@@ -269,6 +273,7 @@ def infer_cohort(
                 **best["seed_mm"],
                 **best["identifiable"],
                 registration_quality=summary["registration_quality"],
+                **_refined(summary.get("refinement")),
                 seconds=summary["timing"]["total_s"],
             )
         except (GliomatchError, OSError) as exc:
@@ -288,6 +293,13 @@ def infer_cohort(
     with atomic_path(out / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
     return table
+
+
+def _refined(r: dict | None) -> dict:
+    """The refinement's columns of ``summary.csv`` (none when it was off)."""
+    if not r:
+        return {}
+    return {"refined_score_before": r["score_before"], "refined_score": r["score_after"]}
 
 
 def _previous(pdir: Path, key: str) -> dict | None:
