@@ -5,12 +5,14 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nibabel.affines import apply_affine
 
 from gliomatch.errors import GliomatchError
 from gliomatch.patient.inputs import PatientInputs, load_patient
 from gliomatch.patient.pipeline import personalize
-from gliomatch.patient.refine import refine
+from gliomatch.patient.refine import dice_counts, dice_counts_reference, refine
 from gliomatch.patient.registration import identity
 from gliomatch.patient.tissue import patient_tissue, working_grid
 from gliomatch.solver import get_model
@@ -162,3 +164,15 @@ def test_patient_tissue_maps_are_checked(tmp_path):
         load_patient(t1=p["wm"], gm=p["gm"], seg=p["seg"])
     with pytest.raises(GliomatchError, match="not a probability map"):
         load_patient(wm=p["wm"], gm=p["bad"], seg=p["seg"], labels="brats2021")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([(0.2, 0.6), (0.1, 0.7), (0.3, 0.3)]))
+def test_fused_dice_counts_agree_with_the_numpy_reference(seed, levels):
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(1, 9, size=3))
+    u = rng.random(shape).astype(np.float32)
+    u[rng.random(shape) < 0.3] = levels[0]  # values exactly at a level count as inside
+    view = np.pad(u, 1)[1:-1, 1:-1, 1:-1]  # a strided view, as the solver hands it over
+    flair, t1gd = rng.random(shape) < 0.5, rng.random(shape) < 0.3
+    assert dice_counts(view, flair, t1gd, *levels) == dice_counts_reference(u, flair, t1gd, *levels)

@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import nibabel as nib
+import numba
 import numpy as np
 from scipy import ndimage, optimize
 
@@ -159,6 +160,34 @@ def _dice(pred_count: int, truth_count: int, inter: int) -> float:
     return 1.0 if total == 0 else 2.0 * inter / total
 
 
+@numba.njit(cache=True)
+def dice_counts(u, flair, t1gd, flair_level, t1gd_level):  # pragma: no cover (numba)
+    """``(|u >= F|, |u >= F & flair|, |u >= T|, |u >= T & t1gd|)`` in one pass over the grid
+    (``F``, ``T``: the two levels); :func:`dice_counts_reference` is the obviously correct
+    NumPy version, and a test checks they agree."""
+    nf = inf = nt = intt = 0
+    for i in range(u.shape[0]):
+        for j in range(u.shape[1]):
+            for k in range(u.shape[2]):
+                v = u[i, j, k]
+                if v >= flair_level:
+                    nf += 1
+                    if flair[i, j, k]:
+                        inf += 1
+                    if v >= t1gd_level:
+                        nt += 1
+                        if t1gd[i, j, k]:
+                            intt += 1
+    return nf, inf, nt, intt
+
+
+def dice_counts_reference(u, flair, t1gd, flair_level, t1gd_level):
+    """NumPy reference of :func:`dice_counts` (``t1gd_level >= flair_level``)."""
+    pf, pt = u >= flair_level, u >= t1gd_level
+    return (int(pf.sum()), int(np.count_nonzero(pf & flair)), int(pt.sum()),
+            int(np.count_nonzero(pt & t1gd)))  # fmt: skip
+
+
 class _Scorer:
     """Dice_T1Gd + Dice_FLAIR of densities against the patient's masks on the working grid."""
 
@@ -168,9 +197,8 @@ class _Scorer:
         self.w_t1gd, self.w_flair = weights
 
     def __call__(self, u: np.ndarray) -> tuple[float, float, float]:
-        pf, pt = u >= FLAIR_LEVEL, u >= T1GD_LEVEL
-        df = _dice(int(pf.sum()), self.nf, int(np.count_nonzero(pf & self.flair)))
-        dt = _dice(int(pt.sum()), self.nt, int(np.count_nonzero(pt & self.t1gd)))
+        pf, inter_f, pt, inter_t = dice_counts(u, self.flair, self.t1gd, FLAIR_LEVEL, T1GD_LEVEL)
+        df, dt = _dice(pf, self.nf, inter_f), _dice(pt, self.nt, inter_t)
         return dt, df, self.w_t1gd * dt + self.w_flair * df
 
 
