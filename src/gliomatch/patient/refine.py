@@ -118,6 +118,8 @@ class Refinement:
     after: list[Fit]
     weights: np.ndarray
     seconds: float
+    #: the fit's settings: starts, evaluations (coarse) and polish (working grid)
+    settings: dict = field(default_factory=dict)
 
     @property
     def best(self) -> Fit:
@@ -140,9 +142,11 @@ class Refinement:
         return {
             "method": (
                 f"Nelder–Mead over seed and ln(D_w/rho), best stage of each run, "
-                f"{len(self.after)} starts x <= {EVALUATIONS} simulations, on the patient's "
-                f"tissue ({self.tissue.source}) on a {self.tissue.spacing:g} mm working grid"
+                f"{len(self.after)} starts x ({self.settings.get('evaluations')} simulations "
+                f"at {COARSE_FACTOR * self.tissue.spacing:g} mm + {self.settings.get('polish')} "
+                f"at {self.tissue.spacing:g} mm), on the patient's tissue ({self.tissue.source})"
             ),
+            "settings": self.settings,
             "tissue": self.tissue.summary(),
             "score_before": float(best_before.score),
             "score_after": float(self.best.score),
@@ -304,7 +308,8 @@ def refine(
         fit = _refined(fine, coarse, start, evaluations, polish)
         after.append(fit if fit is not None and fit.score > start.score else start)
     w = posterior_weights(np.array([f.score for f in after]), TEMPERATURE)
-    return Refinement(tissue, before, after, w, time.perf_counter() - t0)
+    settings = {"starts": starts, "evaluations": evaluations, "polish": polish}
+    return Refinement(tissue, before, after, w, time.perf_counter() - t0, settings)
 
 
 def _refined(fine: _Level, coarse: _Level, start: Fit, evaluations: int, polish: int) -> Fit | None:
