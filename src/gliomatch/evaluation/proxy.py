@@ -33,6 +33,7 @@ from gliomatch.patient.cohort import input_digest, read_cohort
 from gliomatch.patient.inputs import load_patient
 from gliomatch.patient.pipeline import personalize
 from gliomatch.patient.plans import MARGIN_MM
+from gliomatch.patient.refine import cache_tag
 from gliomatch.search import get_strategy
 
 __all__ = ["edema_proxy", "edema_proxy_case"]
@@ -84,7 +85,8 @@ def edema_proxy(source, db, out, *, labels="auto", registration="syn", margin_mm
             rows.append({**rec, "status": f"failed: {row.error}"})
             continue
         key = cache_key(version=PROXY_VERSION, db=db.fingerprint, files=input_digest(row),
-                        registration=registration, margin=margin_mm)  # fmt: skip
+                        registration=registration, margin=margin_mm,
+                        refine=cache_tag(True))  # fmt: skip
 
         def compute(rec=rec, row=row):
             t = time.perf_counter()

@@ -34,6 +34,7 @@ from gliomatch.files import (
 from gliomatch.patient.layouts import RecurrenceCase, load_recurrence_case
 from gliomatch.patient.pipeline import personalize
 from gliomatch.patient.plans import MARGIN_MM
+from gliomatch.patient.refine import cache_tag
 from gliomatch.progress import report
 from gliomatch.search import get_strategy
 
@@ -111,7 +112,7 @@ def evaluate_recurrence_cohort(
         key = cache_key(
             version=RECURRENCE_VERSION, db=db.fingerprint, files=_digest(case),
             problem=case.problem, layout=case.layout, registration=registration,
-            margin=margin_mm, strategy=strategy,
+            margin=margin_mm, strategy=strategy, refine=cache_tag(True),
         )  # fmt: skip
         row = cached_record(
             cache / f"{key}.json", lambda c=case: _one(c, db, registration, margin_mm, strategy)

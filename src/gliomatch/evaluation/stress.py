@@ -69,6 +69,7 @@ from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
 from gliomatch.patient.inputs import PatientInputs
 from gliomatch.patient.pipeline import personalize
 from gliomatch.patient.plans import MARGIN_MM
+from gliomatch.patient.refine import cache_tag
 from gliomatch.progress import report
 from gliomatch.search import get_strategy
 from gliomatch.solver import get_model
@@ -414,7 +415,7 @@ def bench_stress(
             key = cache_key(
                 version=STRESS_VERSION, db=db.fingerprint, setting=setting, j=j, seed=seed,
                 prior=prior, config=cfg.to_dict(), registration=registration, margin=margin_mm,
-                max_cm3=max_cm3, refine=refine,
+                max_cm3=max_cm3, refine=cache_tag(refine),
             )  # fmt: skip
             rec = cached_record(
                 cache / f"{setting}-{j:04d}-{key}.json",

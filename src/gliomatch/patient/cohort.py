@@ -42,6 +42,7 @@ from gliomatch.files import (
 )
 from gliomatch.patient.inputs import load_patient
 from gliomatch.patient.pipeline import infer
+from gliomatch.patient.refine import cache_tag
 
 __all__ = ["CohortRow", "brats_case", "infer_cohort", "input_digest", "load_case", "read_cohort"]
 
@@ -249,7 +250,7 @@ def infer_cohort(
                 strategy=strategy,
                 k=k,
                 registration=registration,
-                refine=refine,
+                refine=cache_tag(refine),
             )
             summary = _previous(pdir, key)
             if summary is not None:

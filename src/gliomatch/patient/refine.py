@@ -49,12 +49,17 @@ from gliomatch.patient.tissue import WORKING_MM, PatientTissue, on_working, pati
 
 __all__ = [
     "EVALUATIONS",
+    "VERSION",
     "STARTS",
     "Fit",
     "Refinement",
+    "cache_tag",
     "refine",
 ]
 
+#: Bump when a change alters refined results: the benchmarks' and cohorts' caches are keyed by
+#: it (:func:`cache_tag`), so a result of another refinement is never reused.
+VERSION = 1
 #: Matches refined (distinct trajectories of the top of the search).
 STARTS = 3
 #: Simulations per start (Nelder–Mead function evaluations).
@@ -157,6 +162,12 @@ class Refinement:
             "ensemble_weighting": f"w_i ∝ exp((s_i - s_1) / {TEMPERATURE:g})",
             "seconds": float(self.seconds),
         }
+
+
+def cache_tag(refine: bool) -> int:
+    """What a cached result made with or without the refinement depends on: 0 without it,
+    else the refinement's ``VERSION``."""
+    return VERSION if refine else 0
 
 
 def _dice(pred_count: int, truth_count: int, inter: int) -> float:
