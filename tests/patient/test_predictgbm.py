@@ -61,6 +61,15 @@ def test_predict_gbm_writes_the_density_on_the_input_grid(db, tmp_path):
     # the hidden tumor is database tumor 5: found, and its density lands on the input's tumor
     assert dice(u >= 0.2, seg > 0) > 0.7
     assert (u > 0).sum() > (seg > 0).sum()  # continuous, beyond the visible tumor
+    # refined on the patient's own gm/wm/csf maps, which PREDICT-GBM gives
+    assert "refined on the given tissue" in r.output
+    r = runner.invoke(
+        app, ["predict-gbm", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "raw"),
+              "--db", str(db.path), "--no-refine"],
+    )  # fmt: skip
+    assert r.exit_code == 0 and "refined" not in r.output
+    raw = np.asarray(nib.load(tmp_path / "raw" / "00000.nii.gz").dataobj)
+    assert raw.shape == shape and not np.array_equal(raw, u)
 
 
 def test_predict_gbm_bad_folders(db, tmp_path):

@@ -168,7 +168,8 @@ def run_predict_gbm(
             fit = ""
             if res.refinement is not None:
                 r = res.parameters["refinement"]
-                fit = f", refined {r['score_before']:.3f} -> {r['score_after']:.3f}"
+                fit = (f", refined on the {r['tissue']['source']} tissue {r['score_before']:.3f} "
+                       f"-> {r['score_after']:.3f}")  # fmt: skip
             log(f"{pat.pid}: best match {res.matches[0]['id']} (score "
                 f"{res.matches[0]['score']:.3f}{fit}) -> {target}")  # fmt: skip
     return written
