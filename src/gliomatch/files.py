@@ -119,10 +119,9 @@ def write_json_atomic(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False))
 
 
-def cached_record(path: Path, compute) -> dict:
-    """The JSON record cached at ``path``, else ``compute()``'s, written there atomically (a
-    resumable benchmark's per-patient cache). A cached file that does not parse (edited or
-    damaged by hand) is computed again, not trusted and not a traceback."""
+def read_cached(path: Path) -> dict | None:
+    """The JSON record cached at ``path``, or None when there is none or it does not parse
+    (edited or damaged by hand: not trusted, not a traceback)."""
     path = Path(path)
     if path.is_file():
         try:
@@ -131,6 +130,15 @@ def cached_record(path: Path, compute) -> dict:
                 return rec
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             pass
+    return None
+
+
+def cached_record(path: Path, compute) -> dict:
+    """The JSON record cached at ``path`` (:func:`read_cached`), else ``compute()``'s, written
+    there atomically (a resumable benchmark's per-patient cache)."""
+    rec = read_cached(path)
+    if rec is not None:
+        return rec
     rec = compute()
     write_text_atomic(path, json.dumps(rec))
     return rec

@@ -45,6 +45,13 @@ def bench_stress_cmd(
             "refined ensemble)."
         ),
     ] = True,
+    cached_only: Annotated[
+        bool,
+        typer.Option(
+            help="Summarize the patients already computed in --out (a run in progress or "
+            "interrupted) without computing more."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="No line per patient.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
@@ -65,7 +72,8 @@ def bench_stress_cmd(
     with progress_bar(not json_out and quiet) as bar:
         res = bench_stress(
             database, folder, settings=chosen, patients=patients, combined=combined, seed=seed,
-            registration=registration, margin_mm=margin, refine=refine, progress=bar, log=log,
+            registration=registration, margin_mm=margin, refine=refine, cached_only=cached_only,
+            progress=bar, log=log,
         )  # fmt: skip
     if json_out:
         typer.echo(as_json(res))
@@ -86,7 +94,13 @@ def stress_table(res: dict) -> str:
     names = {"refined_ensemble": "refined ens."}
     head = " | ".join(names.get(p, p) for p in plans)
     diffs = " | ".join(f"{names.get(p, p)} − std" for p in plans[1:])
+    partial = res.get("partial")
     lines = [
+        *(
+            [f"PARTIAL: fewer patients than asked in {', '.join(partial)} (--cached-only)"]
+            if partial
+            else []
+        ),  # fmt: skip
         f"{res['n_db']:,}-tumor database; patients through `personalize` "
         f"(registration {res['registration']}); plans of equal volume (core + "
         f"{res['margin_mm']:g} mm); mean recurrence coverage % over patients with that "

@@ -64,7 +64,13 @@ from scipy import ndimage
 from gliomatch.database.trajectories import iter_held_out
 from gliomatch.errors import GliomatchError, check_count
 from gliomatch.evaluation.plans import PLANS, REFINED_PLANS, paired_coverage, plan_coverage
-from gliomatch.files import atomic_path, cache_key, cached_record, write_text_atomic
+from gliomatch.files import (
+    atomic_path,
+    cache_key,
+    cached_record,
+    read_cached,
+    write_text_atomic,
+)
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
 from gliomatch.patient.inputs import PatientInputs
 from gliomatch.patient.pipeline import personalize
@@ -373,6 +379,7 @@ def bench_stress(
     registration: str = "syn",
     margin_mm: float = MARGIN_MM,
     refine: bool = True,
+    cached_only: bool = False,
     config: StressConfig | None = None,
     progress=None,
     log=None,
@@ -381,7 +388,9 @@ def bench_stress(
     ``all``), through :func:`personalize`; write ``rows.csv``, ``summary.json`` and
     ``stress.png`` into ``out`` and return the summary. Resumable (per-patient cache).
     ``refine``: score the refinement's plans (best fit and refined ensemble) beside the
-    atlas-only ones."""
+    atlas-only ones. ``cached_only``: summarize the patients already computed (a run in
+    progress or interrupted), each setting up to its first patient not yet computed; nothing
+    new is computed, and the summary says ``partial``."""
     check_count(patients, "patients")
     check_count(combined, "combined")
     settings = list(dict.fromkeys(settings))
@@ -399,7 +408,7 @@ def bench_stress(
     prior_rows: list[dict] = []
     max_cm3 = db.build_config.size_filter.flair_max_cm3
     total, done = sum(need.values()), 0
-    records = []
+    records, short = [], []  # short: settings with fewer patients than asked (cached_only)
     for setting in settings:
         counted, j = 0, 0
         while counted < need[setting]:
@@ -417,12 +426,18 @@ def bench_stress(
                 prior=prior, config=cfg.to_dict(), registration=registration, margin=margin_mm,
                 max_cm3=max_cm3, refine=cache_tag(refine),
             )  # fmt: skip
-            rec = cached_record(
-                cache / f"{setting}-{j:04d}-{key}.json",
-                lambda p=prior, s=setting, i=j: _run_patient(
-                    db, atlas, p, i, s, seed, cfg, registration, margin_mm, max_cm3, refine
-                ),
-            )
+            path = cache / f"{setting}-{j:04d}-{key}.json"
+            if cached_only:
+                rec = read_cached(path)
+                if rec is None:
+                    break  # not computed yet: the setting is summarized as far as it got
+            else:
+                rec = cached_record(
+                    path,
+                    lambda p=prior, s=setting, i=j: _run_patient(
+                        db, atlas, p, i, s, seed, cfg, registration, margin_mm, max_cm3, refine
+                    ),
+                )
             records.append(rec)
             j += 1
             if not rec["status"].startswith("skipped"):
@@ -431,6 +446,8 @@ def bench_stress(
                 report(progress, done, total, f"stress: {setting}")
             if log is not None:
                 log(_line(rec))
+        if counted < need[setting]:
+            short.append(setting)
     table = pd.DataFrame.from_records(records)
     summary = summarize_stress(table)
     summary.update(
@@ -440,6 +457,7 @@ def bench_stress(
             "registration": registration,
             "margin_mm": margin_mm,
             "refine": refine,
+            "partial": sorted(short),
             "seed": seed,
             "config": cfg.to_dict(),
             "grid": f"the atlas grid, {atlas.shape[0]}^3 at {atlas.spacing:.2f} mm",
