@@ -197,6 +197,10 @@ def test_7_rerank_in_index_evaluate_and_bench(base_db, tmp_path):
         "bench", "search", "--db", base_db.path, "--strategies", "ds32+rr4", "--queries", 2
     )
     assert code == 0, output
+    # the exact search says where its time goes
+    code, output = run("bench", "search", "--db", base_db.path, "--strategies", "exact",
+                       "--queries", 2)  # fmt: skip
+    assert code == 0 and "median per stage (ms): pack" in output and "verified" in output, output
 
 
 # ------------------------------------------------------------- 8. filesystem errors

@@ -280,3 +280,27 @@ def test_searching_never_builds_an_index(make_db):
     assert (db.path / "manifest.json").read_bytes() == before
     s = get_strategy("exact", db).ensure_ready()
     assert s.search_one(q, 2)[1][0] == 0 and (db.path / "index" / "exact").is_dir()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.0, 0.6))
+def test_the_fast_parts_of_exact_search_equal_their_references(seed, fill):
+    """The query's box (one numba pass), its blocks packed inside that box, and the fused
+    score bounds equal the NumPy forms they replace."""
+    from gliomatch.masks import mask_bbox
+    from gliomatch.search.blocks import mask_box, query_blocks
+    from gliomatch.search.engine import BlockIndex
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in rng.integers(1, 20, size=3))
+    f = rng.random(shape) < fill * rng.random()
+    t = rng.random(shape) < 0.5
+    assert mask_box(f).tolist() == mask_bbox(f).tolist()
+    boxed, full = query_blocks(f, t, mask_box(f)), query_blocks(f, t)
+    assert all(np.array_equal(a, b) for a, b in zip(boxed, full, strict=True))
+    masks = [(rng.random(shape) < rng.random() * 0.5, rng.random(shape) < 0.5) for _ in range(9)]
+    index = BlockIndex.from_masks(masks, shape)
+    qf, qt, box = int(f.sum()), int((t & f).sum()), mask_bbox(f)
+    w = (float(rng.random() * 2), float(rng.random() * 2))
+    fast, ref = index.upper_bounds(qf, qt, box, *w), index.upper_bounds_reference(qf, qt, box, *w)
+    np.testing.assert_allclose(fast, ref, rtol=1e-12)

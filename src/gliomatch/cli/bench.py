@@ -215,6 +215,12 @@ def bench_search_cmd(
         )
         if r.get("index_build_s"):
             typer.echo(f"{'':>10} index built in {r['index_build_s']:.1f} s")
+        if "stages_ms" in r:
+            split = ", ".join(f"{st} {ms:.2f}" for st, ms in r["stages_ms"].items())
+            typer.echo(
+                f"{'':>10} median per stage (ms): {split}; {r['verified_median']:.0f} tumors "
+                "verified"
+            )
         if "scaled_to" in r:
             sp = r.get("scaled_speedup_vs_loop")
             typer.echo(

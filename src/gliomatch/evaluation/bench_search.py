@@ -12,7 +12,7 @@ from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
 from gliomatch.masks import downsample, masks_from_codes
 from gliomatch.search import Query, get_strategy
-from gliomatch.search.engine import BlockIndex
+from gliomatch.search.engine import STAGES, BlockIndex
 
 __all__ = ["bench_search"]
 
@@ -112,12 +112,14 @@ def bench_search(
         strat.ensure_ready()
         build_s = time.perf_counter() - tb
         strat.search_one(qs[0], k)  # warm-up: numba compilation or cache load is not latency
-        lat, ranks = [], []
+        lat, ranks, stages = [], [], []
         equal_to_loop = None
         for q, gt, f in zip(qs, truth, full, strict=True):
             ts = time.perf_counter()
             scores, ids = strat.search_one(q, k)
             lat.append(time.perf_counter() - ts)
+            if getattr(strat, "last_stats", None):  # a block index's per-stage times
+                stages.append(dict(strat.last_stats))
             if name == "loop" and "ids" not in opts:
                 equal_to_loop = bool(np.array_equal(ids, gt)) and (equal_to_loop is not False)
             best = ids[0] if name != "loop" or "ids" not in opts else gt[0]
@@ -147,6 +149,11 @@ def bench_search(
             "peak_rss_bytes": _peak_rss_bytes(),
             "note": note,
         }
+        if stages:  # where a block index's time goes: median per stage, candidates verified
+            row["stages_ms"] = {
+                st: 1000 * float(np.median([x[f"{st}_s"] for x in stages])) for st in STAGES
+            }
+            row["verified_median"] = float(np.median([x["verified"] for x in stages]))
         if equal_to_loop is not None:
             row["exact_equals_loop"] = equal_to_loop
         if scale and strat.needs_index and scale > n:

@@ -17,7 +17,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["BLOCK", "block_grid", "encode_blocks", "query_blocks", "intersections"]
+__all__ = [
+    "BLOCK",
+    "block_grid",
+    "bound_scores",
+    "encode_blocks",
+    "intersections",
+    "mask_box",
+    "query_blocks",
+]
 
 BLOCK = 8
 FULL = BLOCK**3  # 512 voxels
@@ -29,17 +37,18 @@ def block_grid(shape) -> tuple[int, int, int]:
 
 
 @numba.njit(cache=True)
-def _pack(flair, t1gd, nb):
-    """Per-block counts and bit words of two boolean masks (dense, all blocks)."""
+def _pack(flair, t1gd, nb, box):
+    """Per-block counts and bit words of two boolean masks (dense, all blocks), visiting only
+    the voxels of ``box`` (``i0, j0, k0, i1, j1, k1``, half-open: FLAIR's bounding box, or the
+    whole grid). T1Gd counts only inside FLAIR."""
     nblk = nb[0] * nb[1] * nb[2]
     cf = np.zeros(nblk, np.int32)
     ct = np.zeros(nblk, np.int32)
     bf = np.zeros((nblk, WORDS), np.uint64)
     bt = np.zeros((nblk, WORDS), np.uint64)
-    s0, s1, s2 = flair.shape
-    for i in range(s0):
-        for j in range(s1):
-            for k in range(s2):
+    for i in range(box[0], box[3]):
+        for j in range(box[1], box[4]):
+            for k in range(box[2], box[5]):
                 if flair[i, j, k]:
                     b = ((i // BLOCK) * nb[1] + j // BLOCK) * nb[2] + k // BLOCK
                     bit = ((i % BLOCK) * BLOCK + j % BLOCK) * BLOCK + k % BLOCK
@@ -52,10 +61,15 @@ def _pack(flair, t1gd, nb):
     return cf, ct, bf, bt
 
 
-def query_blocks(flair: np.ndarray, t1gd: np.ndarray):
-    """Dense per-block counts and bits of a query (all blocks; T1Gd taken inside FLAIR)."""
+def query_blocks(flair: np.ndarray, t1gd: np.ndarray, box=None):
+    """Dense per-block counts and bits of a query (all blocks; T1Gd taken inside FLAIR).
+    ``box``: FLAIR's bounding box when known (only its voxels are visited; the whole grid
+    otherwise, which gives the same result)."""
     nb = np.asarray(block_grid(flair.shape), dtype=np.int64)
-    return _pack(np.ascontiguousarray(flair), np.ascontiguousarray(t1gd & flair), nb)
+    if box is None:
+        box = np.array([0, 0, 0, *flair.shape], dtype=np.int64)
+    box = np.asarray(box, dtype=np.int64)
+    return _pack(np.ascontiguousarray(flair), np.ascontiguousarray(t1gd), nb, box)
 
 
 def encode_blocks(flair: np.ndarray, t1gd: np.ndarray):
@@ -118,3 +132,58 @@ def intersections(ids, ptr, blk, cf, ct, bptr, bits_f, bits_t, qcf, qct, qbf, qb
                 st += _popand(bits_t, qbt, bptr[p], b)
         out_f[n] = sf
         out_t[n] = st
+
+
+@numba.njit(cache=True)
+def mask_box(mask):  # pragma: no cover (numba)
+    """Half-open bounding box ``(i0, j0, k0, i1, j1, k1)`` of a 3-D mask in one pass (zeros
+    when empty): :func:`gliomatch.masks.mask_bbox`, which a test checks it equals."""
+    s0, s1, s2 = mask.shape
+    lo = np.array([s0, s1, s2], np.int64)
+    hi = np.zeros(3, np.int64)
+    for i in range(s0):
+        for j in range(s1):
+            first = -1
+            for k in range(s2):
+                if mask[i, j, k]:
+                    first = k
+                    break
+            if first < 0:
+                continue  # an empty row
+            last = first
+            for k in range(s2 - 1, first, -1):
+                if mask[i, j, k]:
+                    last = k
+                    break
+            lo[0] = min(lo[0], i)
+            hi[0] = max(hi[0], i + 1)
+            lo[1] = min(lo[1], j)
+            hi[1] = max(hi[1], j + 1)
+            lo[2] = min(lo[2], first)
+            hi[2] = max(hi[2], last + 1)
+    out = np.zeros(6, np.int64)
+    if hi[0] > 0:
+        out[:3] = lo
+        out[3:] = hi
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def bound_scores(bbox, nf, nt, qbox, qf, qt, w_t1gd, w_flair, out):  # pragma: no cover
+    """Upper bounds of every tumor's score from counts and boxes alone (the branch-and-bound
+    bound of :mod:`gliomatch.search.engine`, fused in one pass; its NumPy form is
+    ``BlockIndex.upper_bounds_reference``): ``|A & B| <= min(|A|, |B|, |box_A & box_B|)``."""
+    for n in numba.prange(nf.shape[0]):
+        overlap = 1
+        for a in range(3):
+            lo = max(bbox[n, a], qbox[a])
+            hi = min(bbox[n, a + 3], qbox[a + 3])
+            overlap *= max(hi - lo, 0)
+        f, t = nf[n], nt[n]
+        ub_f = min(min(f, qf), overlap)
+        ub_t = min(min(t, qt), overlap)
+        den_f = f + qf
+        den_t = t + qt
+        d_f = 1.0 if den_f == 0 else 2.0 * ub_f / den_f
+        d_t = 1.0 if den_t == 0 else 2.0 * ub_t / den_t
+        out[n] = w_t1gd * d_t + w_flair * d_f

@@ -5,11 +5,16 @@ FLAIR/T1Gd voxel counts and the bounding box of its FLAIR mask. For a query:
 
 1. an upper bound of every tumor's score comes from counts and boxes alone:
    ``|A & B| <= min(|A|, |B|, |box_A & box_B|)`` (T1Gd lies inside FLAIR, so inside its box),
-   and Dice is increasing in the intersection;
-2. tumors are visited in decreasing bound; their exact intersections are computed with the
-   block kernel, in growing batches;
-3. the search stops when the next bound is *below* the k-th best exact score (a bound equal to
-   it could still tie with a smaller id, so it is visited).
+   and Dice is increasing in the intersection (one fused pass, :func:`~gliomatch.search.
+   blocks.bound_scores`; the NumPy form is :meth:`BlockIndex.upper_bounds_reference`);
+2. the ``max(64, 4k)`` tumors of highest bound (a partial selection, not a sort of all of
+   them) are verified: their exact intersections come from the block kernel. Their k-th best
+   score is a threshold: only tumors whose bound reaches it can still enter the top k;
+3. those are visited in decreasing bound, in growing batches, and the search stops when the
+   next bound is *below* the k-th best exact score (a bound equal to it could still tie with
+   a smaller id, so it is visited).
+
+The query is packed once (its blocks' counts and bits), visiting only its FLAIR box.
 
 The result is exactly the top-k of an exhaustive scan (the tests compare with ``loop``).
 """
@@ -17,6 +22,7 @@ The result is exactly the top-k of an exhaustive scan (the tests compare with ``
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,24 +32,38 @@ from pathlib import Path
 import numpy as np
 
 from gliomatch.masks import dice_scores, mask_bbox
-from gliomatch.search.blocks import encode_blocks, intersections, query_blocks
+from gliomatch.search.blocks import (
+    bound_scores,
+    encode_blocks,
+    intersections,
+    mask_box,
+    query_blocks,
+)
 
-__all__ = ["BlockIndex", "PackedQuery", "dice_scores"]
+__all__ = ["STAGES", "BlockIndex", "PackedQuery", "dice_scores"]
+
+#: The stages of one exact search, timed into ``stats`` (``<stage>_s``): packing the query,
+#: every tumor's bound, the partial selection of the first candidates, their verification and
+#: the rest's.
+STAGES = ("pack", "bounds", "select", "verify")
 
 
 @dataclass(frozen=True)
 class PackedQuery:
-    """A query's dense block counts/bits and voxel counts (T1Gd taken inside FLAIR), made
-    once per query and reused for every batch of candidates."""
+    """A query's dense block counts/bits, voxel counts (T1Gd taken inside FLAIR) and FLAIR
+    box, made once per query and reused for every batch of candidates."""
 
     blocks: tuple
     nf: int
     nt: int
+    box: np.ndarray
 
     @classmethod
     def pack(cls, flair: np.ndarray, t1gd: np.ndarray) -> PackedQuery:
-        t1gd = t1gd & flair
-        return cls(query_blocks(flair, t1gd), int(flair.sum()), int(t1gd.sum()))
+        flair = np.ascontiguousarray(flair, dtype=bool)
+        box = mask_box(flair)
+        blocks = query_blocks(flair, np.ascontiguousarray(t1gd, dtype=bool), box)
+        return cls(blocks, int(blocks[0].sum()), int(blocks[1].sum()), box.astype(np.int32))
 
 
 class BlockIndex:
@@ -123,7 +143,19 @@ class BlockIndex:
     def upper_bounds(
         self, qf: int, qt: int, qbox: np.ndarray, w_t1gd: float, w_flair: float, part=None
     ):
-        """Score bounds of every tumor (of ids ``part[0]:part[1]`` only, when given)."""
+        """Score bounds of every tumor (of ids ``part[0]:part[1]`` only, when given), in one
+        fused pass (:func:`~gliomatch.search.blocks.bound_scores`)."""
+        sl = slice(None) if part is None else slice(*part)
+        box, nf, nt = (np.asarray(self.a[k][sl]) for k in ("bbox", "nf", "nt"))
+        out = np.empty(len(nf), np.float64)
+        qbox = np.asarray(qbox, dtype=np.int32)
+        bound_scores(box, nf, nt, qbox, int(qf), int(qt), float(w_t1gd), float(w_flair), out)
+        return out
+
+    def upper_bounds_reference(
+        self, qf: int, qt: int, qbox: np.ndarray, w_t1gd: float, w_flair: float, part=None
+    ):
+        """The NumPy form of :meth:`upper_bounds` (obviously correct; the tests compare)."""
         sl = slice(None) if part is None else slice(*part)
         box = np.asarray(self.a["bbox"][sl])
         lo = np.maximum(box[:, :3], qbox[:3])
@@ -174,25 +206,50 @@ class BlockIndex:
     ):
         """Exact top-k ``(scores, ids)`` by branch and bound; over the tumors with ids in
         ``part[0]:part[1]`` only, when given (one worker's share of a sharded search)."""
+        clock = [time.perf_counter()]  # stage boundaries, for ``stats``
         lo, hi = (0, self.n) if part is None else (max(0, part[0]), min(self.n, part[1]))
         q = PackedQuery.pack(flair, t1gd)
-        ub = self.upper_bounds(q.nf, q.nt, mask_bbox(flair), w_t1gd, w_flair, part=(lo, hi))
-        perm = np.lexsort((np.arange(hi - lo), -ub))
-        order, ub_sorted = lo + perm, ub[perm]
+        clock.append(time.perf_counter())
+        ub = self.upper_bounds(q.nf, q.nt, q.box, w_t1gd, w_flair, part=(lo, hi))
+        clock.append(time.perf_counter())
+        n = hi - lo
         best_s = np.zeros(0)
         best_i = np.zeros(0, dtype=np.int64)
-        pos, batch = 0, max(64, 4 * k)
-        while pos < len(order):
-            if len(best_i) == k and ub_sorted[pos] < best_s[-1]:
-                break
-            ids = order[pos : pos + batch]
+
+        def verify(local):
+            nonlocal best_s, best_i
+            ids = lo + local
             s = self.scores(ids, q, w_t1gd, w_flair)[0]
             all_s = np.concatenate([best_s, s])
             all_i = np.concatenate([best_i, ids])
             keep = np.lexsort((all_i, -all_s))[:k]
             best_s, best_i = all_s[keep], all_i[keep]
-            pos += len(ids)
-            batch *= 2
+
+        # 1. the first candidates: the highest bounds, by partial selection
+        first = min(n, max(64, 4 * k))
+        top = np.argpartition(-ub, first - 1)[:first] if first < n else np.arange(n)
+        clock.append(time.perf_counter())
+        verify(top)
+        visited = first
+        # 2. the rest that can still enter the top k, in decreasing bound
+        if first < n:
+            rest = np.ones(n, bool)
+            rest[top] = False
+            if len(best_i) == k:
+                rest &= ub >= best_s[-1]
+            cand = np.flatnonzero(rest)
+            cand = cand[np.lexsort((cand, -ub[cand]))]
+            pos, batch = 0, 2 * first
+            while pos < len(cand):
+                if len(best_i) == k and ub[cand[pos]] < best_s[-1]:
+                    break
+                verify(cand[pos : pos + batch])
+                pos += min(batch, len(cand) - pos)
+                batch *= 2
+            visited += pos
+        clock.append(time.perf_counter())
         if stats is not None:
-            stats["verified"] = pos
+            stats["verified"] = visited
+            for name, a, b in zip(STAGES, clock[:-1], clock[1:], strict=True):
+                stats[f"{name}_s"] = b - a
         return best_s, best_i
