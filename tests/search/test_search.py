@@ -289,7 +289,7 @@ def test_the_fast_parts_of_exact_search_equal_their_references(seed, fill):
     score bounds equal the NumPy forms they replace."""
     from gliomatch.masks import mask_bbox
     from gliomatch.search.blocks import mask_box, query_blocks
-    from gliomatch.search.engine import BlockIndex
+    from gliomatch.search.engine import BlockIndex, PackedQuery
 
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in rng.integers(1, 20, size=3))
@@ -300,7 +300,9 @@ def test_the_fast_parts_of_exact_search_equal_their_references(seed, fill):
     assert all(np.array_equal(a, b) for a, b in zip(boxed, full, strict=True))
     masks = [(rng.random(shape) < rng.random() * 0.5, rng.random(shape) < 0.5) for _ in range(9)]
     index = BlockIndex.from_masks(masks, shape)
-    qf, qt, box = int(f.sum()), int((t & f).sum()), mask_bbox(f)
     w = (float(rng.random() * 2), float(rng.random() * 2))
-    fast, ref = index.upper_bounds(qf, qt, box, *w), index.upper_bounds_reference(qf, qt, box, *w)
-    np.testing.assert_allclose(fast, ref, rtol=1e-12)
+    fast = index.upper_bounds(PackedQuery.pack(f, t), *w)
+    np.testing.assert_allclose(fast, index.upper_bounds_reference(f, t, *w), rtol=1e-12)
+    # a bound: never below the exact score
+    exact = index.scores(np.arange(len(masks)), PackedQuery.pack(f, t), *w)[0]
+    assert np.all(fast >= exact - 1e-12)

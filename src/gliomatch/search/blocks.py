@@ -21,6 +21,7 @@ __all__ = [
     "BLOCK",
     "block_grid",
     "bound_scores",
+    "box_sums",
     "encode_blocks",
     "intersections",
     "mask_box",
@@ -168,20 +169,47 @@ def mask_box(mask):  # pragma: no cover (numba)
     return out
 
 
+def box_sums(mask: np.ndarray, box) -> np.ndarray:
+    """Summed-volume table of ``mask`` inside ``box`` (half-open ``i0, j0, k0, i1, j1, k1``):
+    ``S[a, b, c]`` = the set voxels of ``mask[i0:i0+a, j0:j0+b, k0:k0+c]``, so any sub-box's
+    count is 8 lookups (:func:`bound_scores`)."""
+    i0, j0, k0, i1, j1, k1 = (int(v) for v in box)
+    out = np.zeros((i1 - i0 + 1, j1 - j0 + 1, k1 - k0 + 1), np.int32)
+    crop = np.asarray(mask[i0:i1, j0:j1, k0:k1], dtype=np.int32)
+    out[1:, 1:, 1:] = crop.cumsum(0).cumsum(1).cumsum(2)
+    return out
+
+
+@numba.njit(cache=True, inline="always")
+def _box_count(sat, qbox, lo0, lo1, lo2, hi0, hi1, hi2):  # pragma: no cover (numba)
+    a0, a1, a2 = lo0 - qbox[0], lo1 - qbox[1], lo2 - qbox[2]
+    b0, b1, b2 = hi0 - qbox[0], hi1 - qbox[1], hi2 - qbox[2]
+    return (sat[b0, b1, b2] - sat[a0, b1, b2] - sat[b0, a1, b2] - sat[b0, b1, a2]
+            + sat[a0, a1, b2] + sat[a0, b1, a2] + sat[b0, a1, a2] - sat[a0, a1, a2])  # fmt: skip
+
+
 @numba.njit(parallel=True, cache=True)
-def bound_scores(bbox, nf, nt, qbox, qf, qt, w_t1gd, w_flair, out):  # pragma: no cover
-    """Upper bounds of every tumor's score from counts and boxes alone (the branch-and-bound
-    bound of :mod:`gliomatch.search.engine`, fused in one pass; its NumPy form is
-    ``BlockIndex.upper_bounds_reference``): ``|A & B| <= min(|A|, |B|, |box_A & box_B|)``."""
+def bound_scores(bbox, nf, nt, qbox, sat_f, sat_t, qf, qt, w_t1gd, w_flair, out):
+    """Upper bounds of every tumor's score from counts and boxes alone, in one fused pass (the
+    branch-and-bound bound of :mod:`gliomatch.search.engine`; its NumPy form is
+    ``BlockIndex.upper_bounds_reference``). A tumor's FLAIR (and T1Gd, inside it) lies in its
+    box, so ``|A & B| <= min(|A|, |B inside box_A|)``: the query's voxels in the tumor's box,
+    from the query's summed-volume tables ``sat_f``/``sat_t`` over its own box ``qbox``."""
     for n in numba.prange(nf.shape[0]):
-        overlap = 1
-        for a in range(3):
-            lo = max(bbox[n, a], qbox[a])
-            hi = min(bbox[n, a + 3], qbox[a + 3])
-            overlap *= max(hi - lo, 0)
+        lo0 = max(bbox[n, 0], qbox[0])
+        lo1 = max(bbox[n, 1], qbox[1])
+        lo2 = max(bbox[n, 2], qbox[2])
+        hi0 = min(bbox[n, 3], qbox[3])
+        hi1 = min(bbox[n, 4], qbox[4])
+        hi2 = min(bbox[n, 5], qbox[5])
+        in_f = 0
+        in_t = 0
+        if hi0 > lo0 and hi1 > lo1 and hi2 > lo2:
+            in_f = _box_count(sat_f, qbox, lo0, lo1, lo2, hi0, hi1, hi2)
+            in_t = _box_count(sat_t, qbox, lo0, lo1, lo2, hi0, hi1, hi2)
         f, t = nf[n], nt[n]
-        ub_f = min(min(f, qf), overlap)
-        ub_t = min(min(t, qt), overlap)
+        ub_f = min(f, in_f)
+        ub_t = min(t, in_t)
         den_f = f + qf
         den_t = t + qt
         d_f = 1.0 if den_f == 0 else 2.0 * ub_f / den_f

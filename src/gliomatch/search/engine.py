@@ -4,9 +4,10 @@ For every tumor the index stores its block-sparse masks (:mod:`gliomatch.search.
 FLAIR/T1Gd voxel counts and the bounding box of its FLAIR mask. For a query:
 
 1. an upper bound of every tumor's score comes from counts and boxes alone:
-   ``|A & B| <= min(|A|, |B|, |box_A & box_B|)`` (T1Gd lies inside FLAIR, so inside its box),
-   and Dice is increasing in the intersection (one fused pass, :func:`~gliomatch.search.
-   blocks.bound_scores`; the NumPy form is :meth:`BlockIndex.upper_bounds_reference`);
+   ``|A & B| <= min(|A|, |B inside box_A|)`` (T1Gd lies inside FLAIR, so inside its box; the
+   query's voxels inside a box come from its summed-volume table in 8 lookups), and Dice is
+   increasing in the intersection (one fused pass, :func:`~gliomatch.search.blocks.
+   bound_scores`; the NumPy form is :meth:`BlockIndex.upper_bounds_reference`);
 2. the ``max(64, 4k)`` tumors of highest bound (a partial selection, not a sort of all of
    them) are verified: their exact intersections come from the block kernel. Their k-th best
    score is a threshold: only tumors whose bound reaches it can still enter the top k;
@@ -34,6 +35,7 @@ import numpy as np
 from gliomatch.masks import dice_scores, mask_bbox
 from gliomatch.search.blocks import (
     bound_scores,
+    box_sums,
     encode_blocks,
     intersections,
     mask_box,
@@ -50,20 +52,29 @@ STAGES = ("pack", "bounds", "select", "verify")
 
 @dataclass(frozen=True)
 class PackedQuery:
-    """A query's dense block counts/bits, voxel counts (T1Gd taken inside FLAIR) and FLAIR
-    box, made once per query and reused for every batch of candidates."""
+    """A query's dense block counts/bits, voxel counts (T1Gd taken inside FLAIR), FLAIR box
+    and the summed-volume tables of both masks over that box, made once per query and reused
+    for every batch of candidates."""
 
     blocks: tuple
     nf: int
     nt: int
     box: np.ndarray
+    sat_f: np.ndarray
+    sat_t: np.ndarray
 
     @classmethod
     def pack(cls, flair: np.ndarray, t1gd: np.ndarray) -> PackedQuery:
         flair = np.ascontiguousarray(flair, dtype=bool)
+        t1gd = np.ascontiguousarray(t1gd, dtype=bool)
         box = mask_box(flair)
-        blocks = query_blocks(flair, np.ascontiguousarray(t1gd, dtype=bool), box)
-        return cls(blocks, int(blocks[0].sum()), int(blocks[1].sum()), box.astype(np.int32))
+        blocks = query_blocks(flair, t1gd, box)
+        i0, j0, k0, i1, j1, k1 = box
+        inside = t1gd[i0:i1, j0:j1, k0:k1] & flair[i0:i1, j0:j1, k0:k1]
+        return cls(
+            blocks, int(blocks[0].sum()), int(blocks[1].sum()), box.astype(np.int32),
+            box_sums(flair, box), box_sums(inside, (0, 0, 0, *inside.shape)),
+        )  # fmt: skip
 
 
 class BlockIndex:
@@ -140,31 +151,28 @@ class BlockIndex:
         return int(sum(np.asarray(v).nbytes for v in self.a.values()))
 
     # ------------------------------------------------------------------ search
-    def upper_bounds(
-        self, qf: int, qt: int, qbox: np.ndarray, w_t1gd: float, w_flair: float, part=None
-    ):
-        """Score bounds of every tumor (of ids ``part[0]:part[1]`` only, when given), in one
-        fused pass (:func:`~gliomatch.search.blocks.bound_scores`)."""
+    def upper_bounds(self, q: PackedQuery, w_t1gd: float, w_flair: float, part=None):
+        """Score bounds of every tumor (of ids ``part[0]:part[1]`` only, when given) for the
+        packed query ``q``, in one fused pass (:func:`~gliomatch.search.blocks.bound_scores`)."""
         sl = slice(None) if part is None else slice(*part)
         box, nf, nt = (np.asarray(self.a[k][sl]) for k in ("bbox", "nf", "nt"))
         out = np.empty(len(nf), np.float64)
-        qbox = np.asarray(qbox, dtype=np.int32)
-        bound_scores(box, nf, nt, qbox, int(qf), int(qt), float(w_t1gd), float(w_flair), out)
+        bound_scores(box, nf, nt, q.box, q.sat_f, q.sat_t, q.nf, q.nt, float(w_t1gd),
+                     float(w_flair), out)  # fmt: skip
         return out
 
-    def upper_bounds_reference(
-        self, qf: int, qt: int, qbox: np.ndarray, w_t1gd: float, w_flair: float, part=None
-    ):
-        """The NumPy form of :meth:`upper_bounds` (obviously correct; the tests compare)."""
+    def upper_bounds_reference(self, flair, t1gd, w_t1gd: float, w_flair: float, part=None):
+        """The NumPy form of :meth:`upper_bounds` from the query's masks (obviously correct,
+        slow; the tests compare): ``min(|A|, |B inside box_A|)`` per tumor."""
         sl = slice(None) if part is None else slice(*part)
+        t1gd = t1gd & flair
         box = np.asarray(self.a["bbox"][sl])
-        lo = np.maximum(box[:, :3], qbox[:3])
-        hi = np.minimum(box[:, 3:], qbox[3:])
-        overlap = np.prod(np.clip(hi - lo, 0, None).astype(np.int64), axis=1)
         nf, nt = np.asarray(self.a["nf"][sl]), np.asarray(self.a["nt"][sl])
-        ub_f = np.minimum(np.minimum(nf, qf), overlap)
-        ub_t = np.minimum(np.minimum(nt, qt), overlap)
-        return dice_scores(ub_f, ub_t, nf, nt, qf, qt, w_t1gd, w_flair)[0]
+        inside = [(flair[i0:i1, j0:j1, k0:k1].sum(), t1gd[i0:i1, j0:j1, k0:k1].sum())
+                  for i0, j0, k0, i1, j1, k1 in box]  # fmt: skip
+        ub_f = np.minimum(nf, [a for a, _ in inside])
+        ub_t = np.minimum(nt, [b for _, b in inside])
+        return dice_scores(ub_f, ub_t, nf, nt, flair.sum(), t1gd.sum(), w_t1gd, w_flair)[0]
 
     def exact(self, ids: np.ndarray, q) -> tuple[np.ndarray, np.ndarray]:
         """Exact FLAIR and T1Gd intersections of tumors ``ids`` with the packed query ``q``."""
@@ -210,7 +218,7 @@ class BlockIndex:
         lo, hi = (0, self.n) if part is None else (max(0, part[0]), min(self.n, part[1]))
         q = PackedQuery.pack(flair, t1gd)
         clock.append(time.perf_counter())
-        ub = self.upper_bounds(q.nf, q.nt, q.box, w_t1gd, w_flair, part=(lo, hi))
+        ub = self.upper_bounds(q, w_t1gd, w_flair, part=(lo, hi))
         clock.append(time.perf_counter())
         n = hi - lo
         best_s = np.zeros(0)
