@@ -109,7 +109,7 @@ def working_grid(
     plus ``margin_mm``.
 
     >>> shape, aff = working_grid(np.ones((20, 20, 10), bool), np.diag([1, 1, 2, 1.0]), 2.0, 0)
-    >>> shape, aff[0, 0], aff[2, 2]
+    >>> shape, float(aff[0, 0]), float(aff[2, 2])
     ((11, 11, 10), 2.0, 2.0)
     """
     brain = np.asarray(brain, bool)
