@@ -288,7 +288,7 @@ def test_the_fast_parts_of_exact_search_equal_their_references(seed, fill):
     """The query's box (one numba pass), its blocks packed inside that box, and the fused
     score bounds equal the NumPy forms they replace."""
     from gliomatch.masks import mask_bbox
-    from gliomatch.search.blocks import mask_box, query_blocks
+    from gliomatch.search.blocks import box_sums, box_sums_pair, mask_box, query_blocks
     from gliomatch.search.engine import BlockIndex, PackedQuery
 
     rng = np.random.default_rng(seed)
@@ -298,6 +298,9 @@ def test_the_fast_parts_of_exact_search_equal_their_references(seed, fill):
     assert mask_box(f).tolist() == mask_bbox(f).tolist()
     boxed, full = query_blocks(f, t, mask_box(f)), query_blocks(f, t)
     assert all(np.array_equal(a, b) for a, b in zip(boxed, full, strict=True))
+    sat_f, sat_t = box_sums_pair(f, t, mask_box(f))
+    assert np.array_equal(sat_f, box_sums(f, mask_box(f)))
+    assert np.array_equal(sat_t, box_sums(f & t, mask_box(f)))
     masks = [(rng.random(shape) < rng.random() * 0.5, rng.random(shape) < 0.5) for _ in range(9)]
     index = BlockIndex.from_masks(masks, shape)
     w = (float(rng.random() * 2), float(rng.random() * 2))

@@ -22,6 +22,7 @@ __all__ = [
     "block_grid",
     "bound_scores",
     "box_sums",
+    "box_sums_pair",
     "encode_blocks",
     "intersections",
     "mask_box",
@@ -178,6 +179,28 @@ def box_sums(mask: np.ndarray, box) -> np.ndarray:
     crop = np.asarray(mask[i0:i1, j0:j1, k0:k1], dtype=np.int32)
     out[1:, 1:, 1:] = crop.cumsum(0).cumsum(1).cumsum(2)
     return out
+
+
+@numba.njit(cache=True)
+def box_sums_pair(flair, t1gd, box):  # pragma: no cover (numba)
+    """:func:`box_sums` of FLAIR and of T1Gd inside FLAIR, both in one pass (inclusion-
+    exclusion: each entry from its three lower neighbours); a test checks it against
+    :func:`box_sums`."""
+    i0, j0, k0, i1, j1, k1 = box[0], box[1], box[2], box[3], box[4], box[5]
+    sf = np.zeros((i1 - i0 + 1, j1 - j0 + 1, k1 - k0 + 1), np.int32)
+    st = np.zeros_like(sf)
+    for a in range(1, i1 - i0 + 1):
+        for b in range(1, j1 - j0 + 1):
+            for c in range(1, k1 - k0 + 1):
+                f = flair[i0 + a - 1, j0 + b - 1, k0 + c - 1]
+                t = f and t1gd[i0 + a - 1, j0 + b - 1, k0 + c - 1]
+                sf[a, b, c] = (f + sf[a - 1, b, c] + sf[a, b - 1, c] + sf[a, b, c - 1]
+                               - sf[a - 1, b - 1, c] - sf[a - 1, b, c - 1] - sf[a, b - 1, c - 1]
+                               + sf[a - 1, b - 1, c - 1])  # fmt: skip
+                st[a, b, c] = (t + st[a - 1, b, c] + st[a, b - 1, c] + st[a, b, c - 1]
+                               - st[a - 1, b - 1, c] - st[a - 1, b, c - 1] - st[a, b - 1, c - 1]
+                               + st[a - 1, b - 1, c - 1])  # fmt: skip
+    return sf, st
 
 
 @numba.njit(cache=True, inline="always")

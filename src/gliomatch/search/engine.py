@@ -35,7 +35,7 @@ import numpy as np
 from gliomatch.masks import dice_scores, mask_bbox
 from gliomatch.search.blocks import (
     bound_scores,
-    box_sums,
+    box_sums_pair,
     encode_blocks,
     intersections,
     mask_box,
@@ -69,11 +69,10 @@ class PackedQuery:
         t1gd = np.ascontiguousarray(t1gd, dtype=bool)
         box = mask_box(flair)
         blocks = query_blocks(flair, t1gd, box)
-        i0, j0, k0, i1, j1, k1 = box
-        inside = t1gd[i0:i1, j0:j1, k0:k1] & flair[i0:i1, j0:j1, k0:k1]
+        sat_f, sat_t = box_sums_pair(flair, t1gd, box)
         return cls(
-            blocks, int(blocks[0].sum()), int(blocks[1].sum()), box.astype(np.int32),
-            box_sums(flair, box), box_sums(inside, (0, 0, 0, *inside.shape)),
+            blocks, int(blocks[0].sum()), int(blocks[1].sum()), box.astype(np.int32), sat_f,
+            sat_t,
         )  # fmt: skip
 
 
