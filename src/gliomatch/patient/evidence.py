@@ -48,6 +48,15 @@ CIRCULAR = (
 STRESS: tuple = (
     {"plan": "ensemble", "n_db": 5_000, "diff": 3.4, "se": 2.0, "patients": 8,
      "date": "2026-12-02"},
+    # 50,000 tumors, --combined 20: 14 of the 20 patients have an enhancing recurrence
+    {"plan": "best", "n_db": 50_000, "diff": -1.3, "se": 1.5, "patients": 14,
+     "date": "2026-12-02"},
+    {"plan": "ensemble", "n_db": 50_000, "diff": -0.03, "se": 1.7, "patients": 14,
+     "date": "2026-12-02"},
+    {"plan": "refined", "n_db": 50_000, "diff": 2.5, "se": 0.9, "patients": 14,
+     "date": "2026-12-02"},
+    {"plan": "refined_ensemble", "n_db": 50_000, "diff": 2.5, "se": 1.0, "patients": 14,
+     "date": "2026-12-02"},
 )  # fmt: skip
 
 
