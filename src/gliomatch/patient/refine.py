@@ -288,8 +288,8 @@ def refine(
         The search's ranking.
     brain : ndarray of bool
         The brain on the patient's grid.
-    starts, evaluations : int
-        Members refined and simulations per member.
+    starts, evaluations, polish : int
+        Members refined, simulations per member on the coarse grid, then on the working grid.
     weights : (float, float)
         The score's weights of Dice_T1Gd and Dice_FLAIR (the search's).
     spacing : float, optional
