@@ -390,12 +390,18 @@ def load_patient(
     return PatientInputs(anatomy, kind, flair, t1gd, scheme, caught, followup, tissue=tissue)
 
 
-def probability_map(path, anatomy: nib.Nifti1Image, name: str) -> np.ndarray:
-    """A tissue probability map on the anatomy's grid, checked: values in [0, 1]."""
+def probability_map(
+    path, ref: nib.Nifti1Image, name: str, ref_name: str = "the anatomy"
+) -> np.ndarray:
+    """A tissue probability map read from ``path`` onto ``ref``'s grid (:func:`on_grid`),
+    checked (finite, values in [0, 1] up to 1e-3) and clipped to [0, 1]; one-line errors name
+    the file."""
     img = load_nifti(path, f"{name} map")
-    data = on_grid(img, anatomy, f"{name} map {path}", "the anatomy", label=False)
+    data = np.asarray(on_grid(img, ref, f"{name} map {path}", ref_name, label=False), np.float32)
     if not np.all(np.isfinite(data)) or data.min() < -1e-3 or data.max() > 1 + 1e-3:
+        lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
         raise GliomatchError(
-            f"{name} map {path}: not a probability map (values must lie in [0, 1])"
+            f"{name} map {path}: not a probability map (values in [{lo:.3g}, {hi:.3g}]; they "
+            "must lie in [0, 1])"
         )
-    return np.clip(data, 0, 1).astype(np.float32)
+    return np.clip(data, 0, 1)

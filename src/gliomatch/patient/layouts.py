@@ -40,6 +40,7 @@ from gliomatch.patient.inputs import (
     load_nifti,
     masks_from_labels,
     on_grid,
+    probability_map,
     recurrence_masks,
 )
 from gliomatch.patient.predictgbm import T1_INTENSITY, pseudo_t1
@@ -198,10 +199,7 @@ def load_recurrence_case(case: RecurrenceCase):
         if t not in case.files:
             maps[t] = np.zeros(seg.shape, np.float32)  # GliODIL may give no CSF map
             continue
-        img = load_nifti(case.files[t], f"{t} map")
-        maps[t] = on_grid(img, seg, f"{t} map {case.files[t]}", "tumor segmentation", label=False)
-        if not np.all(np.isfinite(maps[t])) or maps[t].min() < -1e-3 or maps[t].max() > 1 + 1e-3:
-            raise GliomatchError(f"{t} map {case.files[t]}: not a probability map")
+        maps[t] = probability_map(case.files[t], seg, t, "tumor segmentation")
     anatomy = pseudo_t1(maps)
     if "brain_mask" in case.files:
         b = load_nifti(case.files["brain_mask"], "brain mask")

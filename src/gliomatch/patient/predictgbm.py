@@ -27,7 +27,13 @@ import numpy as np
 
 from gliomatch.errors import GliomatchError
 from gliomatch.files import atomic_path, output_folder
-from gliomatch.patient.inputs import PatientInputs, load_nifti, masks_from_labels, on_grid
+from gliomatch.patient.inputs import (
+    PatientInputs,
+    load_nifti,
+    masks_from_labels,
+    on_grid,
+    probability_map,
+)
 from gliomatch.patient.pipeline import personalize, planned_density
 
 __all__ = ["PGBM_FILES", "PgbmPatient", "find_patients", "pseudo_t1", "run_predict_gbm"]
@@ -103,15 +109,7 @@ def load_pgbm_patient(pat: PgbmPatient):
     """The checked inputs of one patient: a pseudo-T1 anatomy and the tumor masks (all on the
     tumor segmentation's grid, else a one-line error)."""
     seg = load_nifti(pat.files["tumorseg"], "tumorseg")
-    maps = {}
-    for t in T1_INTENSITY:
-        img = load_nifti(pat.files[t], f"{t} map")
-        maps[t] = on_grid(img, seg, f"{t} map {pat.files[t]}", "tumorseg", label=False)
-        if maps[t].min() < -1e-3 or maps[t].max() > 1 + 1e-3:
-            raise GliomatchError(
-                f"{t} map {pat.files[t]}: not a probability map (values in "
-                f"[{maps[t].min():.3g}, {maps[t].max():.3g}])"
-            )
+    maps = {t: probability_map(pat.files[t], seg, t, "tumorseg") for t in T1_INTENSITY}
     anatomy = pseudo_t1(maps)
     if "brain_mask" in pat.files:
         b = load_nifti(pat.files["brain_mask"], "brain mask")
