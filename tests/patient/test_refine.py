@@ -176,3 +176,17 @@ def test_fused_dice_counts_agree_with_the_numpy_reference(seed, levels):
     view = np.pad(u, 1)[1:-1, 1:-1, 1:-1]  # a strided view, as the solver hands it over
     flair, t1gd = rng.random(shape) < 0.5, rng.random(shape) < 0.3
     assert dice_counts(view, flair, t1gd, *levels) == dice_counts_reference(u, flair, t1gd, *levels)
+
+
+def test_plan_coverage_reuses_the_plan_personalize_made(fitted):
+    # the benchmarks score every density's plan; the planned one is not made twice, and is
+    # the same plan as made again from its density
+    from gliomatch.evaluation.plans import plan_coverage
+    from gliomatch.patient.plans import recurrence_coverage
+
+    inputs, truth, res = fitted
+    cov, _ = plan_coverage(res, {"any": truth >= 0.1})
+    again = res.plans_from(res.images["density_refined_ensemble_patient"], "again")
+    assert cov["refined_ensemble_any"] == recurrence_coverage(truth >= 0.1, again["personalized"])
+    plans = ("standard", "best", "ensemble", "refined", "refined_ensemble")
+    assert set(cov) == {f"{p}_any" for p in plans}

@@ -26,7 +26,7 @@ import numpy as np
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.twoscan import two_scan_patients
 from gliomatch.patient.inputs import PatientInputs
-from gliomatch.patient.pipeline import personalize
+from gliomatch.patient.pipeline import personalize, planned_density
 from gliomatch.patient.plans import MARGIN_MM, recurrence_coverage
 from gliomatch.progress import report
 from gliomatch.search import get_strategy
@@ -81,8 +81,13 @@ def plan_coverage(result, recurrences: dict) -> tuple[dict, int]:
     ``refine=True``: :data:`DENSITY_OF`) against every mask of ``recurrences``. Returns
     ``({"<plan>_<recurrence>": coverage}, V)``."""
     plans = {"standard": result.plans["standard"]}
+    planned = planned_density(
+        result.refinement is not None, "density_ensemble_patient" in result.images
+    )
     for name, key in DENSITY_OF.items():
-        if key in result.images:
+        if key == planned:  # the plan personalize made: not made again
+            plans[name] = result.plans["personalized"]
+        elif key in result.images:
             plans[name] = result.plans_from(result.images[key], name)["personalized"]
     cov = {
         f"{name}_{r}": recurrence_coverage(mask, plan)
