@@ -392,11 +392,13 @@ def personalize(
     brain = patient_brain(inputs, atlas, reg) if plans or refine else None
     density, source = density_patient, f"best match, tumor {best}"
     if ensemble:
+        t = time.perf_counter()
         ens, info = ensemble_density(db, ids, full)
         density = reg.to_patient(atlas.to_nifti(ens))
         images["density_ensemble_patient"] = density
         parameters["ensemble"] = info
         source = f"posterior mean of the top {info['matches']} matches, {info['weighting']}"
+        timing["ensemble_s"] = time.perf_counter() - t
     if refine:
         t = time.perf_counter()
         say("refine")
