@@ -43,7 +43,7 @@ import numpy as np
 from scipy import ndimage, optimize
 
 from gliomatch.errors import GliomatchError
-from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
+from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL, dice_scores
 from gliomatch.patient.estimates import TEMPERATURE, posterior_weights
 from gliomatch.patient.tissue import WORKING_MM, PatientTissue, on_working, patient_tissue
 
@@ -170,11 +170,6 @@ def cache_tag(refine: bool) -> int:
     return VERSION if refine else 0
 
 
-def _dice(pred_count: int, truth_count: int, inter: int) -> float:
-    total = pred_count + truth_count
-    return 1.0 if total == 0 else 2.0 * inter / total
-
-
 @numba.njit(cache=True)
 def dice_counts(u, flair, t1gd, flair_level, t1gd_level):  # pragma: no cover (numba)
     """``(|u >= F|, |u >= F & flair|, |u >= T|, |u >= T & t1gd|)`` in one pass over the grid
@@ -213,8 +208,9 @@ class _Scorer:
 
     def __call__(self, u: np.ndarray) -> tuple[float, float, float]:
         pf, inter_f, pt, inter_t = dice_counts(u, self.flair, self.t1gd, FLAIR_LEVEL, T1GD_LEVEL)
-        df, dt = _dice(pf, self.nf, inter_f), _dice(pt, self.nt, inter_t)
-        return dt, df, self.w_t1gd * dt + self.w_flair * df
+        s, dt, df = dice_scores(inter_f, inter_t, pf, pt, self.nf, self.nt, self.w_t1gd,
+                                self.w_flair)  # fmt: skip
+        return float(dt), float(df), float(s)
 
 
 def _seed_of(u: np.ndarray, nearest: tuple) -> np.ndarray:
