@@ -13,9 +13,15 @@ os.environ.setdefault("ANTS_RANDOM_SEED", "1")
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """Atlas cache in a temporary folder: tests never touch the user's cache."""
+    """Atlas cache in a temporary folder of this run: tests never touch the user's cache, and
+    the pytest-xdist workers of one run share it (each atlas is built once per run; entries are
+    written atomically and checked on reading, so the workers cannot spoil them)."""
     old = os.environ.get("GLIOMATCH_CACHE")
-    os.environ["GLIOMATCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    base = tmp_path_factory.getbasetemp()
+    run = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # .../pytest-N
+    cache = run / "gliomatch-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["GLIOMATCH_CACHE"] = str(cache)
     yield
     if old is None:
         os.environ.pop("GLIOMATCH_CACHE", None)
