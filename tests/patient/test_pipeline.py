@@ -575,6 +575,44 @@ def test_registration_none_for_patients_on_the_atlas_grid(db, tmp_path):
         personalize(PatientInputs(moved, "t1", f[1:], t[1:], "masks"), db, registration="none")
 
 
+def test_registration_resample_for_patients_in_the_atlas_frame_on_another_grid(db):
+    """A patient in the atlas' world frame on a finer grid (96^3 against the database's 64^3):
+    registration "resample" crosses the grids by their affines, finds the hidden tumor, and
+    makes the plans on the patient's grid; a grid outside the atlas' frame is refused."""
+    from nibabel.affines import rescale_affine
+    from nibabel.processing import resample_from_to
+
+    from gliomatch.patient.inputs import PatientInputs
+    from gliomatch.patient.pipeline import personalize
+
+    atlas = db.atlas()
+    fine = (96, 96, 96)
+    aff = rescale_affine(atlas.affine, atlas.shape, atlas.spacing * 64 / 96, fine)
+    ref = (fine, aff)
+
+    def onto(a, order=1):
+        return np.asarray(
+            resample_from_to(atlas.to_nifti(np.asarray(a, np.float32)), ref, order=order).dataobj
+        )
+
+    f, t = (onto(m) > 0.5 for m in db.masks(7))
+    inputs = PatientInputs(nib.Nifti1Image(onto(atlas.t1), aff), "t1", f, t & f, "masks")
+    res = personalize(inputs, db, k=3, registration="resample", refine=False)
+    assert res.best_id == 7 and res.registration.kind == "resample"
+    dens = res.images["density_patient"]
+    assert dens.shape == fine and np.allclose(dens.affine, aff)
+    assert np.allclose(dens.get_fdata(), onto(db.density(7)), atol=1e-5)
+    assert res.plans["personalized"].shape == fine
+    assert res.plans["personalized"].sum() == res.plans["standard"].sum()
+    away = aff.copy()
+    away[:3, 3] += 1000.0  # a grid a metre away holds none of the atlas' brain
+    with pytest.raises(GliomatchError, match="atlas' world frame"):
+        personalize(
+            PatientInputs(nib.Nifti1Image(onto(atlas.t1), away), "t1", f, t & f, "masks"),
+            db, registration="resample",
+        )  # fmt: skip
+
+
 def test_a_plan_leaving_out_visible_tumor_is_a_warning():
     from gliomatch.patient.pipeline import _plan_doubts
 

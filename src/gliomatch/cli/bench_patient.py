@@ -146,7 +146,11 @@ def bench_registration_cmd(
 def bench_plans_cmd(
     db: Annotated[
         list[Path],
-        typer.Option(help="Database folder; repeat to compare sizes on the same patients."),
+        typer.Option(
+            help="Database folder; repeat to compare databases on the same patients (made from "
+            "the first one, on its grid; others of the same atlas at other resolutions are "
+            "searched by resampling)."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Folder for plans.json and plans.png.")],
     patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 200,
@@ -175,18 +179,22 @@ def bench_plans_cmd(
         f"{margin:g} mm); mean coverage %"
     )
     head = " | ".join(f"{p} {r}" for r in RECURRENCES for p in PLANS)
-    typer.echo(f"| tumors | patients | median plan cm3 | {head} |")
-    typer.echo("|" + "---|" * (3 + len(PLANS) * len(RECURRENCES)))
-    for n, s in res["summary"].items():
+    typer.echo(f"| tumors | grid | build s | patients | median plan cm3 | {head} |")
+    typer.echo("|" + "---|" * (5 + len(PLANS) * len(RECURRENCES)))
+    for s in res["summary"].values():
         cells = " | ".join(f"{100 * s[f'{p}_{r}']:.1f}" for r in RECURRENCES for p in PLANS)
-        typer.echo(f"| {int(n):,} | {s['patients']} | {s['median_plan_cm3']:.0f} | {cells} |")
+        built = "–" if s["build_seconds"] is None else f"{s['build_seconds']:.0f}"
+        typer.echo(
+            f"| {s['n_db']:,} | {s['resolution']}³ | {built} | {s['patients']} | "
+            f"{s['median_plan_cm3']:.0f} | {cells} |"
+        )
     typer.echo("personalized minus standard (points, ± standard error):")
-    for n, s in res["summary"].items():
+    for s in res["summary"].values():
         parts = [
             f"{p} {r} {100 * s[f'{p}_minus_standard_{r}']:+.1f} ± "
             f"{100 * s[f'{p}_minus_standard_{r}_se']:.1f}"
             for p in PLANS[1:]
             for r in RECURRENCES
         ]
-        typer.echo(f"  {int(n):,} tumors: " + "; ".join(parts))
+        typer.echo(f"  {s['n_db']:,} tumors at {s['resolution']}³: " + "; ".join(parts))
     typer.echo(f"wrote {folder / 'plans.json'} and {folder / 'plans.png'}")

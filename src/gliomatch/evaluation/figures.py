@@ -197,6 +197,13 @@ measure): mean best-match Dice.</p><ul>{pl}</ul>
     (out / "report.html").write_text(page)
 
 
+def _db_tick(label: str) -> str:
+    """``"12000@64"`` -> ``"12,000 tumors\n64^3"`` (:func:`~gliomatch.evaluation.plans.
+    database_labels`)."""
+    n, _, grid = label.partition("@")
+    return f"{int(n):,} tumors" + (f"\n{grid}³" if grid else "")
+
+
 def plan_coverage_figure(res: dict, path) -> Path:
     """``bench plans``: mean recurrence coverage (± standard error) of the standard, best-match
     and ensemble plans, per recurrence and database size."""
@@ -209,12 +216,12 @@ def plan_coverage_figure(res: dict, path) -> Path:
         for j, name in enumerate(PLANS):
             vals, errs = [], []
             for s in sizes:
-                sub = [x[f"{name}_{r}"] for x in res["rows"] if str(x["n_db"]) == s]
+                sub = [x[f"{name}_{r}"] for x in res["rows"] if x["database"] == s]
                 vals.append(100 * np.mean(sub))
                 errs.append(100 * np.std(sub, ddof=1) / np.sqrt(len(sub)) if len(sub) > 1 else 0)
             x = np.arange(len(sizes)) + (j - 1) * width
             ax.bar(x, vals, width, yerr=errs, label=name, capsize=2)
-        ax.set_xticks(np.arange(len(sizes)), [f"{int(s):,} tumors" for s in sizes])
+        ax.set_xticks(np.arange(len(sizes)), [_db_tick(s) for s in sizes])
         ax.set_title(f"{r.replace('_', ' ')} recurrence")
         ax.set_ylim(0, 100)
     axes[0].set_ylabel("recurrence covered (%)")

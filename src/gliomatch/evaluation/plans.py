@@ -38,6 +38,7 @@ __all__ = [
     "REFINED_PLANS",
     "atlas_patient",
     "bench_plans",
+    "database_labels",
     "paired_coverage",
     "plan_coverage",
 ]
@@ -58,20 +59,43 @@ RECURRENCES = ("enhancing", "any", "new_enhancing")
 PLAN_SEED_OFFSET = 5_000_011
 
 
-def _same_grid(db, ref) -> None:
+def _registration(db, ref) -> str:
+    """How ``ref``'s patients reach ``db``'s atlas: ``"none"`` on the same grid,
+    ``"resample"`` on another grid of the same atlas (its world frame); another atlas is
+    refused (its patients live in another anatomy)."""
     a, b = db.atlas(), ref.atlas()
-    if a.shape != b.shape or not np.allclose(a.affine, b.affine, atol=1e-4):
+    if a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-4):
+        return "none"
+    if a.source != b.source:
         raise GliomatchError(
-            f"database {db.path} is on another grid than {ref.path}: the patients cannot be shared"
+            f"database {db.path} is in another atlas ({a.source}) than {ref.path} "
+            f"({b.source}): the patients cannot be shared"
         )
+    return "resample"
+
+
+def database_labels(dbs) -> list[str]:
+    """A name per database of a comparison: its size (``"50000"``), and its grid where the
+    databases' grids differ (``"12000@64"``: 12,000 tumors at 64^3)."""
+    sizes = [len(db) for db in dbs]
+    grids = [db.atlas().shape[0] for db in dbs]
+    if len(set(grids)) == 1:
+        if len(set(sizes)) < len(sizes):
+            raise GliomatchError("two databases of the same size and grid: compare distinct ones")
+        return [str(n) for n in sizes]
+    labels = [f"{n}@{g}" for n, g in zip(sizes, grids, strict=True)]
+    if len(set(labels)) < len(labels):
+        raise GliomatchError("two databases of the same size and grid: compare distinct ones")
+    return labels
 
 
 def atlas_patient(atlas, scan) -> PatientInputs:
-    """A synthetic first scan as ``personalize`` reads a patient: on the atlas grid (no
-    registration), the atlas T1 as its anatomy."""
+    """A synthetic first scan as ``personalize`` reads a patient: on the atlas grid, the atlas
+    T1 as its anatomy and the atlas brain as its brain (given, so the patient and its standard
+    plan are the same whichever database it is searched in)."""
     return PatientInputs(
         atlas.to_nifti(atlas.t1.astype(np.float32)), "t1", scan.flair, scan.t1gd & scan.flair,
-        "masks",
+        "masks", brain=atlas.brain,
     )  # fmt: skip
 
 
@@ -128,14 +152,17 @@ def bench_plans(
     progress=None,
 ) -> dict:
     """Coverage of the standard and personalized plans over ``patients`` synthetic patients,
-    made from the first database's sampler and searched in every database of ``dbs`` (same
-    grid), so the databases' sizes can be compared on the same patients."""
+    made from the first database's sampler and searched in every database of ``dbs``, so the
+    databases can be compared on the same patients. A database on another grid of the same
+    atlas (another resolution) is searched through ``registration="resample"``: the patient's
+    masks resampled to its grid, its densities back to the patient's, where the plans are made
+    and scored, as ``infer`` does with a registration."""
     if patients < 1:
         raise GliomatchError(f"patients must be >= 1, got {patients}")
     ref = dbs[0]
-    for db in dbs[1:]:
-        _same_grid(db, ref)
-    atlas = ref.atlas()  # every database is on its grid (checked above)
+    how = [_registration(db, ref) for db in dbs]
+    labels = database_labels(dbs)
+    atlas = ref.atlas()  # the patients' grid
     voxel_cm3 = atlas.voxel_volume_cm3
     report(progress, 0, patients, "simulating patients")
     t = time.perf_counter()
@@ -144,14 +171,14 @@ def bench_plans(
     )
     simulate_s = time.perf_counter() - t
     rows = []
-    for db in dbs:
+    for db, registration, label in zip(dbs, how, labels, strict=True):
         get_strategy("exact", db).ensure_ready()  # the explicit build step personalize reads
         for j, p in enumerate(pats):
             core = p.first.t1gd
             if not core.any():
                 continue  # no visible core: no standard plan (counted below)
             res = personalize(
-                atlas_patient(atlas, p.first), db, registration="none", ensemble=True,
+                atlas_patient(atlas, p.first), db, registration=registration, ensemble=True,
                 refine=False, margin_mm=margin_mm,
             )  # fmt: skip
             rec = {
@@ -161,6 +188,7 @@ def bench_plans(
             }
             cov, n = plan_coverage(res, rec)
             row = {
+                "database": label,
                 "n_db": len(db),
                 "patient": j,
                 "interval_days": p.interval_days,
@@ -170,11 +198,16 @@ def bench_plans(
                 **cov,
             }
             rows.append(row)
-            report(progress, j + 1, len(pats), f"plans ({len(db)} tumors)")
+            report(progress, j + 1, len(pats), f"plans ({label})")
     summary = {}
-    for db in dbs:
-        sub = [r for r in rows if r["n_db"] == len(db)]
-        s = {"patients": len(sub)}
+    for db, label in zip(dbs, labels, strict=True):
+        sub = [r for r in rows if r["database"] == label]
+        s = {
+            "patients": len(sub),
+            "n_db": len(db),
+            "resolution": db.atlas().shape[0],
+            "build_seconds": _build_seconds(db),
+        }
         for r in RECURRENCES:
             for name in PLANS:
                 s[f"{name}_{r}"] = float(np.mean([x[f"{name}_{r}"] for x in sub]))
@@ -184,7 +217,7 @@ def bench_plans(
                 s[f"{name}_minus_standard_{r}_se"] = float(d.std(ddof=1) / np.sqrt(len(d)))
                 s[f"{name}_at_least_standard_{r}"] = float(np.mean(d >= 0))
         s["median_plan_cm3"] = float(np.median([x["plan_cm3"] for x in sub]))
-        summary[str(len(db))] = s
+        summary[label] = s
     return {
         "patients": len(pats),
         "margin_mm": margin_mm,
@@ -194,3 +227,11 @@ def bench_plans(
         "summary": summary,
         "rows": rows,
     }
+
+
+def _build_seconds(db) -> float | None:
+    """The database's recorded build time (None when the manifest has none)."""
+    try:
+        return db.build_seconds
+    except (KeyError, TypeError, ValueError):
+        return None

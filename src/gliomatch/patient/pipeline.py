@@ -42,6 +42,7 @@ from gliomatch.patient.registration import (
     brain_support,
     identity,
     register,
+    resampled,
     warp_masks_to_atlas,
 )
 from gliomatch.patient.twoscan import two_scan
@@ -86,11 +87,15 @@ def to_atlas(
     """Register the patient's anatomy to ``atlas`` and warp its tumor masks there: the query
     of the database (the first half of :func:`infer`; the evaluation of real cohorts uses it
     too). ``registration="none"``: the patient already lies on the atlas grid (the atlas-space
-    benchmarks). Raises :class:`GliomatchError` when the tumor vanishes in the warp."""
+    benchmarks); ``"resample"``: in the atlas' world frame on another grid (a benchmark's
+    patients searched in databases of several resolutions). Raises :class:`GliomatchError`
+    when the tumor vanishes in the warp."""
 
     t = time.perf_counter()
     if registration == "none":
         reg = identity(inputs.anatomy, atlas)
+    elif registration == "resample":
+        reg = resampled(inputs.anatomy, atlas)
     else:
         reg = register(
             inputs.anatomy,

@@ -71,6 +71,8 @@ __all__ = [
     "poor_quality",
     "register",
     "registration_quality",
+    "resample_onto",
+    "resampled",
     "to_ants",
     "to_nibabel",
     "warp_masks_to_atlas",
@@ -177,13 +179,22 @@ class Registration:
         if self.kind == "none":  # the patient is on the atlas grid: nothing to warp
             _same_grid(img, self.atlas.shape, self.atlas.affine, "the patient-space image")
             return self.atlas.to_nifti(np.asarray(img.dataobj, dtype=np.float32))
+        if self.kind == "resample":  # the atlas' world frame on another grid
+            return self.atlas.to_nifti(
+                resample_onto(img, self.atlas.shape, self.atlas.affine, label=label)
+            )
         return warp_to_atlas(img, self.atlas, self, label=label)
 
     def to_patient(self, img: nib.Nifti1Image, *, label: bool = False) -> nib.Nifti1Image:
         """An atlas-grid image on the patient's grid, with the patient's affine and header."""
-        if self.kind == "none":
+        if self.kind in ("none", "resample"):
             _same_grid(img, self.atlas.shape, self.atlas.affine, "the atlas-space image")
+        if self.kind == "none":
             return self.patient_image(np.asarray(img.dataobj, dtype=np.float32))
+        if self.kind == "resample":
+            shape = self.patient.shape[:3]
+            return on_grid_of(resample_onto(img, shape, self.patient.affine, label=label),
+                              self.patient)  # fmt: skip
         return warp_to_patient(img, self.atlas, self.patient, self, label=label)
 
     def patient_image(self, data: np.ndarray) -> nib.Nifti1Image:
@@ -384,6 +395,39 @@ def identity(anatomy: nib.Nifti1Image, atlas: Atlas) -> Registration:
         [], [], [], "none", 0.0, skull_stripped=False, atlas=atlas, patient=anatomy,
         quality_figures={"measure": "none", "none": None},
     )  # fmt: skip
+
+
+def resampled(anatomy: nib.Nifti1Image, atlas: Atlas) -> Registration:
+    """The registration of a scan that lies in the atlas' world frame on another grid
+    (``kind="resample"``: no transform; images cross between the grids by their affines,
+    linearly, masks thresholded at 0.5). For patients already in the atlas' space, e.g. the
+    synthetic patients of a benchmark comparing databases of several resolutions on the same
+    patients. A grid that does not hold the atlas brain's centre is refused (not in the atlas'
+    frame); quality is not measured (``measure`` "none")."""
+    centre = atlas.affine @ np.r_[np.argwhere(atlas.brain).mean(axis=0), 1.0]
+    vox = np.linalg.inv(anatomy.affine) @ centre
+    if np.any(vox[:3] < -0.5) or np.any(vox[:3] > np.asarray(anatomy.shape[:3]) - 0.5):
+        raise GliomatchError(
+            "registration 'resample': the scan's grid does not hold the atlas brain's centre, "
+            "so the scan is not in the atlas' world frame; register it ('syn' or 'affine')"
+        )
+    return Registration(
+        [], [], [], "resample", 0.0, skull_stripped=False, atlas=atlas, patient=anatomy,
+        quality_figures={"measure": "none", "none": None},
+    )  # fmt: skip
+
+
+def resample_onto(img: nib.Nifti1Image, shape, affine, *, label: bool = False) -> np.ndarray:
+    """``img``'s data on the grid (``shape``, ``affine``) of the same world frame: linear
+    interpolation (``nibabel.processing``), zero outside; a binary mask (``label``)
+    thresholded at 0.5 as :func:`_apply` does, another label map by nearest neighbour."""
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    binary = label and bool(np.all((data == 0) | (data == 1)))
+    order = 0 if label and not binary else 1
+    src = nib.Nifti1Image(data, img.affine)
+    out = resample_from_to(src, (tuple(shape), affine), order=order, mode="constant", cval=0.0)
+    arr = np.asarray(out.dataobj, dtype=np.float32)
+    return (arr > 0.5).astype(np.float32) if binary else arr
 
 
 def poor_quality(figures: dict) -> str | None:
