@@ -52,7 +52,7 @@ lint: $(STAMP)
 # per test process (see --compile-bytecode above)
 test: $(STAMP) lint
 	$(PY) -m compileall -q src tests >/dev/null
-	NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
+	NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=10
 
 demo: $(STAMP)
 	$(VENV)/bin/gliomatch demo --out out/demo
