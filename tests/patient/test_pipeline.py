@@ -606,6 +606,8 @@ def test_registration_resample_for_patients_in_the_atlas_frame_on_another_grid(d
     assert res.plans["personalized"].sum() == res.plans["standard"].sum()
     away = aff.copy()
     away[:3, 3] += 1000.0  # a grid a metre away holds none of the atlas' brain
+    with pytest.raises(GliomatchError, match="one of syn, affine, none, resample, got 'warp'"):
+        personalize(inputs, db, registration="warp")
     with pytest.raises(GliomatchError, match="atlas' world frame"):
         personalize(
             PatientInputs(nib.Nifti1Image(onto(atlas.t1), away), "t1", f, t & f, "masks"),

@@ -126,8 +126,9 @@ StrategyOpt = Annotated[str, typer.Option(help="Search strategy: loop, exact, ds
 RegOpt = Annotated[
     str,
     typer.Option(
-        help="syn (rigid+affine+SyN), affine (faster), or none (scans already on the "
-        "database's atlas grid)."
+        help="syn (rigid+affine+SyN), affine (faster), none (scans already on the "
+        "database's atlas grid) or resample (scans already in the atlas' world space, on "
+        "another grid)."
     ),
 ]
 

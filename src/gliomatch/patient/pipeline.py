@@ -76,6 +76,10 @@ class AtlasQuery:
     register_s: float
 
 
+#: The registrations :func:`to_atlas` knows (see there).
+REGISTRATIONS = ("syn", "affine", "none", "resample")
+
+
 def to_atlas(
     inputs: PatientInputs,
     atlas,
@@ -91,6 +95,10 @@ def to_atlas(
     patients searched in databases of several resolutions). Raises :class:`GliomatchError`
     when the tumor vanishes in the warp."""
 
+    if registration not in REGISTRATIONS:
+        raise GliomatchError(
+            f"registration must be one of {', '.join(REGISTRATIONS)}, got {registration!r}"
+        )
     t = time.perf_counter()
     if registration == "none":
         reg = identity(inputs.anatomy, atlas)
