@@ -351,12 +351,25 @@ def test_infer_batch(db, patient, tmp_path):
     assert r.exit_code == 0, r.output
     summary = pd.read_csv(tmp_path / "b" / "summary.csv")
     assert summary["refined_score"][0] >= summary["refined_score_before"][0]
+    # the plans' columns: equal volumes, the standard CTV holds the core, the supported CTV
+    from gliomatch.patient.cohort import PLAN_COLUMNS
+
+    assert set(PLAN_COLUMNS) <= set(summary.columns)
+    assert summary["standard_cm3"][0] == summary["personalized_cm3"][0] > 0
+    assert summary["standard_covers_core"][0] == 1.0
+    assert summary["supported_plan"][0] == "standard"
     r = runner.invoke(app, args)  # resumable: the finished patient is reused
     assert r.exit_code == 0 and "reused" in r.output
-    # another refinement setting is another result: not reused
-    r = runner.invoke(app, [*args, "--no-refine"])
+    # other refinement or plan settings make another result: not reused; --json prints it
+    r = runner.invoke(app, [*args, "--no-refine", "--ensemble", "--margin", "10", "--json"])
     assert r.exit_code == 0 and "reused" not in r.output
-    assert "refined_score" not in pd.read_csv(tmp_path / "b" / "summary.csv")
+    (row,) = json.loads(r.stdout)
+    assert row["patient_id"] == "p1" and row["status"] == "ok"
+    assert "refined_score" not in row and "refined_score" not in pd.read_csv(
+        tmp_path / "b" / "summary.csv"
+    )
+    assert row["standard_cm3"] < summary["standard_cm3"][0]  # a 10 mm margin: a smaller CTV
+    assert (summary["personalized_plan"][0], row["personalized_plan"]) == ("refined", "ensemble")
     bad = tmp_path / "bad.csv"
     bad.write_text("id,t1\nx,a.nii.gz\n")
     r = runner.invoke(

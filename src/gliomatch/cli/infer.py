@@ -174,21 +174,38 @@ def infer_batch(
     refine: Annotated[
         bool, typer.Option(help="Refine each patient in its own anatomy (as `infer`).")
     ] = True,
+    margin: MarginOpt = 15.0,
+    plan_volume: PlanVolumeOpt = None,
+    plan_level: PlanLevelOpt = None,
+    ensemble: Annotated[
+        bool,
+        typer.Option(help="Plan from the posterior mean density of the top matches (as `infer`)."),
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON (one object per patient).")
+    ] = False,
 ):
-    """Run `infer` for every patient of a cohort (resumable) and write summary.csv; a failed
-    row is recorded there and the others go on (exit code 1 if any failed)."""
+    """Run `infer` for every patient of a cohort (resumable) and write summary.csv (best match,
+    refinement, each CTV's volume and what it holds of the visible tumor, the CTV the
+    benchmarks support); a failed row is recorded there and the others go on (exit code 1 if
+    any failed)."""
     from gliomatch.database import Database
     from gliomatch.patient.cohort import infer_cohort, read_cohort
 
     check_k(k)
+    check_margin(margin)
     rows = read_cohort(csv, labels)
     database = Database.open(db)
-    prepared_strategy(database, strategy)  # a bad name fails now
+    prepared_strategy(database, strategy, quiet=json_out)  # a bad name fails now
     table = infer_cohort(
         rows, database, out, k=k, strategy=strategy, registration=registration, refine=refine,
-        log=typer.echo,
+        margin_mm=margin, plan_volume_cm3=plan_volume, plan_level=plan_level, ensemble=ensemble,
+        log=None if json_out else typer.echo,
     )  # fmt: skip
-    typer.echo(table.to_string(index=False))
-    typer.echo(f"summary: {out / 'summary.csv'}")
+    if json_out:
+        typer.echo(table.to_json(orient="records", indent=2))
+    else:
+        typer.echo(table.to_string(index=False))
+        typer.echo(f"summary: {out / 'summary.csv'}")
     if (table["status"] != "ok").any():
         raise typer.Exit(1)

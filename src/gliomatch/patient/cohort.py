@@ -42,9 +42,18 @@ from gliomatch.files import (
 )
 from gliomatch.patient.inputs import load_patient
 from gliomatch.patient.pipeline import infer
+from gliomatch.patient.plans import MARGIN_MM
 from gliomatch.patient.refine import cache_tag
 
-__all__ = ["CohortRow", "brats_case", "infer_cohort", "input_digest", "load_case", "read_cohort"]
+__all__ = [
+    "PLAN_COLUMNS",
+    "CohortRow",
+    "brats_case",
+    "infer_cohort",
+    "input_digest",
+    "load_case",
+    "read_cohort",
+]
 
 FILE_COLUMNS = ("t1", "t1c", "wm", "seg", "flair_mask", "t1gd_mask")
 #: A follow-up label map (the recurrence) for ``evaluate --real``; not an input of ``infer``.
@@ -214,14 +223,20 @@ def infer_cohort(
     strategy: str = "exact",
     registration: str = "syn",
     refine: bool = True,
+    margin_mm: float = MARGIN_MM,
+    plan_volume_cm3: float | None = None,
+    plan_level: float | None = None,
+    ensemble: bool = False,
     log=None,
 ) -> pd.DataFrame:
-    """Run ``infer`` for every row into ``out/<patient_id>`` and write ``out/summary.csv``.
+    """Run ``infer`` for every row into ``out/<patient_id>`` and write ``out/summary.csv``:
+    per patient the best match, the refinement's fit and the plans (:data:`PLAN_COLUMNS`:
+    each CTV's volume and what it holds of the visible tumor, and the CTV the benchmarks
+    support). The plan options are ``infer``'s.
 
     Resumable: a patient whose folder holds a result made from the same input files, database,
-    strategy, k, registration and refinement setting is not run again; any other result there
-    is redone. Every
-    failure is recorded in its row (``status``) and the cohort goes on.
+    strategy, k, registration, refinement and plan settings is not run again; any other result
+    there is redone. Every failure is recorded in its row (``status``) and the cohort goes on.
     """
 
     say = log or (lambda msg: None)
@@ -251,6 +266,7 @@ def infer_cohort(
                 k=k,
                 registration=registration,
                 refine=cache_tag(refine),
+                plans=[margin_mm, plan_volume_cm3, plan_level, ensemble],
             )
             summary = _previous(pdir, key)
             if summary is not None:
@@ -260,7 +276,8 @@ def infer_cohort(
                 inputs = load_patient(**row.patient_kwargs())
                 shutil.rmtree(pdir, ignore_errors=True)  # an earlier run's outputs
                 infer(inputs, db, pdir, k=k, strategy=strategy, registration=registration,
-                      refine=refine)  # fmt: skip
+                      refine=refine, margin_mm=margin_mm, plan_volume_cm3=plan_volume_cm3,
+                      plan_level=plan_level, ensemble=ensemble)  # fmt: skip
                 summary = json.loads((pdir / "matches.json").read_text())
                 summary["cache_key"] = key
                 write_json_atomic(pdir / "matches.json", summary)
@@ -275,6 +292,7 @@ def infer_cohort(
                 **best["identifiable"],
                 registration_quality=summary["registration_quality"],
                 **_refined(summary.get("refinement")),
+                **_plan_columns(summary.get("plans")),
                 seconds=summary["timing"]["total_s"],
             )
         except (GliomatchError, OSError) as exc:
@@ -301,6 +319,33 @@ def _refined(r: dict | None) -> dict:
     if not r:
         return {}
     return {"refined_score_before": r["score_before"], "refined_score": r["score_after"]}
+
+
+#: The plan columns of ``summary.csv`` (``<ctv>_cm3``, ``<ctv>_covers_core``,
+#: ``<ctv>_covers_whole_tumor`` for the standard and the personalized CTV), then
+#: ``personalized_plan`` (its kind: refined, refined_ensemble, best or ensemble) and
+#: ``supported_plan``: the CTV the benchmarks support for this database (patient/evidence.py).
+PLAN_COLUMNS = tuple(
+    f"{ctv}_{col}"
+    for ctv in ("standard", "personalized")
+    for col in ("cm3", "covers_core", "covers_whole_tumor")
+) + ("personalized_plan", "supported_plan")
+
+
+def _plan_columns(plans: dict | None) -> dict:
+    """The plans' columns of ``summary.csv`` (empty when no plan was made: no visible core)."""
+    if not plans or "figures" not in plans:
+        return {}
+    out = {}
+    for ctv in ("standard", "personalized"):
+        f = plans["figures"][ctv]
+        out[f"{ctv}_cm3"] = f["volume_cm3"]
+        out[f"{ctv}_covers_core"] = f["covers_core"]
+        out[f"{ctv}_covers_whole_tumor"] = f["covers_whole_tumor"]
+    evidence = plans.get("evidence", {})
+    out["personalized_plan"] = evidence.get("personalized_plan")
+    out["supported_plan"] = evidence.get("supported_plan")
+    return out
 
 
 def _previous(pdir: Path, key: str) -> dict | None:
