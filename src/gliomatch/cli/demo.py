@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from gliomatch.cli.apps import app
-from gliomatch.cli.common import RegOpt, handle_errors, print_result
+from gliomatch.cli.common import RegOpt, handle_errors, print_result, progress_bar
 
 
 @app.command()
@@ -34,16 +34,18 @@ def demo(
 
     from gliomatch.evaluation.demo import run_demo
 
-    d = run_demo(
-        out=out,
-        **({} if n is None else {"n": n}),
-        resolution=resolution,
-        seed=seed,
-        registration=registration,
-        db_path=db,
-        log=None if json_out else typer.echo,
-        progress=None,
-    )
+    # the database build (once, about 80 s) shows its progress; the bar goes when it is done
+    with progress_bar(not json_out, transient=True) as bar:
+        d = run_demo(
+            out=out,
+            **({} if n is None else {"n": n}),
+            resolution=resolution,
+            seed=seed,
+            registration=registration,
+            db_path=db,
+            log=None if json_out else typer.echo,
+            progress=bar,
+        )
     res, truth, dice_f, dice_t = d.result, d.truth, d.dice_flair, d.dice_t1gd
     if json_out:
         print_result(
