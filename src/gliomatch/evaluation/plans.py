@@ -77,13 +77,11 @@ def _registration(db, ref) -> str:
 def database_labels(dbs) -> list[str]:
     """A name per database of a comparison: its size (``"50000"``), and its grid where the
     databases' grids differ (``"12000@64"``: 12,000 tumors at 64^3)."""
-    sizes = [len(db) for db in dbs]
     grids = [db.atlas().shape[0] for db in dbs]
-    if len(set(grids)) == 1:
-        if len(set(sizes)) < len(sizes):
-            raise GliomatchError("two databases of the same size and grid: compare distinct ones")
-        return [str(n) for n in sizes]
-    labels = [f"{n}@{g}" for n, g in zip(sizes, grids, strict=True)]
+    one_grid = len(set(grids)) == 1
+    labels = [
+        str(len(db)) if one_grid else f"{len(db)}@{g}" for db, g in zip(dbs, grids, strict=True)
+    ]
     if len(set(labels)) < len(labels):
         raise GliomatchError("two databases of the same size and grid: compare distinct ones")
     return labels

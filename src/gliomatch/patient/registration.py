@@ -187,14 +187,13 @@ class Registration:
 
     def to_patient(self, img: nib.Nifti1Image, *, label: bool = False) -> nib.Nifti1Image:
         """An atlas-grid image on the patient's grid, with the patient's affine and header."""
-        if self.kind in ("none", "resample"):
-            _same_grid(img, self.atlas.shape, self.atlas.affine, "the atlas-space image")
         if self.kind == "none":
+            _same_grid(img, self.atlas.shape, self.atlas.affine, "the atlas-space image")
             return self.patient_image(np.asarray(img.dataobj, dtype=np.float32))
         if self.kind == "resample":
+            _same_grid(img, self.atlas.shape, self.atlas.affine, "the atlas-space image")
             shape = self.patient.shape[:3]
-            return on_grid_of(resample_onto(img, shape, self.patient.affine, label=label),
-                              self.patient)  # fmt: skip
+            return self.patient_image(resample_onto(img, shape, self.patient.affine, label=label))
         return warp_to_patient(img, self.atlas, self.patient, self, label=label)
 
     def patient_image(self, data: np.ndarray) -> nib.Nifti1Image:
@@ -422,7 +421,7 @@ def resample_onto(img: nib.Nifti1Image, shape, affine, *, label: bool = False) -
     interpolation (``nibabel.processing``), zero outside; a binary mask (``label``)
     thresholded at 0.5 as :func:`_apply` does, another label map by nearest neighbour."""
     data = np.asarray(img.dataobj, dtype=np.float32)
-    binary = label and bool(np.all((data == 0) | (data == 1)))
+    binary = label and _binary(data)
     order = 0 if label and not binary else 1
     src = nib.Nifti1Image(data, img.affine)
     out = resample_from_to(src, (tuple(shape), affine), order=order, mode="constant", cval=0.0)
@@ -523,6 +522,11 @@ def _same_grid(img: nib.Nifti1Image, shape, affine, what: str) -> None:
         )
 
 
+def _binary(data: np.ndarray) -> bool:
+    """Whether a label map holds only 0 and 1 (warped linearly, thresholded at 0.5)."""
+    return bool(np.all((data == 0) | (data == 1)))
+
+
 def _apply(fixed, img: nib.Nifti1Image, transforms, invert, label: bool) -> np.ndarray:
     """``img`` resampled onto ``fixed`` through ``transforms``.
 
@@ -532,8 +536,7 @@ def _apply(fixed, img: nib.Nifti1Image, transforms, invert, label: bool) -> np.n
     generic-label interpolation itself."""
     ants = _ants()
 
-    data = np.asarray(img.dataobj)
-    binary = label and bool(np.all((data == 0) | (data == 1)))
+    binary = label and _binary(np.asarray(img.dataobj))
     out = ants.apply_transforms(
         fixed=fixed,
         moving=to_ants(img),
