@@ -526,8 +526,12 @@ def test_personalize_computes_and_write_outputs_writes(db, patient, tmp_path):
     assert res.plans["figures"]["standard"]["volume_cm3"] > 0
     # a personalized plan that leaves out visible tumor is a warning (report, JSON, CLI)
     fig = res.plans["figures"]["personalized"]
-    leaves_out = fig["covers_core"] < 1 or fig["covers_whole_tumor"] < 1
-    assert leaves_out == any("leaves out" in w for w in res.warnings)
+    assert fig["covers_core"] == 1.0  # by default the personalized CTV contains the core
+    assert "contains the tumor core" in res.plans["description"]
+    assert not any("leaves out" in w for w in res.warnings)
+    assert any(w.startswith("small database") for w in res.warnings)  # 40 tumors
+    top_v = res.plans_from(res.images["density_patient"], "best match", contain="none")
+    assert "may leave out visible tumor" in top_v["description"]
     files = write_outputs(res, tmp_path / "out", report=False)
     summary = json.loads(Path(files["matches"]).read_text())
     assert summary["matches"] == res.matches and summary["timing"]["total_s"] > 0
@@ -638,8 +642,34 @@ def test_a_plan_leaving_out_visible_tumor_is_a_warning():
     assert "with 1,000 tumors" in note and "gliomatch db build --n 50000" in note
     (note,) = _plan_doubts({"covers_core": 0.781, "covers_whole_tumor": 0.629}, 50_000)
     assert "db build" not in note
-    (note,) = _plan_doubts({"covers_core": 1.0, "covers_whole_tumor": 0.99999}, 50_000)
-    assert "leaves out 0.0 % of the visible tumor core and < 0.1 % of the whole" in note
+    (note,) = _plan_doubts({"covers_core": 0.99999, "covers_whole_tumor": 1.0}, 50_000)
+    assert "leaves out < 0.1 % of the visible tumor core and 0.0 % of the whole" in note
+    # the GTV rule holds the core: a doubt only where it holds less of the whole tumor than
+    # the standard CTV does
+    std = {"covers_core": 1.0, "covers_whole_tumor": 0.95}
+    assert _plan_doubts({"covers_core": 1.0, "covers_whole_tumor": 0.945}, 50_000, std) == []
+    (note,) = _plan_doubts({"covers_core": 1.0, "covers_whole_tumor": 0.80}, 50_000, std)
+    assert "holds 80.0 % of the visible whole tumor, the standard CTV 95.0 %" in note
+
+
+def test_every_doubt_about_a_result_is_a_warning():
+    """A poor match, a small database, uncalibrated intervals, a poor registration: each a
+    warning (the CLI, the report and matches.json show the result's warnings)."""
+    from types import SimpleNamespace
+
+    from gliomatch.patient.pipeline import POOR_MATCH, _result_doubts
+
+    good = SimpleNamespace(quality_figures={"measure": "brain_dice", "brain_dice": 0.97})
+    assert _result_doubts(1.3, 50_000, {"calibrated": True}, good) == []
+    poor = SimpleNamespace(quality_figures={"measure": "brain_dice", "brain_dice": 0.80})
+    notes = _result_doubts(POOR_MATCH - 0.01, 1_000, {"calibrated": False}, poor)
+    assert len(notes) == 4
+    assert notes[0].startswith("poor match: the best match scores 0.79")
+    assert notes[1].startswith("small database: 1,000 tumors")
+    assert "not calibrated" in notes[2] and "gliomatch db calibrate" in notes[2]
+    assert notes[3].startswith("registration quality is poor (brain_dice 0.800")
+    unregistered = SimpleNamespace(quality_figures={"measure": "none", "none": None})
+    assert _result_doubts(1.3, 50_000, {"calibrated": True}, unregistered) == []
 
 
 def test_the_plan_the_benchmarks_support_is_stated(monkeypatch):

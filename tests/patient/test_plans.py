@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 from gliomatch.errors import GliomatchError
 from gliomatch.patient.inputs import recurrence_masks
 from gliomatch.patient.plans import (
+    TOP_V,
+    check_rule,
+    gtv_region,
     make_plans,
     plan_figures,
     recurrence_coverage,
@@ -203,11 +206,90 @@ def test_make_plans_same_volume_other_volume_and_isodensity():
     p2 = make_plans(u, core, brain, (1, 1, 1), margin_mm=6, volume_cm3=0.5)
     assert p2.personalized.sum() == 500
     p3 = make_plans(u, core, brain, (1, 1, 1), margin_mm=6, level=0.5)
-    np.testing.assert_array_equal(p3.personalized, (u >= 0.5) & brain)
+    np.testing.assert_array_equal(p3.personalized, ((u >= 0.5) & brain) | core)  # + the GTV
     with pytest.raises(GliomatchError, match="not both"):
         make_plans(u, core, brain, (1, 1, 1), volume_cm3=1.0, level=0.5)
     with pytest.raises(GliomatchError, match="isodensity level"):
         make_plans(u, core, brain, (1, 1, 1), level=1.5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), levels=st.integers(1, 4), extra=st.integers(0, 60))
+def test_the_gtv_rule_holds_the_core_and_fills_the_rest_by_density(seed, levels, extra):
+    """contain="core": the plan is the core plus the top (V - |core|) of the rest of the brain,
+    ordered as the slow reference orders them; exactly V voxels."""
+    rng = np.random.default_rng(seed)
+    shape, zooms = (6, 5, 5), (1.0, 1.5, 2.0)
+    u = rng.integers(0, levels + 1, size=shape) / levels * (rng.random(shape) < 0.5)
+    brain = rng.random(shape) < 0.9
+    core = rng.random(shape) < 0.08
+    core[2, 2, 2] = True
+    n = min(int(core.sum()) + extra, int((brain | core).sum()))
+    plan = top_volume(u, brain | core, n, core=core, zooms=zooms, include=core)
+    assert plan.sum() == n and plan[core].all()
+    rest = _reference_top(u, brain & ~core, n - int(core.sum()), core, zooms)
+    np.testing.assert_array_equal(plan, core | rest)
+
+
+def _aimed_away():
+    """A density whose prediction lies beside the core, not on it (a poor match)."""
+    shape = (40, 40, 40)
+    brain = _sphere(shape, (20, 20, 20), 18)
+    core = _sphere(shape, (20, 20, 20), 4)
+    whole = _sphere(shape, (20, 20, 20), 7)
+    u = 0.9 * _sphere(shape, (20, 31, 20), 6)  # 11 mm off
+    return u, core, whole, brain
+
+
+def test_the_default_ctv_contains_the_gtv_where_top_v_leaves_it_out():
+    u, core, whole, brain = _aimed_away()
+    top = make_plans(u, core, brain, (1, 1, 1), margin_mm=6, contain=TOP_V)
+    assert top.personalized[core].mean() < 0.9  # PREDICT-GBM's rule leaves core out
+    assert "may leave out visible tumor" in top.rule
+    safe = make_plans(u, core, brain, (1, 1, 1), margin_mm=6)
+    assert safe.personalized[core].all() and safe.personalized.sum() == safe.standard.sum()
+    assert "contains the tumor core" in safe.rule
+    # the rest of the volume still follows the density
+    assert safe.personalized[20, 33, 20] and not safe.standard[20, 33, 20]
+    whole_plan = make_plans(u, core, brain, (1, 1, 1), margin_mm=6, contain="whole",
+                            whole_tumor=whole)  # fmt: skip
+    assert whole_plan.personalized[whole].all()
+    assert whole_plan.personalized.sum() == whole_plan.standard.sum()
+    # a minimum margin: the core grown by 3 mm is held, whatever the density
+    grown = make_plans(u, core, brain, (1, 1, 1), margin_mm=6, min_margin_mm=3)
+    from scipy import ndimage
+
+    near = ndimage.distance_transform_edt(~core) <= 3
+    assert grown.personalized[near & brain].all()
+    assert not safe.personalized[near & brain].all()
+    assert "grown by 3 mm" in grown.rule
+    # isodensity plans hold the GTV too
+    iso = make_plans(u, core, brain, (1, 1, 1), margin_mm=6, level=0.5)
+    assert iso.personalized[core].all()
+
+
+def test_a_gtv_larger_than_the_volume_asked_for_is_kept_whole_and_said():
+    u, core, whole, brain = _aimed_away()
+    p = make_plans(u, core, brain, (1, 1, 1), margin_mm=6, volume_cm3=0.1)  # 100 voxels
+    np.testing.assert_array_equal(p.personalized, core)
+    assert len(p.notes) == 1 and "larger than the plan volume" in p.notes[0]
+
+
+def test_gtv_region_and_rule_checks():
+    u, core, whole, brain = _aimed_away()
+    assert not gtv_region(core, whole, brain, (1, 1, 1), contain="none").any()
+    np.testing.assert_array_equal(gtv_region(core, whole, brain, (1, 1, 1)), core)
+    np.testing.assert_array_equal(
+        gtv_region(core, whole, brain, (1, 1, 1), contain="whole"), core | whole
+    )
+    with pytest.raises(GliomatchError, match="contains one of core, whole, none"):
+        check_rule(contain="gtv")
+    with pytest.raises(GliomatchError, match="minimum margin must be >= 0"):
+        check_rule(min_margin_mm=-1)
+    with pytest.raises(GliomatchError, match="not with the top-V rule"):
+        check_rule(contain="none", min_margin_mm=2)
+    with pytest.raises(GliomatchError, match="needs the whole-tumor mask"):
+        make_plans(u, core, brain, (1, 1, 1), contain="whole")
 
 
 def test_recurrence_coverage_follows_predict_gbm():

@@ -247,6 +247,39 @@ PlanLevelOpt = Annotated[
     float | None,
     typer.Option(help="Personalized CTV = the isodensity region u >= this level, instead."),
 ]
+GtvOpt = Annotated[
+    str,
+    typer.Option(
+        "--gtv",
+        help="What the personalized CTV always contains (the GTV): core (the tumor core, "
+        "default), whole (the whole visible tumor) or none (PREDICT-GBM's top-V rule, which "
+        "may leave out visible tumor).",
+    ),
+]
+MinMarginOpt = Annotated[
+    float,
+    typer.Option(
+        "--min-margin", help="Personalized CTV: mm around the GTV it holds too (default 0)."
+    ),
+]
+
+
+def plan_rule(margin, plan_volume, plan_level, gtv, min_margin) -> dict:
+    """The plan options of the command line as the library's rule (checked now, before any
+    slow step runs, with the flags' names)."""
+    from gliomatch.patient.plans import CONTAIN
+
+    check_margin(margin)
+    if gtv not in CONTAIN:
+        raise GliomatchError(f"--gtv must be one of {', '.join(CONTAIN)}, got {gtv!r}")
+    if not min_margin >= 0 or min_margin == float("inf"):
+        raise GliomatchError(f"--min-margin must be a number of mm >= 0, got {min_margin}")
+    if min_margin > 0 and gtv == "none":
+        raise GliomatchError("--min-margin grows the GTV: not with --gtv none")
+    return {
+        "margin_mm": margin, "volume_cm3": plan_volume, "level": plan_level, "contain": gtv,
+        "min_margin_mm": min_margin,
+    }  # fmt: skip
 
 
 def print_plans(plans: dict | None) -> None:

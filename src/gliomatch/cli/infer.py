@@ -10,14 +10,16 @@ import typer
 
 from gliomatch.cli.apps import app
 from gliomatch.cli.common import (
+    GtvOpt,
     MarginOpt,
+    MinMarginOpt,
     PlanLevelOpt,
     PlanVolumeOpt,
     RegOpt,
     StrategyOpt,
     check_k,
-    check_margin,
     handle_errors,
+    plan_rule,
     prepared_strategy,
     print_result,
 )
@@ -82,6 +84,8 @@ def infer(
     margin: MarginOpt = 15.0,
     plan_volume: PlanVolumeOpt = None,
     plan_level: PlanLevelOpt = None,
+    gtv: GtvOpt = "core",
+    min_margin: MinMarginOpt = 0.0,
     ensemble: Annotated[
         bool,
         typer.Option(
@@ -107,7 +111,7 @@ def infer(
     from gliomatch.patient.pipeline import infer as run_infer
 
     check_k(k)
-    check_margin(margin)
+    rule = plan_rule(margin, plan_volume, plan_level, gtv, min_margin)
     if age_days is not None:
         positive_days(age_days, "--age-days")
     if (followup_seg is None) != (interval_days is None):
@@ -143,6 +147,8 @@ def infer(
             margin_mm=margin,
             plan_volume_cm3=plan_volume,
             plan_level=plan_level,
+            contain=rule["contain"],
+            min_margin_mm=min_margin,
             ensemble=ensemble,
             refine=refine,
             progress=None if json_out else (lambda i, n, stage: typer.echo(f"[{stage}]")),
@@ -177,6 +183,8 @@ def infer_batch(
     margin: MarginOpt = 15.0,
     plan_volume: PlanVolumeOpt = None,
     plan_level: PlanLevelOpt = None,
+    gtv: GtvOpt = "core",
+    min_margin: MinMarginOpt = 0.0,
     ensemble: Annotated[
         bool,
         typer.Option(help="Plan from the posterior mean density of the top matches (as `infer`)."),
@@ -193,13 +201,14 @@ def infer_batch(
     from gliomatch.patient.cohort import infer_cohort, read_cohort
 
     check_k(k)
-    check_margin(margin)
+    rule = plan_rule(margin, plan_volume, plan_level, gtv, min_margin)
     rows = read_cohort(csv, labels)
     database = Database.open(db)
     prepared_strategy(database, strategy, quiet=json_out)  # a bad name fails now
     table = infer_cohort(
         rows, database, out, k=k, strategy=strategy, registration=registration, refine=refine,
-        margin_mm=margin, plan_volume_cm3=plan_volume, plan_level=plan_level, ensemble=ensemble,
+        margin_mm=margin, plan_volume_cm3=plan_volume, plan_level=plan_level,
+        contain=rule["contain"], min_margin_mm=min_margin, ensemble=ensemble,
         log=None if json_out else typer.echo,
     )  # fmt: skip
     if json_out:

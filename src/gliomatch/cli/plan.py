@@ -12,13 +12,15 @@ import typer
 
 from gliomatch.cli.apps import app
 from gliomatch.cli.common import (
+    GtvOpt,
     JsonOpt,
     MarginOpt,
+    MinMarginOpt,
     PlanLevelOpt,
     PlanVolumeOpt,
     as_json,
-    check_margin,
     handle_errors,
+    plan_rule,
     print_plans,
 )
 from gliomatch.files import atomic_path, output_folder, write_text_atomic
@@ -34,11 +36,6 @@ BrainOpt = Annotated[Path | None, typer.Option(help="Binary brain mask (same gri
 AnatomyOpt = Annotated[
     Path | None, typer.Option(help="A skull-stripped scan whose support is the brain.")
 ]
-
-
-def _rule(margin, plan_volume, plan_level) -> dict:
-    check_margin(margin)
-    return {"margin_mm": margin, "volume_cm3": plan_volume, "level": plan_level}
 
 
 @contextlib.contextmanager
@@ -63,25 +60,35 @@ def plan(
     margin: MarginOpt = 15.0,
     plan_volume: PlanVolumeOpt = None,
     plan_level: PlanLevelOpt = None,
+    gtv: GtvOpt = "core",
+    min_margin: MinMarginOpt = 0.0,
     json_out: JsonOpt = False,
 ):
     """Standard CTV (core + margin, in the brain) and the personalized CTV of the same volume
-    (the highest-density voxels), from any density and segmentation on one grid."""
+    (the GTV, then the highest-density voxels), from any density and segmentation on one
+    grid."""
     import nibabel as nib
 
     from gliomatch.patient.plans import load_plan_inputs, plans_for
+    from gliomatch.patient.registration import on_grid_of
 
     with _warnings_as_lines():
         inp = load_plan_inputs(density, seg, labels=labels, brain_mask=brain_mask, anatomy=anatomy)
-        plans, figures = plans_for(inp, **_rule(margin, plan_volume, plan_level))
+        plans, figures = plans_for(inp, **plan_rule(margin, plan_volume, plan_level, gtv,
+                                                     min_margin))  # fmt: skip
     output_folder(out)
     files = {}
     for name, p in (("standard", plans.standard), ("personalized", plans.personalized)):
         path = out / f"ctv_{name}.nii.gz"
         with atomic_path(path) as tmp:
-            nib.save(nib.Nifti1Image(p.astype("uint8"), inp.affine), str(tmp))
+            nib.save(on_grid_of(p, inp.reference), str(tmp))  # the input's header kept
         files[name] = str(path)
-    summary = {"figures": figures, "rule": plans.rule, "margin_mm": margin, "files": files}
+    summary = {
+        "figures": figures, "rule": plans.rule, "margin_mm": margin, "gtv": gtv,
+        "min_margin_mm": min_margin, "notes": list(plans.notes), "files": files,
+    }  # fmt: skip
+    for note in plans.notes:
+        typer.echo(f"warning: {note}", err=True)
     write_text_atomic(out / "plans.json", as_json(summary))
     if json_out:
         typer.echo(as_json(summary))
@@ -107,6 +114,8 @@ def evaluate_plan_cmd(
     margin: MarginOpt = 15.0,
     plan_volume: PlanVolumeOpt = None,
     plan_level: PlanLevelOpt = None,
+    gtv: GtvOpt = "core",
+    min_margin: MinMarginOpt = 0.0,
     json_out: JsonOpt = False,
 ):
     """How much of the recurrence each plan covers (PREDICT-GBM's recurrence coverage, for the
@@ -117,7 +126,7 @@ def evaluate_plan_cmd(
         inp = load_plan_inputs(density, seg, labels=labels, brain_mask=brain_mask, anatomy=anatomy)
         res = evaluate_plan(
             inp, followup, followup_labels=followup_labels,
-            **_rule(margin, plan_volume, plan_level),
+            **plan_rule(margin, plan_volume, plan_level, gtv, min_margin),
         )  # fmt: skip
     if json_out:
         typer.echo(as_json(res))

@@ -29,7 +29,7 @@ from gliomatch.patient.cohort import FOLLOWUP_COLUMN, input_digest, read_cohort
 from gliomatch.patient.estimates import POSTERIOR_K, QUANTITIES, load_calibration
 from gliomatch.patient.inputs import load_patient
 from gliomatch.patient.pipeline import personalize, to_atlas
-from gliomatch.patient.plans import MARGIN_MM
+from gliomatch.patient.plans import MARGIN_MM, TOP_V
 from gliomatch.patient.registration import warp_masks_to_atlas
 from gliomatch.progress import Progress, report
 from gliomatch.search import Query, available_strategies, get_strategy, ready_strategies
@@ -161,7 +161,7 @@ def recurrence_coverage_rows(db, queries, *, margin_mm=MARGIN_MM) -> list[dict]:
         enh, anyt = q.followup
         res = personalize(
             atlas_patient(atlas, q.query), db, registration="none", ensemble=True,
-            refine=False, margin_mm=margin_mm,
+            refine=False, margin_mm=margin_mm, contain=TOP_V,
         )  # fmt: skip
         cov, n = plan_coverage(res, {"enhancing": enh, "any": anyt})
         vox = atlas.voxel_volume_cm3

@@ -27,7 +27,7 @@ from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.twoscan import two_scan_patients
 from gliomatch.patient.inputs import PatientInputs
 from gliomatch.patient.pipeline import personalize, planned_density
-from gliomatch.patient.plans import MARGIN_MM, recurrence_coverage
+from gliomatch.patient.plans import MARGIN_MM, TOP_V, recurrence_coverage
 from gliomatch.progress import report
 from gliomatch.search import get_strategy
 
@@ -177,7 +177,7 @@ def bench_plans(
                 continue  # no visible core: no standard plan (counted below)
             res = personalize(
                 atlas_patient(atlas, p.first), db, registration=registration, ensemble=True,
-                refine=False, margin_mm=margin_mm,
+                refine=False, margin_mm=margin_mm, contain=TOP_V,
             )  # fmt: skip
             rec = {
                 "enhancing": p.followup.t1gd,

@@ -32,7 +32,7 @@ from gliomatch.files import atomic_path, cache_key, cached_record, write_text_at
 from gliomatch.patient.cohort import input_digest, read_cohort
 from gliomatch.patient.inputs import load_patient
 from gliomatch.patient.pipeline import personalize
-from gliomatch.patient.plans import MARGIN_MM
+from gliomatch.patient.plans import MARGIN_MM, TOP_V
 from gliomatch.patient.refine import cache_tag
 from gliomatch.search import get_strategy
 
@@ -54,7 +54,7 @@ def edema_proxy_case(inputs, db, *, registration="syn", margin_mm=MARGIN_MM, wor
         warnings.simplefilter("ignore")  # the plans' own doubts are not the measure here
         res = personalize(
             hidden, db, registration=registration, ensemble=True, margin_mm=margin_mm,
-            weights=(1.0, 0.0), workdir=workdir,
+            contain=TOP_V, weights=(1.0, 0.0), workdir=workdir,
         )  # fmt: skip
     cov, _ = plan_coverage(res, {"edema": edema})
     vox = float(abs(np.linalg.det(inputs.anatomy.affine[:3, :3]))) / 1000.0  # cm^3 per voxel

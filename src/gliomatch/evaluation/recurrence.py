@@ -33,7 +33,7 @@ from gliomatch.files import (
 )
 from gliomatch.patient.layouts import RecurrenceCase, load_recurrence_case
 from gliomatch.patient.pipeline import personalize
-from gliomatch.patient.plans import MARGIN_MM
+from gliomatch.patient.plans import MARGIN_MM, TOP_V
 from gliomatch.patient.refine import cache_tag
 from gliomatch.progress import report
 from gliomatch.search import get_strategy
@@ -64,7 +64,7 @@ def _one(case, db, registration, margin_mm, strategy) -> dict:
                 warnings.simplefilter("always")
                 res = personalize(
                     inputs, db, strategy=strategy, registration=registration, skull="off",
-                    ensemble=True, margin_mm=margin_mm, workdir=Path(work),
+                    ensemble=True, margin_mm=margin_mm, contain=TOP_V, workdir=Path(work),
                 )  # fmt: skip
         if res.plans is None or "skipped" in res.plans:
             why = (res.plans or {}).get("skipped", "no plans")

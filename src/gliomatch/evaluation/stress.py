@@ -74,7 +74,7 @@ from gliomatch.files import (
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL
 from gliomatch.patient.inputs import PatientInputs
 from gliomatch.patient.pipeline import personalize
-from gliomatch.patient.plans import MARGIN_MM
+from gliomatch.patient.plans import MARGIN_MM, TOP_V
 from gliomatch.patient.refine import cache_tag
 from gliomatch.progress import report
 from gliomatch.search import get_strategy
@@ -502,7 +502,7 @@ def _run_patient(db, atlas, prior, j, setting, seed, cfg, registration, margin_m
             warnings.simplefilter("ignore")  # the plans' doubts: measured here, not shown
             res = personalize(
                 pat.inputs, db, registration=registration, ensemble=True, refine=refine,
-                margin_mm=margin_mm,
+                margin_mm=margin_mm, contain=TOP_V,
             )  # fmt: skip
     except GliomatchError as exc:
         return {**base, **pat.truth, "status": f"failed: {exc}"}

@@ -226,6 +226,8 @@ def infer_cohort(
     margin_mm: float = MARGIN_MM,
     plan_volume_cm3: float | None = None,
     plan_level: float | None = None,
+    contain: str = "core",
+    min_margin_mm: float = 0.0,
     ensemble: bool = False,
     log=None,
 ) -> pd.DataFrame:
@@ -266,7 +268,7 @@ def infer_cohort(
                 k=k,
                 registration=registration,
                 refine=cache_tag(refine),
-                plans=[margin_mm, plan_volume_cm3, plan_level, ensemble],
+                plans=[margin_mm, plan_volume_cm3, plan_level, ensemble, contain, min_margin_mm],
             )
             summary = _previous(pdir, key)
             if summary is not None:
@@ -277,7 +279,8 @@ def infer_cohort(
                 shutil.rmtree(pdir, ignore_errors=True)  # an earlier run's outputs
                 infer(inputs, db, pdir, k=k, strategy=strategy, registration=registration,
                       refine=refine, margin_mm=margin_mm, plan_volume_cm3=plan_volume_cm3,
-                      plan_level=plan_level, ensemble=ensemble)  # fmt: skip
+                      plan_level=plan_level, contain=contain, min_margin_mm=min_margin_mm,
+                      ensemble=ensemble)  # fmt: skip
                 summary = json.loads((pdir / "matches.json").read_text())
                 summary["cache_key"] = key
                 write_json_atomic(pdir / "matches.json", summary)

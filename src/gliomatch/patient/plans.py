@@ -7,13 +7,18 @@ coverage, as the PREDICT-GBM benchmark defines them (BrainLesion/PredictGBM,
   (``scipy.ndimage.distance_transform_edt`` with the voxel sizes as ``sampling``), so it is
   right on anisotropic voxels; PREDICT-GBM measures it in voxels of their 1 mm grid, the same
   there.
-* **Personalized CTV** of the same volume V (voxels): the V voxels of highest predicted density
-  inside the brain. Equal densities (the stored densities are quantized; beyond the simulated
-  tumor they are all zero) are ordered by the distance (mm) to the density's support
-  (``u > 0``), then by the distance to the tumor core, then by voxel index, so the plan holds
-  exactly V voxels, grows outward from the prediction where the prediction is flat, and is
-  deterministic. (PREDICT-GBM's ``topk_plan`` falls back to a distance fade of the support when
-  its top-V reaches zero density; ours keeps the density order and fades only among ties.)
+* **Personalized CTV** of the same volume V (voxels). By default it **contains the visible tumor**
+  (the GTV: the tumor core, ``contain="core"``, or the whole tumor, ``"whole"``), grown by an
+  optional minimum margin (``min_margin_mm``), and the rest of V is the voxels of highest
+  predicted density inside the brain: no plan leaves out visible tumor, whatever the match.
+  ``contain="none"`` is PREDICT-GBM's pure **top-V** rule: the V voxels of highest predicted
+  density, which can leave part of the core out when the prediction is off; the benchmarks use it,
+  to be comparable with PREDICT-GBM's figures. Equal densities (the stored densities are
+  quantized; beyond the simulated tumor they are all zero) are ordered by the distance (mm) to the
+  density's support (``u > 0``), then by the distance to the tumor core, then by voxel index, so
+  the plan holds exactly V voxels, grows outward from the prediction where the prediction is flat,
+  and is deterministic. (PREDICT-GBM's ``topk_plan`` falls back to a distance fade of the support
+  when its top-V reaches zero density; ours keeps the density order and fades only among ties.)
   Alternatives: another volume (``volume_cm3``) or an isodensity level (``level``).
 * **Recurrence coverage** (PREDICT-GBM's ``recurrence_coverage``): covered recurrence voxels /
   recurrence voxels, 1 when there is no recurrence. Two recurrences are scored: the enhancing
@@ -39,9 +44,13 @@ from gliomatch.patient.inputs import (
 from gliomatch.patient.registration import brain_support
 
 __all__ = [
+    "CONTAIN",
     "MARGIN_MM",
+    "TOP_V",
     "PlanInputs",
+    "gtv_region",
     "check_rule",
+    "describe_rule",
     "Plans",
     "evaluate_plan",
     "load_plan_inputs",
@@ -56,6 +65,16 @@ __all__ = [
 
 #: The standard CTV margin around the tumor core (mm): PREDICT-GBM's and the guidelines'.
 MARGIN_MM = 15.0
+
+#: What the personalized CTV contains before the density fills it to its volume: the tumor
+#: core, the whole visible tumor, or nothing (PREDICT-GBM's top-V rule).
+CONTAIN = {
+    "core": "the tumor core (necrotic + enhancing)",
+    "whole": "the whole visible tumor (FLAIR abnormality included)",
+    "none": "nothing forced (PREDICT-GBM's top-V rule)",
+}
+#: The benchmarks' rule: PREDICT-GBM's pure top-V (their figures are comparable with it).
+TOP_V = "none"
 
 
 def zooms_of(affine) -> np.ndarray:
@@ -90,26 +109,40 @@ def standard_ctv(core, brain, zooms, margin_mm: float = MARGIN_MM) -> np.ndarray
     return out & brain
 
 
-def top_volume(density, brain, n_voxels: int, *, core=None, zooms=(1.0, 1.0, 1.0)) -> np.ndarray:
+def top_volume(
+    density, brain, n_voxels: int, *, core=None, zooms=(1.0, 1.0, 1.0), include=None
+) -> np.ndarray:
     """The ``n_voxels`` voxels of highest ``density`` inside ``brain`` (ties as in the module
-    notes); exactly ``n_voxels`` of them."""
+    notes); exactly ``n_voxels`` of them. ``include``: voxels the plan holds whatever their
+    density (the GTV); the rest of the volume is filled by density, outside them."""
     u = np.asarray(density, dtype=np.float64)
     brain = np.asarray(brain, bool)
     _check_same("the brain mask", brain, u)
     if not np.all(np.isfinite(u)):
         raise GliomatchError("the density has NaN or infinite values")
     n_voxels = int(n_voxels)
-    cand = np.flatnonzero(brain)
+    forced = np.zeros(u.shape, bool) if include is None else np.asarray(include, bool)
+    _check_same("the included region", forced, u)
+    cand = np.flatnonzero(brain & ~forced)
     if n_voxels <= 0:
         raise GliomatchError(f"the plan volume must be positive, got {n_voxels} voxels")
-    if n_voxels > cand.size:
+    n_rest = n_voxels - int(forced.sum())
+    if n_rest < 0:
         raise GliomatchError(
-            f"the plan volume ({n_voxels} voxels) exceeds the brain ({cand.size} voxels)"
+            f"the plan volume ({n_voxels} voxels) is smaller than the region it must contain "
+            f"({int(forced.sum())} voxels)"
         )
+    if n_rest > cand.size:
+        raise GliomatchError(
+            f"the plan volume ({n_voxels} voxels) exceeds the brain "
+            f"({cand.size + int(forced.sum())} voxels)"
+        )
+    plan = forced.copy()
+    if n_rest == 0:
+        return plan
     vals = u.flat[cand]
     # the n-th highest value: all above it are in; only the tie group at it needs ordering
-    kth = np.partition(vals, vals.size - n_voxels)[vals.size - n_voxels]
-    plan = np.zeros(u.shape, bool)
+    kth = np.partition(vals, vals.size - n_rest)[vals.size - n_rest]
     plan.flat[cand[vals > kth]] = True
     tied = cand[vals == kth]
     need = n_voxels - int(plan.sum())
@@ -191,10 +224,17 @@ class Plans:
 
     standard: np.ndarray
     personalized: np.ndarray
-    rule: str  # "same volume", "volume 123.0 cm3" or "isodensity 0.05"
+    rule: str  # e.g. "same volume as the standard plan; contains the tumor core (GTV)"
+    #: what the personalized CTV was made to contain (:data:`CONTAIN`) and the margin around it
+    contain: str = "core"
+    min_margin_mm: float = 0.0
+    #: doubts about the plan (its forced region outgrew the volume asked for)
+    notes: tuple = ()
 
 
-def check_rule(margin_mm=MARGIN_MM, volume_cm3=None, level=None) -> None:
+def check_rule(
+    margin_mm=MARGIN_MM, volume_cm3=None, level=None, contain="core", min_margin_mm=0.0
+) -> None:
     """A one-line error for a plan rule that cannot work (before any slow step runs)."""
     if not np.isfinite(margin_mm) or margin_mm <= 0:
         raise GliomatchError(f"margin_mm must be a positive number of mm, got {margin_mm}")
@@ -204,6 +244,34 @@ def check_rule(margin_mm=MARGIN_MM, volume_cm3=None, level=None) -> None:
         raise GliomatchError(f"the isodensity level must lie in (0, 1], got {level}")
     if volume_cm3 is not None and (not np.isfinite(volume_cm3) or volume_cm3 <= 0):
         raise GliomatchError(f"the plan volume must be positive, got {volume_cm3} cm3")
+    if contain not in CONTAIN:
+        raise GliomatchError(
+            f"the personalized CTV contains one of {', '.join(CONTAIN)}, got {contain!r}"
+        )
+    if not np.isfinite(min_margin_mm) or min_margin_mm < 0:
+        raise GliomatchError(f"the minimum margin must be >= 0 mm, got {min_margin_mm}")
+    if min_margin_mm > 0 and contain == "none":
+        raise GliomatchError("a minimum margin grows the GTV: not with the top-V rule")
+
+
+def gtv_region(core, whole_tumor, brain, zooms, *, contain="core", min_margin_mm=0.0):
+    """What the personalized CTV must hold: the GTV (``contain``: the core or the whole tumor)
+    grown by ``min_margin_mm`` (Euclidean, in mm) inside the brain; empty for ``"none"``."""
+    core = np.asarray(core, bool)
+    if contain == "none":
+        return np.zeros(core.shape, bool)
+    gtv = core if contain == "core" else core | np.asarray(whole_tumor, bool)
+    if min_margin_mm > 0 and gtv.any():
+        return standard_ctv(gtv, np.asarray(brain, bool) | gtv, zooms, min_margin_mm)
+    return gtv.copy()
+
+
+def describe_rule(sizing: str, contain: str, min_margin_mm: float) -> str:
+    """The personalized CTV's rule in words."""
+    if contain == "none":
+        return f"{sizing}; {CONTAIN['none']}: it may leave out visible tumor"
+    grown = f" grown by {min_margin_mm:g} mm" if min_margin_mm > 0 else ""
+    return f"{sizing}; it contains {CONTAIN[contain]}{grown} (the GTV), then the highest density"
 
 
 def make_plans(
@@ -215,8 +283,11 @@ def make_plans(
     margin_mm: float = MARGIN_MM,
     volume_cm3: float | None = None,
     level: float | None = None,
+    contain: str = "core",
+    min_margin_mm: float = 0.0,
+    whole_tumor=None,
 ) -> Plans:
-    """The standard CTV and the personalized one (PREDICT-GBM's protocol).
+    """The standard CTV and the personalized one (PREDICT-GBM's protocol, made safe).
 
     Parameters
     ----------
@@ -233,38 +304,71 @@ def make_plans(
     volume_cm3, level : float, optional
         The personalized plan's size: the standard's volume by default, ``volume_cm3``, or the
         isodensity region ``density >= level`` (not both).
+    contain : {"core", "whole", "none"}
+        What the personalized plan holds whatever the density (:data:`CONTAIN`): the core
+        (default), the whole tumor (``whole_tumor``), or nothing (PREDICT-GBM's top-V rule).
+    min_margin_mm : float
+        A margin (mm) around that GTV the personalized plan holds too.
+    whole_tumor : ndarray of bool, optional
+        The visible whole tumor (needed for ``contain="whole"``).
 
     Returns
     -------
     Plans
         ``standard`` and ``personalized`` boolean masks and the ``rule`` that sized the second.
+        When the GTV with its minimum margin is larger than the volume asked for, the plan is
+        that region (larger than asked: visible tumor is never left out) and ``notes`` says so.
 
     Examples
     --------
     >>> u = np.zeros((20, 20, 20)); u[8:12, 8:12, 8:12] = 0.9; u[12:15, 8:12, 8:12] = 0.3
     >>> core = u >= 0.6
     >>> plans = make_plans(u, core, np.ones(u.shape, bool), (2.0, 2.0, 2.0), margin_mm=4)
-    >>> int(plans.standard.sum()) == int(plans.personalized.sum()), plans.rule
-    (True, 'same volume as the standard plan')
+    >>> int(plans.standard.sum()) == int(plans.personalized.sum()), plans.contain
+    (True, 'core')
     >>> bool(plans.personalized[13, 10, 10]), bool(plans.standard[13, 10, 10])
     (True, True)
+    >>> bool(plans.personalized[core].all())  # the GTV, whatever the density
+    True
     """
-    check_rule(margin_mm, volume_cm3, level)
+    check_rule(margin_mm, volume_cm3, level, contain, min_margin_mm)
     u = np.asarray(density, dtype=np.float64)
-    _check_same("the tumor core", np.asarray(core), u)
-    brain = np.asarray(brain, bool) | np.asarray(core, bool)  # the core is brain
+    core = np.asarray(core, bool)
+    _check_same("the tumor core", core, u)
+    if contain == "whole":
+        if whole_tumor is None:
+            raise GliomatchError("contain='whole' needs the whole-tumor mask")
+        _check_same("the whole-tumor mask", np.asarray(whole_tumor), u)
+    brain = np.asarray(brain, bool) | core  # the core is brain
+    if whole_tumor is not None:
+        brain = brain | np.asarray(whole_tumor, bool)
     standard = standard_ctv(core, brain, zooms, margin_mm)
+    forced = gtv_region(core, whole_tumor, brain, zooms, contain=contain,
+                        min_margin_mm=min_margin_mm)  # fmt: skip
     voxel_cm3 = float(np.prod(zooms)) / 1000.0
     if level is not None:
-        plan = (u >= level) & brain
+        plan = ((u >= level) & brain) | forced
         if not plan.any():
             raise GliomatchError(f"no brain voxel has density >= {level}")
-        return Plans(standard, plan, f"isodensity {level:g}")
+        rule = describe_rule(f"isodensity {level:g}", contain, min_margin_mm)
+        return Plans(standard, plan, rule, contain, min_margin_mm)
     if volume_cm3 is not None:
-        n, rule = int(round(volume_cm3 / voxel_cm3)), f"volume {volume_cm3:g} cm3"
+        n, sizing = int(round(volume_cm3 / voxel_cm3)), f"volume {volume_cm3:g} cm3"
     else:
-        n, rule = int(standard.sum()), "same volume as the standard plan"
-    return Plans(standard, top_volume(u, brain, n, core=core, zooms=zooms), rule)
+        n, sizing = int(standard.sum()), "same volume as the standard plan"
+    rule = describe_rule(sizing, contain, min_margin_mm)
+    if forced.sum() >= n:
+        notes = ()
+        if forced.sum() > n:
+            notes = (
+                f"the GTV with its {min_margin_mm:g} mm minimum margin "
+                f"({forced.sum() * voxel_cm3:.1f} cm3) is larger than the plan volume asked for "
+                f"({n * voxel_cm3:.1f} cm3): the personalized CTV is that region, larger than "
+                "asked",
+            )
+        return Plans(standard, forced, rule, contain, min_margin_mm, notes)
+    plan = top_volume(u, brain, n, core=core, zooms=zooms, include=forced)
+    return Plans(standard, plan, rule, contain, min_margin_mm)
 
 
 def plan_figures(plan, zooms, *, whole_tumor, core) -> dict:
@@ -333,7 +437,8 @@ def load_plan_inputs(
 def plans_for(inp: PlanInputs, **rule) -> tuple[Plans, dict]:
     """Both plans of :class:`PlanInputs` and their figures (``rule`` as :func:`make_plans`)."""
     zooms = zooms_of(inp.affine)
-    plans = make_plans(inp.density, inp.core, inp.brain, zooms, **rule)
+    plans = make_plans(inp.density, inp.core, inp.brain, zooms, whole_tumor=inp.whole_tumor,
+                       **rule)  # fmt: skip
     figures = {
         name: plan_figures(p, zooms, whole_tumor=inp.whole_tumor, core=inp.core)
         for name, p in (("standard", plans.standard), ("personalized", plans.personalized))

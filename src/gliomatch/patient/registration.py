@@ -379,9 +379,8 @@ def register(
         warped.numpy(), fixed.numpy(), atlas, reg.tumor_atlas, brain_atlas=brain_atlas
     )
     reg.seconds = time.perf_counter() - t0
-    poor = poor_quality(reg.quality_figures)
-    if poor:
-        warnings.warn(poor, stacklevel=2)
+    # a poor quality (poor_quality) is the caller's warning: personalize() puts it in the
+    # result's warnings (the CLI, the report, matches.json)
     return reg
 
 
