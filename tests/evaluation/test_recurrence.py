@@ -128,8 +128,9 @@ def test_cohort_runs_records_failures_and_resumes(db, tmp_path, monkeypatch):
     assert (summary["ok"], summary["failed"]) == (1, 1)
     row = table.set_index("patient_id").loc["a1"]
     assert row["status"] == "ok" and row["plan_cm3"] > 0
-    for plan in ("standard", "best", "ensemble"):
+    for plan in ("standard", "best", "ensemble", "refined", "best_gtv", "refined_gtv"):
         assert 0 <= row[f"{plan}_enhancing"] <= 1
+    assert "refined_gtv_minus_standard" in summary["enhancing"]  # infer's default CTV, scored
     # the tumor grown by 2 voxels lies within the 15 mm margin
     assert row["standard_enhancing"] == 1.0
     assert summary["enhancing"]["n"] == 1
@@ -154,7 +155,7 @@ def test_cli_prints_predict_gbm_table(db, tmp_path):
                                  "--registration", "none"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "| P7 | ok |" in r.output and "| P8 | ok |" in r.output and "**mean**" in r.output
-    assert "gliomatch − standard" in r.output
+    assert "gliomatch − standard" in r.output and "refined_gtv enh." in r.output
     r = CliRunner().invoke(
         app,
         [

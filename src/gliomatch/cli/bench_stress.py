@@ -87,10 +87,10 @@ def bench_stress_cmd(
 def stress_table(res: dict) -> str:
     """The summary as the README's Markdown table (coverage %, paired difference in points):
     a column for each plan the run scored (the refined ones when it refined)."""
-    from gliomatch.evaluation.plans import PLANS, REFINED_PLANS
+    from gliomatch.evaluation.plans import ALL_PLANS
 
     entries = [s[rec] for s in res["settings"].values() for rec in ("enhancing", "any")]
-    plans = [p for p in (*PLANS, *REFINED_PLANS) if any(f"{p}_mean" in e for e in entries)]
+    plans = [p for p in ALL_PLANS if any(f"{p}_mean" in e for e in entries)]
     names = {"refined_ensemble": "refined ens."}
     head = " | ".join(names.get(p, p) for p in plans)
     diffs = " | ".join(f"{names.get(p, p)} − std" for p in plans[1:])
@@ -164,9 +164,9 @@ def bench_edema_proxy_cmd(
         f"{s['n_db']:,}-tumor database; plans from the core alone (edema hidden), equal volume "
         f"(core + {margin:g} mm); coverage % of the FLAIR abnormality outside the core"
     )
-    from gliomatch.evaluation.plans import PLANS, REFINED_PLANS
+    from gliomatch.evaluation.plans import ALL_PLANS
 
-    plans = [p for p in (*PLANS, *REFINED_PLANS) if f"{p}_edema" in table]
+    plans = [p for p in ALL_PLANS if f"{p}_edema" in table]
     typer.echo("| case | core cm3 | edema cm3 | plan cm3 | " + " | ".join(plans) + " |")
     typer.echo("|" + "---|" * (4 + len(plans)))
     for _, r in table.iterrows():

@@ -72,20 +72,28 @@ def evaluate_recurrence(
         raise typer.Exit(1)
 
 
+#: The table's plans, where scored: PREDICT-GBM's top-V plans from the best match, the
+#: ensemble and the refined best fit, and ``infer``'s default CTV (the refined best fit,
+#: containing the tumor core: ``refined_gtv``).
+TABLE_PLANS = ("standard", "best", "ensemble", "refined", "refined_gtv")
+
+
 def recurrence_table(table, summary: dict) -> str:
     """Per patient and mean, PREDICT-GBM's figures: coverage % of the enhancing and of any
-    recurrence by the standard plan and gliomatch's (best match, ensemble)."""
-    plans = ("standard", "best", "ensemble")
+    recurrence by the standard plan and gliomatch's (best match, ensemble, refined, and
+    ``infer``'s default CTV that contains the core)."""
+    plans = [p for p in TABLE_PLANS if p == "standard" or f"{p}_enhancing" in table]
     lines = [
         f"{summary['n_db']:,}-tumor database, registration {summary['registration']}, plans of "
-        f"equal volume (core + {summary['margin_mm']:g} mm); recurrence coverage %",
+        f"equal volume (core + {summary['margin_mm']:g} mm); recurrence coverage %; top-V plans "
+        "(PREDICT-GBM's rule) except *_gtv, which contain the tumor core (infer's default)",
         "| patient | status | " + " | ".join(f"{p} enh." for p in plans) + " | "
         + " | ".join(f"{p} any" for p in plans) + " |",
-        "|---|---|" + "---|" * 6,
+        "|---|---|" + "---|" * (2 * len(plans)),
     ]  # fmt: skip
     for _, r in table.iterrows():
         if r["status"] != "ok":
-            lines.append(f"| {r['patient_id']} | {r['status']} |" + " |" * 6)
+            lines.append(f"| {r['patient_id']} | {r['status']} |" + " |" * (2 * len(plans)))
             continue
         cells = []
         for rec in ("enhancing", "any"):

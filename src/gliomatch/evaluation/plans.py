@@ -32,7 +32,9 @@ from gliomatch.progress import report
 from gliomatch.search import get_strategy
 
 __all__ = [
+    "ALL_PLANS",
     "DENSITY_OF",
+    "GTV_PLANS",
     "PLANS",
     "RECURRENCES",
     "REFINED_PLANS",
@@ -54,6 +56,12 @@ DENSITY_OF = {
     "refined": "density_refined_patient",
     "refined_ensemble": "density_refined_ensemble_patient",
 }
+#: The same personalized plans made by the shipped default rule (they contain the tumor core,
+#: the GTV, then the highest density: ``contain="core"``), scored where a benchmark asks
+#: (``plan_coverage(gtv=True)``) beside PREDICT-GBM's top-V plans.
+GTV_PLANS = tuple(f"{p}_gtv" for p in (*PLANS[1:], *REFINED_PLANS))
+#: Every plan a benchmark may score, in the order tables show them.
+ALL_PLANS = (*PLANS, *REFINED_PLANS, *GTV_PLANS)
 RECURRENCES = ("enhancing", "any", "new_enhancing")
 #: Patients differ from ``bench two-scan``'s (another seed offset).
 PLAN_SEED_OFFSET = 5_000_011
@@ -97,10 +105,11 @@ def atlas_patient(atlas, scan) -> PatientInputs:
     )  # fmt: skip
 
 
-def plan_coverage(result, recurrences: dict) -> tuple[dict, int]:
+def plan_coverage(result, recurrences: dict, *, gtv: bool = False) -> tuple[dict, int]:
     """Coverage of ``result``'s standard plan and of a plan of its volume from each density it
     holds (the best match's, the ensemble's with ``ensemble=True``, the refined ones with
-    ``refine=True``: :data:`DENSITY_OF`) against every mask of ``recurrences``. Returns
+    ``refine=True``: :data:`DENSITY_OF`) against every mask of ``recurrences``; ``gtv``: each
+    also made by the default rule that contains the core (``<plan>_gtv``). Returns
     ``({"<plan>_<recurrence>": coverage}, V)``."""
     plans = {"standard": result.plans["standard"]}
     planned = planned_density(
@@ -111,6 +120,9 @@ def plan_coverage(result, recurrences: dict) -> tuple[dict, int]:
             plans[name] = result.plans["personalized"]
         elif key in result.images:
             plans[name] = result.plans_from(result.images[key], name)["personalized"]
+        if gtv and key in result.images:
+            plans[f"{name}_gtv"] = result.plans_from(result.images[key], name,
+                                                     contain="core")["personalized"]  # fmt: skip
     cov = {
         f"{name}_{r}": recurrence_coverage(mask, plan)
         for name, plan in plans.items()
@@ -127,7 +139,7 @@ def paired_coverage(rows, recurrence: str) -> dict:
     out = {"n": int(len(rows))}
     if not len(rows):
         return out
-    present = [p for p in (*PLANS, *REFINED_PLANS) if f"{p}_{recurrence}" in rows]
+    present = [p for p in ALL_PLANS if f"{p}_{recurrence}" in rows]
     for plan in present:
         out[f"{plan}_mean"] = float(rows[f"{plan}_{recurrence}"].mean())
     for plan in present[1:]:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
-from gliomatch.evaluation.plans import PLANS, REFINED_PLANS, paired_coverage, plan_coverage
+from gliomatch.evaluation.plans import ALL_PLANS, paired_coverage, plan_coverage
 from gliomatch.files import atomic_path, cache_key, cached_record, write_text_atomic
 from gliomatch.patient.cohort import input_digest, read_cohort
 from gliomatch.patient.inputs import load_patient
@@ -38,7 +38,7 @@ from gliomatch.search import get_strategy
 
 __all__ = ["edema_proxy", "edema_proxy_case"]
 
-PROXY_VERSION = 2  # +1: the refined plans
+PROXY_VERSION = 3  # 2: the refined plans; 3: the default (GTV-containing) plans too
 
 
 def edema_proxy_case(inputs, db, *, registration="syn", margin_mm=MARGIN_MM, workdir=None):
@@ -56,7 +56,7 @@ def edema_proxy_case(inputs, db, *, registration="syn", margin_mm=MARGIN_MM, wor
             hidden, db, registration=registration, ensemble=True, margin_mm=margin_mm,
             contain=TOP_V, weights=(1.0, 0.0), workdir=workdir,
         )  # fmt: skip
-    cov, _ = plan_coverage(res, {"edema": edema})
+    cov, _ = plan_coverage(res, {"edema": edema}, gtv=True)
     vox = float(abs(np.linalg.det(inputs.anatomy.affine[:3, :3]))) / 1000.0  # cm^3 per voxel
     return {
         **cov,
@@ -105,7 +105,7 @@ def edema_proxy(source, db, out, *, labels="auto", registration="syn", margin_mm
         rec = cached_record(cache / f"{key}.json", compute)
         rows.append(rec)
         if log is not None and rec["status"] == "ok":
-            plans = [p for p in (*PLANS, *REFINED_PLANS) if f"{p}_edema" in rec]
+            plans = [p for p in ALL_PLANS if f"{p}_edema" in rec]
             log(f"{rec['patient_id']}: edema covered by "
                 + ", ".join(f"{p} {100 * rec[f'{p}_edema']:.1f} %" for p in plans))  # fmt: skip
         elif log is not None:

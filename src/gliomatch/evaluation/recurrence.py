@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.errors import GliomatchError
-from gliomatch.evaluation.plans import PLANS, paired_coverage, plan_coverage
+from gliomatch.evaluation.plans import ALL_PLANS, paired_coverage, plan_coverage
 from gliomatch.files import (
     atomic_path,
     cache_key,
@@ -41,7 +41,7 @@ from gliomatch.search import get_strategy
 __all__ = ["evaluate_recurrence_cohort", "recurrence_summary"]
 
 #: Bump when a patient's evaluation changes: cached rows of another version are redone.
-RECURRENCE_VERSION = 1
+RECURRENCE_VERSION = 2  # 2: the default (GTV-containing) plans scored too
 
 
 def _digest(case: RecurrenceCase) -> dict:
@@ -69,7 +69,7 @@ def _one(case, db, registration, margin_mm, strategy) -> dict:
         if res.plans is None or "skipped" in res.plans:
             why = (res.plans or {}).get("skipped", "no plans")
             return {**row, "status": f"failed: {why}"}
-        cov, n = plan_coverage(res, rec)
+        cov, n = plan_coverage(res, rec, gtv=True)
     except GliomatchError as exc:
         return {**row, "status": f"failed: {exc}"}
     vox = float(abs(np.linalg.det(inputs.anatomy.affine[:3, :3]))) / 1000.0  # cm^3 per voxel
@@ -142,7 +142,8 @@ def evaluate_recurrence_cohort(
 def _line(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['patient_id']}: {row['status']}"
-    cells = ", ".join(f"{p} {100 * row[f'{p}_enhancing']:.1f} %" for p in PLANS)
+    plans = [p for p in ALL_PLANS if f"{p}_enhancing" in row]
+    cells = ", ".join(f"{p} {100 * row[f'{p}_enhancing']:.1f} %" for p in plans)
     return f"{row['patient_id']}: enhancing recurrence covered by {cells}"
 
 

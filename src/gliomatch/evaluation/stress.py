@@ -63,7 +63,7 @@ from scipy import ndimage
 
 from gliomatch.database.trajectories import iter_held_out
 from gliomatch.errors import GliomatchError, check_count
-from gliomatch.evaluation.plans import PLANS, REFINED_PLANS, paired_coverage, plan_coverage
+from gliomatch.evaluation.plans import ALL_PLANS, paired_coverage, plan_coverage
 from gliomatch.files import (
     atomic_path,
     cache_key,
@@ -473,7 +473,7 @@ def bench_stress(
 def _line(rec: dict) -> str:
     if rec["status"] != "ok":
         return f"{rec['setting']} #{rec['patient']}: {rec['status']}"
-    plans = [p for p in (*PLANS, *REFINED_PLANS) if f"{p}_enhancing" in rec]
+    plans = [p for p in ALL_PLANS if f"{p}_enhancing" in rec]
     cells = ", ".join(f"{p} {100 * rec[f'{p}_enhancing']:.1f} %" for p in plans)
     return f"{rec['setting']} #{rec['patient']}: enhancing recurrence covered {cells}"
 
@@ -564,7 +564,7 @@ def _figure(table: pd.DataFrame, path: Path) -> None:
         data, labels = [], []
         for s in settings:
             g = ok[(ok["setting"] == s) & (ok[f"recurrence_{rec}_cm3"] > 0)]
-            for plan in [p for p in (*PLANS, *REFINED_PLANS)[1:] if f"{p}_{rec}" in g]:
+            for plan in [p for p in ALL_PLANS[1:] if f"{p}_{rec}" in g]:
                 data.append(100 * (g[f"{plan}_{rec}"] - g[f"standard_{rec}"]).to_numpy())
                 labels.append(f"{s}\n{plan}")
         if data:
