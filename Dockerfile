@@ -13,12 +13,13 @@ FROM python:3.11-slim
 ENV GLIOMATCH_CACHE=/opt/gliomatch-cache \
     MPLBACKEND=Agg
 WORKDIR /opt/gliomatch
-RUN apt-get update && apt-get install -y --no-install-recommends build-essential make \
+RUN apt-get update && apt-get install -y --no-install-recommends make \
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml requirements.lock requirements-build.in Makefile README.md ./
 COPY src ./src
-# the Makefile's install: the lock file with hashes; torch's CPU build from PyTorch's index
-RUN make install TORCH_WHEELS=https://download.pytorch.org/whl/cpu \
+# the Makefile's install: the core lock file with hashes (no torch, MONAI or pyradiomics: the
+# patient workflow needs none of them; no compiler either)
+RUN make install \
     && .venv/bin/python -m compileall -q .venv/lib src
 ENV PATH=/opt/gliomatch/.venv/bin:$PATH
 RUN gliomatch demo --out /tmp/demo-out >/dev/null && rm -rf /tmp/demo-out

@@ -7,9 +7,13 @@ that the Python API and the command line both take (``k``, ``loop_check``, ...) 
 :func:`check_count` where the API is entered, so both refuse the same values.
 """
 
+import importlib.util
 import numbers
 
-__all__ = ["GliomatchError", "check_count"]
+__all__ = ["EXTRAS", "GliomatchError", "check_count", "require_extra"]
+
+#: gliomatch's optional extras and the modules each brings (pyproject.toml).
+EXTRAS = {"learn": ("torch", "monai"), "radiomics": ("radiomics",)}
 
 
 class GliomatchError(ValueError):
@@ -33,3 +37,19 @@ def check_count(value, name: str, *, minimum: int = 1) -> int:
         kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, "an integer")
         raise GliomatchError(f"{name} must be >= {minimum} ({kind}), got {value!r}")
     return int(value)
+
+
+def require_extra(extra: str, what: str) -> None:
+    """A one-line error when ``what`` (a strategy, a command) needs an optional extra that is
+    not installed: the patient workflow needs neither torch, MONAI nor pyradiomics.
+
+    Examples
+    --------
+    >>> require_extra("learn", "the ae search strategy")  # installed here: nothing happens
+    """
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise GliomatchError(
+            f"{what} needs {' and '.join(missing)}, not installed: install gliomatch's "
+            f"'{extra}' extra (pip install 'gliomatch[{extra}]'; in a checkout, make install-all)"
+        )

@@ -108,6 +108,9 @@ def train(
 ):
     """Train a mask autoencoder per modality, or the multitask embedding network (resumable;
     loss curves and validation figures saved with the model in the database's index folder)."""
+    from gliomatch.errors import require_extra
+
+    require_extra("learn", "training")
     from gliomatch.learn.run import train_model
 
     options = dict(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gliomatch.errors import GliomatchError
+from gliomatch.errors import GliomatchError, require_extra
 from gliomatch.learn.labels import REGIONS, TASKS, task_labels
 from gliomatch.progress import report
 
@@ -85,6 +85,7 @@ def validate_embeddings(
 ) -> dict:
     """Run the KNN / task-set / robustness / t-SNE validation; returns ``summary`` (also saved
     as ``multitask_summary.json``)."""
+    require_extra("learn", "the embedding validation")
     from gliomatch.learn.multitask import (
         embed_masks,
         load_multitask,

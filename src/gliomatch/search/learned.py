@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gliomatch.errors import require_extra
 from gliomatch.masks import downsample
 from gliomatch.search.base import Query, Strategy, register_resolver, register_strategy
 
@@ -39,6 +40,7 @@ class LearnedStrategy(Strategy):
     metric = "distance"  # the papers' L2_T1Gd + L2_FLAIR, or Hamming of the two codes
 
     def __init__(self, db, *, model: str = "ae", **kw):
+        require_extra("learn", f"the {model} search strategy")
         self.model_name = model
         self.name = model
         super().__init__(db, **kw)

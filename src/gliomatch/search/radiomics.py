@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from gliomatch.database import Database
+from gliomatch.errors import require_extra
 from gliomatch.files import worker_pool
 from gliomatch.progress import report
 from gliomatch.search.base import Query, Strategy, register_strategy, top_k
@@ -114,6 +115,7 @@ class RadiomicsStrategy(Strategy):
     name = "radiomics"
 
     def __init__(self, db, *, candidates: int = 1000, workers: int = 2, **kw):
+        require_extra("radiomics", "the radiomics search strategy")
         super().__init__(db, **kw)
         self.candidates = int(candidates)
         self.workers = workers
