@@ -314,6 +314,7 @@ def print_result(res, json_out: bool, extra: dict | None = None):
                     "registration_quality": res.quality,
                     "registration_quality_figures": res.quality_figures,
                     "plans": res.plans,
+                    "files": res.files,
                     **(extra or {}),
                 }
             )
@@ -334,6 +335,11 @@ def print_result(res, json_out: bool, extra: dict | None = None):
             f"{r['seconds']:.1f} s"
         )
     print_plans(res.plans)
+    if "rtstruct" in res.files:
+        typer.echo(
+            f"RT Structure Set (GTV, CTV standard, CTV personalized; unapproved): "
+            f"{res.files['rtstruct']}"
+        )
     typer.echo(
         f"registration quality: {describe_quality(res.quality_figures)}; timing: "
         + ", ".join(f"{k_[:-2]} {v_:.1f} s" for k_, v_ in res.timing.items())

@@ -30,8 +30,16 @@ from gliomatch.errors import GliomatchError
 @handle_errors
 def infer(
     out: Annotated[Path, typer.Option(help="Output folder.")],
-    t1: Annotated[Path | None, typer.Option(help="Patient T1 (registration reference).")] = None,
-    t1c: Annotated[Path | None, typer.Option(help="Patient T1Gd (registration reference).")] = None,
+    t1: Annotated[
+        Path | None,
+        typer.Option(
+            help="Patient T1 (registration reference): NIfTI, or a DICOM series (its folder or "
+            "one of its files: converted, and the plans written as an RT Structure Set too)."
+        ),
+    ] = None,
+    t1c: Annotated[
+        Path | None, typer.Option(help="Patient T1Gd (registration reference); NIfTI or DICOM.")
+    ] = None,
     wm: Annotated[
         Path | None,
         typer.Option(
@@ -124,6 +132,7 @@ def infer(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         files = dict(t1=t1, t1c=t1c, wm=wm, seg=seg, flair_mask=flair_mask, t1gd_mask=t1gd_mask)
+        series = _dicom_anatomy(files, out, quiet=json_out)
         if case is not None:
             if any(v is not None for v in (*files.values(), gm, csf)):
                 raise GliomatchError("give either --case or the patient's files, not both")
@@ -133,6 +142,13 @@ def infer(
         from gliomatch.database.demo import demo_database
 
         database = Database.open(db) if db else demo_database(log=None if json_out else typer.echo)
+        if db is None:
+            warnings.warn(
+                f"no --db: the demo database ({len(database):,} tumors at "
+                f"{database.atlas().shape[0]}^3, {database.path}) was used; for a patient, "
+                "build and give a 50,000-tumor database (`gliomatch db build --n 50000`)",
+                stacklevel=1,
+            )
         prepared_strategy(database, strategy, quiet=json_out)
         res = run_infer(
             inputs,
@@ -152,10 +168,31 @@ def infer(
             ensemble=ensemble,
             refine=refine,
             progress=None if json_out else (lambda i, n, stage: typer.echo(f"[{stage}]")),
+            dicom=series,
         )
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     print_result(res, json_out)
+
+
+def _dicom_anatomy(files: dict, out: Path, *, quiet: bool):
+    """A DICOM series given as --t1 or --t1c: converted into ``out/dicom/anatomy.nii.gz``
+    (the file then used), its series returned for the RT Structure Set; else None."""
+    from gliomatch.files import output_folder
+    from gliomatch.patient.dicom import is_dicom, read_series
+
+    for name in ("t1", "t1c"):
+        path = files[name]
+        if path is not None and is_dicom(path):
+            series = read_series(path, output_folder(out) / "dicom")
+            files[name] = series.nifti
+            if not quiet:
+                typer.echo(
+                    f"--{name}: DICOM series {series.series_uid} ({len(series.slices)} slices) "
+                    f"converted to {series.nifti}"
+                )
+            return series
+    return None
 
 
 @app.command("infer-batch")

@@ -273,6 +273,7 @@ class Personalization:
                 k: plan[k] for k in ("figures", "description", "evidence", "skipped") if k in plan
             },
             "matches": self.matches,
+            "rt_structure_set": self.settings.get("rt_structure_set"),
             "warnings": self.warnings,
         }
 
@@ -574,16 +575,18 @@ def infer(
     *,
     report: bool = True,
     progress: Progress | None = None,
+    dicom=None,
     **options,
 ) -> InferResult:
     """``gliomatch infer``: :func:`personalize` the patient (``options`` as there), then
-    write everything into ``out`` (:func:`gliomatch.patient.writers.write_outputs`); the
+    write everything into ``out`` (:func:`gliomatch.patient.writers.write_outputs`; with
+    ``dicom``, the series the anatomy came from, the plans as an RT Structure Set too); the
     transforms go to ``out/transforms``."""
     out = output_folder(out)  # before the registration: a bad folder fails first
     result = personalize(inputs, db, workdir=out / "transforms", progress=progress, **options)
     if report:
         report_progress(progress, STAGES.index("report"), len(STAGES), "report")
-    files = write_outputs(result, out, report=report)
+    files = write_outputs(result, out, report=report, dicom=dicom)
     return InferResult(
         out, result.matches, result.parameters, result.timing, result.quality_figures, files,
         result.summary()["plans"],

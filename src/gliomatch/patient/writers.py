@@ -26,14 +26,62 @@ def save_image(img: nib.Nifti1Image, path: Path) -> Path:
     return Path(path)
 
 
-def write_outputs(result, out, *, report: bool = True) -> dict:
+#: The structures of ``rtstruct.dcm``: (name, the result's image, RT ROI interpreted type,
+#: display colour).
+RT_STRUCTURES = (
+    ("GTV", "gtv", "GTV", (255, 0, 0)),
+    ("CTV standard", "ctv_standard", "CTV", (0, 255, 0)),
+    ("CTV personalized", "ctv_personalized", "CTV", (255, 255, 0)),
+)
+
+
+def write_rt_structure_set(result, series, out: Path) -> dict:
+    """The plans as ``out/rtstruct.dcm`` referencing the DICOM ``series`` the anatomy came
+    from, read back and checked (:func:`gliomatch.patient.dicom.check_round_trip`); a record
+    for ``matches.json``. A structure that does not read back within one pixel is a warning."""
+    from gliomatch.patient.dicom import check_round_trip, write_rtstruct
+
+    if not result.plans or "figures" not in result.plans:
+        return {"written": False, "why": "no plans were made: nothing to export"}
+    images = {**result.images, "gtv": result.registration.patient_image(result.inputs.t1gd)}
+    rois = [(name, images[key], kind, color) for name, key, kind, color in RT_STRUCTURES]
+    path = write_rtstruct(series, rois, out / "rtstruct.dcm")
+    far = check_round_trip(path, series, rois)
+    for name, n in far.items():
+        if n:
+            result.notes.append(
+                f"RT Structure Set: {name} reads back with {n} pixels more than one pixel from "
+                "the NIfTI plan's edge; use the NIfTI plans"
+            )
+    return {
+        "written": True,
+        "file": str(path),
+        "series_instance_uid": series.series_uid,
+        "structures": [r[0] for r in rois],
+        "pixels_off_by_more_than_one": far,
+        "approval": "UNAPPROVED: review and approve in the planning system",
+    }
+
+
+def write_outputs(result, out, *, report: bool = True, dicom=None) -> dict:
     """Write ``result`` (a ``Personalization``) into ``out``: each of its images as
-    ``<name>.nii.gz``, ``parameters.json``, the report (figures and ``report.html``, timed into
+    ``<name>.nii.gz``, ``parameters.json``, with ``dicom`` (the
+    :class:`gliomatch.patient.dicom.DicomSeries` the anatomy came from) the plans as an RT
+    Structure Set, the report (figures and ``report.html``, timed into
     ``result.timing["report_s"]``) and, last, ``matches.json`` (its presence marks a finished
     result). Returns ``{name: path}`` of the files written."""
     out = output_folder(out)
     files = {name: str(save_image(img, out / f"{name}.nii.gz")) for name, img in
              result.images.items()}  # fmt: skip
+    if dicom is not None:
+        result.settings["rt_structure_set"] = write_rt_structure_set(result, dicom, out)
+        if result.settings["rt_structure_set"]["written"]:
+            files["rtstruct"] = result.settings["rt_structure_set"]["file"]
+    else:
+        result.settings["rt_structure_set"] = {
+            "written": False,
+            "why": "the anatomy was NIfTI, not a DICOM series: the plans are NIfTI only",
+        }
     files["parameters"] = str(
         write_text_atomic(out / "parameters.json", json.dumps(result.parameters, indent=2))
     )
