@@ -25,7 +25,7 @@ PYTEST_WORKERS ?= 2
 # the platform requirements-all.lock is for
 ALL_LOCK_TARGET := import sys, platform; sys.exit(not (sys.version_info[:2] == (3, 11) and platform.system() == "Linux" and platform.machine() == "x86_64"))
 
-.PHONY: install install-all lock check-lock test demo lint bench clean
+.PHONY: install install-all lock check-lock browser test demo lint bench clean
 
 $(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -84,11 +84,19 @@ lint: $(STAMP_ALL)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/lint-imports
 
+# Chromium (Debian's package) for the test that opens the report's interactive view headless;
+# where it cannot be installed (no apt-get, not root) that one test skips, saying so.
+APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { $(APT_CHROMIUM) >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && $(APT_CHROMIUM) >/dev/null 2>&1; }; }; } \
+	  || echo "no Chromium: the interactive view's test will skip"
+
 # Two pytest workers, each with single-threaded numba and torch: on 2 cores this is ~30 % faster
 # than one process whose kernels use both cores (measured), and it never oversubscribes.
 # compileall: gliomatch's own modules (an editable install) compiled once per change, not once
 # per test process (see --compile-bytecode above)
-test: $(STAMP_ALL) lint
+test: $(STAMP_ALL) lint browser
 	$(PY) -m compileall -q src tests >/dev/null
 	NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=10
 

@@ -707,3 +707,66 @@ def test_the_plan_the_benchmarks_support_is_stated(monkeypatch):
     assert "no run of this CTV yet with 60,000 tumors or fewer on a 64³ grid" in coarse["text"]
     assert "at 10,000 tumors on a 64³ grid (200 patients)" in coarse["text"]
     assert evidence.plan_evidence(60_000)["circular"]["grid"] == 128
+
+
+def test_the_report_orients_explains_and_names_its_sources(result, patient, db):
+    """Provenance (database, version, inputs with checksums, command line), the convention,
+    the interactive view linked; the same density in the density and plan panels."""
+    from gliomatch.files import sha256_file
+
+    page = Path(result.files["report"]).read_text()
+    assert "neurological convention" in page and 'href="viewer.html"' in page
+    assert "<h2>Provenance</h2>" in page and db.fingerprint in page
+    assert sha256_file(Path(patient.t1)) in page and sha256_file(Path(patient.seg)) in page
+    summary = json.loads(Path(result.files["matches"]).read_text())
+    prov = summary["provenance"]
+    assert prov["database"]["tumors"] == len(db) and prov["database"]["calibrated"] is False
+    assert set(prov["inputs"]) == {"t1", "seg"} and prov["labels"] == "brats2021"
+    assert prov["gliomatch_version"] and prov["date"] and prov["command_line"]
+    assert Path(result.files["viewer"]).is_file()
+
+
+def test_report_panels_turn_every_scan_to_one_convention():
+    """A scan stored LPS (BraTS) and the same scan stored RAS show the same panels."""
+    from gliomatch.patient.report import _canonical
+
+    rng = np.random.default_rng(0)
+    ras = rng.random((6, 7, 5))
+    aff = np.diag([2.0, 1.0, 3.0, 1.0])
+    lps = ras[::-1, ::-1, :]
+    aff_lps = aff.copy()
+    aff_lps[:3, 0] *= -1
+    aff_lps[:3, 1] *= -1
+    aff_lps[:3, 3] = aff[:3, :3] @ [5, 6, 0]  # voxel (0, 0, 0) of the flipped array
+    a, fa = _canonical(ras, aff)
+    b, fb = _canonical(lps, aff_lps)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(fa, fb)
+
+
+def test_the_interactive_view_renders_in_headless_chromium(result, tmp_path):
+    """viewer.html (NiiVue inlined, the volumes inlined) draws every layer in headless
+    Chromium from a file, with no network: the page marks itself rendered."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium; `make browser`)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--use-angle=swiftshader",
+             "--enable-unsafe-swiftshader", "--virtual-time-budget=30000"]  # fmt: skip
+    url = Path(result.files["viewer"]).resolve().as_uri()
+    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=180).stdout  # fmt: skip
+    body = dom[dom.find("<body") : dom.find(">", dom.find("<body"))]
+    assert 'data-rendered="ok"' in body, body[:300]
+    assert 'data-volumes="5"' in body  # scan, density, core, both CTVs
+    shot = tmp_path / "view.png"
+    subprocess.run([chromium, *flags, "--window-size=900,700", f"--screenshot={shot}", url],
+                   capture_output=True, timeout=180)  # fmt: skip
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert (pixels.max(axis=2) > 0.3).mean() > 0.02  # the slices are drawn, not a black page

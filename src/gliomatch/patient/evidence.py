@@ -94,7 +94,9 @@ def plan_evidence(n_db: int, plan: str = "refined", grid: int = 128) -> dict:
         if not decisive:
             why += f"; fewer than {MIN_PATIENTS} patients, so not yet decisive"
     largest = max(CIRCULAR, key=lambda e: e["n_db"])
-    own = [_fmt(e) for e in (circ, largest) if e is not None]
+    own = [_fmt(circ)] if circ is not None else ["no run at this size or smaller"]
+    if circ is not largest:
+        own.append(f"the largest run: {_fmt(largest)}")
     text = (
         f"Plan the benchmarks support for this {n_db:,}-tumor database: the {supported} CTV. "
         f"Coverage of the enhancing recurrence, {PLAN_KINDS[plan]} − standard CTV: outside the "

@@ -296,6 +296,9 @@ class PatientInputs:
     #: The patient's own tissue probability maps (``wm``, ``gm``, ``csf`` arrays on the
     #: anatomy's grid) when the data give them; the refinement runs the growth model on them.
     tissue: dict | None = None
+    #: The files read, by role (``t1``, ``seg``, ...): the report's provenance lists them with
+    #: their checksums.
+    sources: dict = field(default_factory=dict)
 
 
 def load_patient(
@@ -387,7 +390,11 @@ def load_patient(
             for name, path in (("wm", wm), ("gm", gm), ("csf", csf))
             if path is not None
         }
-    return PatientInputs(anatomy, kind, flair, t1gd, scheme, caught, followup, tissue=tissue)
+    given = dict(t1=t1, t1c=t1c, wm=wm, gm=gm, csf=csf, seg=seg, flair_mask=flair_mask,
+                 t1gd_mask=t1gd_mask, followup_seg=followup_seg)  # fmt: skip
+    sources = {role: str(path) for role, path in given.items() if path is not None}
+    return PatientInputs(anatomy, kind, flair, t1gd, scheme, caught, followup, tissue=tissue,
+                         sources=sources)  # fmt: skip
 
 
 def probability_map(

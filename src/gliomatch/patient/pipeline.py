@@ -178,6 +178,7 @@ def plan_outputs(density, inputs: PatientInputs, brain, *, source: str, **rule) 
         "brain": brain,
         "rule": rule,
         "figures": figures,
+        "source": source,
         "contain": plans.contain,
         "min_margin_mm": plans.min_margin_mm,
         "notes": list(plans.notes),
@@ -274,6 +275,7 @@ class Personalization:
             },
             "matches": self.matches,
             "rt_structure_set": self.settings.get("rt_structure_set"),
+            "provenance": self.settings.get("provenance"),
             "warnings": self.warnings,
         }
 
@@ -475,6 +477,8 @@ def personalize(
         "registration": registration,
         "database": str(db.path),
         "n_db": len(db),
+        "fingerprint": db.fingerprint,
+        "grid": db.atlas().shape[0],
         "refine": refine,
     }
     for note in notes:

@@ -10,10 +10,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from gliomatch.files import atomic_path, write_text_atomic  # noqa: E402
 
-__all__ = ["describe_quality", "write_report"]
+__all__ = ["CONVENTION", "describe_quality", "provenance_html", "write_report"]
 
 
 def describe_quality(q: dict) -> str:
@@ -27,7 +28,34 @@ def describe_quality(q: dict) -> str:
     return "; ".join(parts)
 
 
-_PLANES = (("sagittal", 0), ("coronal", 1), ("axial", 2))
+#: Every panel is drawn in neurological convention: the images are turned to the closest
+#: canonical (RAS+) orientation first, so the patient's left is on the panel's left, anterior
+#: up (axial), superior up (coronal, sagittal) and anterior right (sagittal), whatever the
+#: voxel order on disk (BraTS' LPS files included); each panel says so with its letters.
+CONVENTION = "neurological convention (the patient's left on the image's left)"
+#: (name, RAS axis held fixed, axis label, (left, right, bottom, top) edge letters)
+_PLANES = (
+    ("sagittal", 0, "x", ("P", "A", "I", "S")),
+    ("coronal", 1, "y", ("L", "R", "I", "S")),
+    ("axial", 2, "z", ("L", "R", "P", "A")),
+)
+
+
+def _canonical(arr, affine):
+    """``(array, affine)`` turned to the closest canonical RAS+ voxel order (flips and axis
+    swaps only: no resampling)."""
+    from nibabel.orientations import (
+        apply_orientation,
+        axcodes2ornt,
+        inv_ornt_aff,
+        io_orientation,
+        ornt_transform,
+    )
+
+    affine = np.asarray(affine, dtype=np.float64)
+    t = ornt_transform(io_orientation(affine), axcodes2ornt("RAS"))
+    arr = np.asarray(arr)
+    return apply_orientation(arr, t), affine @ inv_ornt_aff(t, arr.shape[:3])
 
 
 def _centre(mask: np.ndarray) -> np.ndarray:
@@ -39,29 +67,54 @@ def _slice(arr, axis, i):
     return np.take(arr, i, axis=axis).T
 
 
-def _three_planes(path, background, centre, overlays=(), density=None, title=""):
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-    lo, hi = (
-        np.percentile(background[background > 0], [1, 99.5]) if np.any(background > 0) else (0, 1)
-    )
-    for ax, (name, axis) in zip(axes, _PLANES, strict=True):
-        i = int(np.clip(centre[axis], 0, background.shape[axis] - 1))
-        ax.imshow(_slice(background, axis, i), cmap="gray", origin="lower", vmin=lo, vmax=hi)
-        if density is not None:
-            d = _slice(density, axis, i)
-            ax.imshow(
-                np.ma.masked_less(d, 0.01), cmap="hot", origin="lower", alpha=0.6, vmin=0, vmax=1
-            )
-        for mask, color, style in overlays:
+def _three_planes(path, background, affine, centre_mask, overlays=(), density=None, title="",
+                  density_label="tumor-cell density"):  # fmt: skip
+    """Three orthogonal slices through the centre of ``centre_mask``: ``background`` in grey,
+    ``density`` (optional) in a heat map with its colorbar, ``overlays`` (``(mask, colour,
+    line style, label)``) as outlines with a legend of those present; orientation letters on
+    every edge, each slice's position in mm (scanner RAS), voxel aspect kept."""
+    bg, aff = _canonical(background, affine)
+    cm, _ = _canonical(centre_mask, affine)
+    dens = None if density is None else _canonical(density, affine)[0]
+    over = [(_canonical(m, affine)[0], c, st, lab) for m, c, st, lab in overlays]
+    zooms = np.linalg.norm(aff[:3, :3], axis=0)
+    centre = _centre(cm)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.6))
+    lo, hi = np.percentile(bg[bg > 0], [1, 99.5]) if np.any(bg > 0) else (0, 1)
+    heat = None
+    for ax, (name, axis, coord, (left, right, bottom, top)) in zip(axes, _PLANES, strict=True):
+        i = int(np.clip(centre[axis], 0, bg.shape[axis] - 1))
+        h_axis, v_axis = [a for a in range(3) if a != axis]
+        aspect = zooms[v_axis] / zooms[h_axis]
+        ax.imshow(_slice(bg, axis, i), cmap="gray", origin="lower", vmin=lo, vmax=hi,
+                  aspect=aspect)  # fmt: skip
+        if dens is not None:
+            heat = ax.imshow(np.ma.masked_less(_slice(dens, axis, i), 0.01), cmap="hot",
+                             origin="lower", alpha=0.6, vmin=0, vmax=1, aspect=aspect)  # fmt: skip
+        for mask, color, style, _label in over:
             m = _slice(mask.astype(float), axis, i)
             if m.any():
-                ax.contour(
-                    m, levels=[0.5], colors=color, linestyles=style, linewidths=1.2, origin="lower"
-                )
-        ax.set_title(f"{name} {i}")
+                ax.contour(m, levels=[0.5], colors=color, linestyles=style, linewidths=1.2,
+                           origin="lower")  # fmt: skip
+        voxel = np.zeros(3)
+        voxel[axis] = i
+        mm = float((aff[:3, :3] @ voxel + aff[:3, 3])[axis])
+        ax.set_title(f"{name}, {coord} = {mm:.1f} mm")
+        for text, xy, ha, va in ((left, (0.01, 0.5), "left", "center"),
+                                 (right, (0.99, 0.5), "right", "center"),
+                                 (bottom, (0.5, 0.01), "center", "bottom"),
+                                 (top, (0.5, 0.99), "center", "top")):  # fmt: skip
+            ax.text(*xy, text, transform=ax.transAxes, ha=ha, va=va, color="yellow",
+                    fontsize=11, fontweight="bold")  # fmt: skip
         ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
+    handles = [
+        Line2D([], [], color=c, linestyle=st, label=lab) for m, c, st, lab in over if m.any()
+    ]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    if heat is not None:
+        fig.colorbar(heat, ax=list(axes), fraction=0.02, pad=0.01, label=density_label)
+    fig.suptitle(f"{title}\n{CONVENTION}; positions in scanner (RAS) mm", fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
@@ -84,58 +137,58 @@ def write_report(
     plans=None,
     refinement=None,
     density_refined=None,
+    provenance=None,
+    viewer=None,
 ) -> Path:
     """Write the figures and ``report.html`` into ``out``; returns the HTML path.
     ``refinement``: a :class:`gliomatch.patient.refine.Refinement` (its tissue maps and fit
-    are shown), with ``density_refined`` its density on the patient's grid."""
+    are shown), with ``density_refined`` its density on the patient's grid. ``plans``: its
+    ``density`` (the one the plans were made from) is the density shown, beside the best
+    match's when they differ. ``provenance``: the block of :func:`provenance_html`; ``viewer``:
+    the interactive page to link."""
     out = Path(out)
     scan = np.asarray(inputs.anatomy.dataobj, dtype=np.float32)
-    c = _centre(inputs.flair)
-    _three_planes(
-        out / "patient.png",
-        scan,
-        c,
-        [(inputs.flair, "deepskyblue", "solid"), (inputs.t1gd, "red", "solid")],
-        title="patient scan: FLAIR (blue), T1Gd (red)",
-    )
-    _three_planes(
-        out / "density.png",
-        scan,
-        c,
-        [(inputs.flair, "deepskyblue", "solid")],
-        density=density_patient.get_fdata(),
-        title="predicted tumor cell density",
-    )
+    aff = inputs.anatomy.affine
+    tumor = [(inputs.flair, "deepskyblue", "solid", "whole tumor (FLAIR)")]
+    if inputs.t1gd.any():
+        tumor.append((inputs.t1gd, "red", "solid", "tumor core (T1Gd)"))
+    _three_planes(out / "patient.png", scan, aff, inputs.flair, tumor,
+                  title="patient scan and its segmentation")  # fmt: skip
+    best = density_patient.get_fdata()
+    planned = None if plans is None or "density" not in plans else np.asarray(plans["density"])
+    source = plans.get("source", "planned") if plans else "best match"
+    shown = best if planned is None else planned
+    _three_planes(out / "density.png", scan, aff, inputs.flair, tumor, density=shown,
+                  title=f"predicted tumor-cell density: {source}")  # fmt: skip
+    density_imgs = '<img src="density.png" width="100%">'
+    if planned is not None and not np.array_equal(planned, best):
+        _three_planes(out / "density_best.png", scan, aff, inputs.flair, tumor, density=best,
+                      title="predicted tumor-cell density: the best match warped back "
+                      "(atlas-only)")  # fmt: skip
+        density_imgs += '<img src="density_best.png" width="100%">'
     bf, bt = best_masks
-    _three_planes(
-        out / "atlas_match.png",
-        atlas.t1,
-        _centre(f_atlas),
-        [
-            (f_atlas, "deepskyblue", "solid"),
-            (t_atlas, "red", "solid"),
-            (bf, "deepskyblue", "dashed"),
-            (bt, "red", "dashed"),
-        ],
-        title="atlas space: query (solid) vs best match (dashed)",
-    )
+    atlas_over = [(f_atlas, "deepskyblue", "solid", "query whole tumor"),
+                  (bf, "deepskyblue", "dashed", "best match whole tumor")]  # fmt: skip
+    if np.any(t_atlas) or np.any(bt):
+        atlas_over += [(t_atlas, "red", "solid", "query core"),
+                       (bt, "red", "dashed", "best match core")]  # fmt: skip
+    _three_planes(out / "atlas_match.png", atlas.t1, atlas.affine, f_atlas, atlas_over,
+                  title="atlas space: the query (solid) and the best match (dashed)")  # fmt: skip
     refine_html = ""
     if refinement is not None:
-        refine_html = _refinement_section(out, refinement, density_refined, inputs, scan, c)
+        refine_html = _refinement_section(out, refinement, density_refined, inputs, scan, tumor)
     plan_html = ""
     if plans is not None and "figures" in plans:
         _three_planes(
-            out / "plans.png",
-            scan,
-            _centre(inputs.t1gd if inputs.t1gd.any() else inputs.flair),
+            out / "plans.png", scan, aff, inputs.t1gd if inputs.t1gd.any() else inputs.flair,
             [
-                (inputs.t1gd, "red", "solid"),
-                (plans["standard"], "lime", "dashed"),
-                (plans["personalized"], "yellow", "solid"),
+                (inputs.t1gd, "red", "solid", "tumor core (GTV)"),
+                (plans["standard"], "lime", "dashed", "standard CTV"),
+                (plans["personalized"], "yellow", "solid", "personalized CTV"),
             ],
             density=plans["density"],
-            title="plans: standard CTV (green, dashed), personalized CTV (yellow); core (red)",
-        )
+            title=f"radiotherapy plans over the density they were made from ({source})",
+        )  # fmt: skip
         cells = "".join(
             f"<tr><td>{html.escape(name)}</td><td>{f['volume_cm3']:.1f}</td>"
             f"<td>{f['outside_visible_tumor_cm3']:.1f}</td>"
@@ -227,6 +280,13 @@ def write_report(
         for w in both["warnings"]:
             warnings_ = [*warnings_, w]
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in warnings_)
+    viewer_html = (
+        f'<p><b><a href="{html.escape(viewer)}">Interactive view</a></b> of the scan, the '
+        "density and both plans (works offline; NiiVue). Every figure below is in "
+        f"{CONVENTION}.</p>"
+        if viewer
+        else f"<p>Every figure below is in {CONVENTION}.</p>"
+    )
     quality_text = describe_quality(quality)
     times = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timing.items() if k.endswith("_s"))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gliomatch report</title>
@@ -245,39 +305,39 @@ is in docs/methods.md.</p>
 <p><b>{html.escape(parameters["not_identifiable"])}</b></p>
 {two}
 <p>Registration quality: {html.escape(quality_text)}. Timing: {html.escape(times)}.</p>
+{viewer_html}
 {f"<h2>Warnings</h2><ul>{warn}</ul>" if warn else ""}
 <h2>Patient</h2><img src="patient.png" width="100%">
-<h2>Predicted density</h2><img src="density.png" width="100%">
+<h2>Predicted density</h2>{density_imgs}
 {refine_html}
 {plan_html}
 <h2>Atlas space</h2><img src="atlas_match.png" width="100%">
 <h2>Top-{len(matches)} matches</h2><img src="scores.png">
 <table><tr><th>rank</th><th>id</th><th>score</th><th>Dice T1Gd</th><th>Dice FLAIR</th>
 <th>seed (mm)</th><th>√(D<sub>w</sub>/ρ) (mm)</th><th>ρT</th></tr>{rows}</table>
+{provenance_html(provenance) if provenance else ""}
 </body></html>"""
     return write_text_atomic(out / "report.html", page)
 
 
-def _refinement_section(out: Path, refinement, density_refined, inputs, scan, c) -> str:
+def _refinement_section(out: Path, refinement, density_refined, inputs, scan, tumor) -> str:
     """The refinement's figures (the patient's tissue on the working grid, the refined
     density) and its table of members before and after."""
     tissue = refinement.tissue
     _three_planes(
         out / "tissue.png",
         tissue.wm + 0.6 * tissue.gm + 0.2 * tissue.csf,  # a T1's order: WM > GM > CSF
-        _centre(tissue.tumor),
-        [(tissue.tumor, "deepskyblue", "solid")],
+        tissue.affine,
+        tissue.tumor,
+        [(tissue.tumor, "deepskyblue", "solid", "whole tumor")],
         title=f"patient tissue ({tissue.source}), {tissue.spacing:g} mm working grid: "
-        "WM bright, GM grey, CSF dark; whole tumor (blue)",
+        "WM bright, GM grey, CSF dark",
     )
     _three_planes(
-        out / "density_refined.png",
-        scan,
-        c,
-        [(inputs.flair, "deepskyblue", "solid"), (inputs.t1gd, "red", "solid")],
+        out / "density_refined.png", scan, inputs.anatomy.affine, inputs.flair, tumor,
         density=density_refined.get_fdata(),
-        title="refined density in the patient's anatomy; FLAIR (blue), T1Gd (red)",
-    )
+        title="refined density in the patient's anatomy",
+    )  # fmt: skip
     summ = refinement.summary()
     rows = "".join(
         f"<tr><td>{b['db_id']}</td><td>{b['score']:.3f}</td><td>{a['score']:.3f}</td>"
@@ -300,3 +360,31 @@ def _refinement_section(out: Path, refinement, density_refined, inputs, scan, c)
         f"{rows}</table>"
         '<img src="tissue.png" width="100%"><img src="density_refined.png" width="100%">'
     )
+
+
+def provenance_html(p: dict) -> str:
+    """The report's provenance block: the database, gliomatch's version, the inputs with their
+    checksums, the labels, the date and the command line."""
+    db = p["database"]
+    calib = "calibrated" if db["calibrated"] else "not calibrated (`gliomatch db calibrate`)"
+    rows = [
+        ("gliomatch", p["gliomatch_version"]),
+        ("date", p["date"]),
+        ("command line", p["command_line"]),
+        ("database", f"{db['path']}: {db['tumors']:,} tumors on a {db['grid']}³ atlas grid, "
+                     f"fingerprint {db['fingerprint']}, posterior intervals {calib}"),
+        ("search / registration", f"{p['strategy']} / {p['registration']}"),
+        ("labels", str(p["labels"])),
+    ]  # fmt: skip
+    if p.get("dicom_series"):
+        d = p["dicom_series"]
+        rows.append(
+            ("DICOM series", f"{d['folder']} (SeriesInstanceUID {d['series_instance_uid']})")
+        )
+    for role, f in p["inputs"].items():
+        rows.append((f"input: {role}", f"{f['path']} (SHA-256 {f['sha256']})"))
+    cells = "".join(
+        f"<tr><td>{html.escape(k)}</td><td><code>{html.escape(str(v))}</code></td></tr>"
+        for k, v in rows
+    )
+    return f"<h2>Provenance</h2><table>{cells}</table>"

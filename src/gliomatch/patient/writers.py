@@ -7,16 +7,55 @@ Every file is written atomically (:func:`gliomatch.files.atomic_path`).
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import nibabel as nib
 
-from gliomatch.files import atomic_path, output_folder, write_text_atomic
+from gliomatch import __version__
+from gliomatch.files import atomic_path, output_folder, sha256_file, write_text_atomic
 from gliomatch.patient.report import write_report
+from gliomatch.patient.viewer import write_viewer
 
-__all__ = ["save_image", "write_outputs"]
+__all__ = ["provenance", "save_image", "write_outputs"]
+
+
+def provenance(result, dicom=None) -> dict:
+    """Where a result came from: the database (path, size, grid, fingerprint, calibration),
+    gliomatch's version, the input files with their SHA-256, the labels, the date and the
+    command line; the report's provenance block and ``matches.json``'s ``provenance``."""
+    files = {}
+    for role, path in result.inputs.sources.items():
+        try:
+            files[role] = {"path": str(Path(path).resolve()), "sha256": sha256_file(Path(path))}
+        except OSError:
+            files[role] = {"path": str(path), "sha256": None}
+    s = result.settings
+    return {
+        "gliomatch_version": __version__,
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command_line": shlex.join(
+            ["gliomatch" if Path(sys.argv[0]).name == "gliomatch" else sys.argv[0], *sys.argv[1:]]
+        ),  # fmt: skip
+        "database": {
+            "path": s["database"],
+            "tumors": s["n_db"],
+            "grid": s.get("grid"),
+            "fingerprint": s.get("fingerprint"),
+            "calibrated": bool(result.parameters.get("calibrated", False)),
+        },  # fmt: skip
+        "inputs": files,
+        "dicom_series": None
+        if dicom is None
+        else {"folder": str(dicom.folder), "series_instance_uid": dicom.series_uid},
+        "labels": result.inputs.label_scheme,
+        "strategy": s["strategy"],
+        "registration": s["registration"],
+    }
 
 
 def save_image(img: nib.Nifti1Image, path: Path) -> Path:
@@ -85,8 +124,10 @@ def write_outputs(result, out, *, report: bool = True, dicom=None) -> dict:
     files["parameters"] = str(
         write_text_atomic(out / "parameters.json", json.dumps(result.parameters, indent=2))
     )
+    result.settings["provenance"] = provenance(result, dicom)
     t = time.perf_counter()
     if report:
+        files["viewer"] = str(_viewer(result, out))
         files["report"] = str(
             write_report(
                 out,
@@ -104,6 +145,8 @@ def write_outputs(result, out, *, report: bool = True, dicom=None) -> dict:
                 plans=result.plans,
                 refinement=result.refinement,
                 density_refined=result.images.get("density_refined_patient"),
+                provenance=result.settings["provenance"],
+                viewer="viewer.html",
             )
         )
     timing = result.timing
@@ -113,3 +156,22 @@ def write_outputs(result, out, *, report: bool = True, dicom=None) -> dict:
     summary = json.dumps(result.summary(), indent=2)
     files["matches"] = str(write_text_atomic(out / "matches.json", summary))
     return files
+
+
+def _viewer(result, out: Path) -> Path:
+    """The interactive page (:mod:`gliomatch.patient.viewer`): the scan, the density the plans
+    were made from (the best match's without plans) and the plans."""
+    plans = result.plans or {}
+    layers = []
+    if "density" in plans:
+        dens = result.registration.patient_image(plans["density"])
+        layers.append((f"density ({plans.get('source', 'planned')})", dens, "density", "hot", 0.6))
+    else:
+        layers.append(("density (best match)", result.images["density_patient"], "density",
+                       "hot", 0.6))  # fmt: skip
+    layers.append(("tumor core", result.registration.patient_image(result.inputs.t1gd), "mask",
+                   "red", 0.5))  # fmt: skip
+    for name, cmap in (("standard", "green"), ("personalized", "blue")):
+        if f"ctv_{name}" in result.images:
+            layers.append((f"{name} CTV", result.images[f"ctv_{name}"], "mask", cmap, 0.35))
+    return write_viewer(out, result.inputs.anatomy, layers, title="gliomatch")
