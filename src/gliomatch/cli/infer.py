@@ -22,6 +22,7 @@ from gliomatch.cli.common import (
     plan_rule,
     prepared_strategy,
     print_result,
+    progress_bar,
 )
 from gliomatch.errors import GliomatchError
 
@@ -150,26 +151,27 @@ def infer(
                 stacklevel=1,
             )
         prepared_strategy(database, strategy, quiet=json_out)
-        res = run_infer(
-            inputs,
-            database,
-            out,
-            k=k,
-            strategy=strategy,
-            registration=registration,
-            skull=skull,
-            age_days=age_days,
-            interval_days=interval_days,
-            margin_mm=margin,
-            plan_volume_cm3=plan_volume,
-            plan_level=plan_level,
-            contain=rule["contain"],
-            min_margin_mm=min_margin,
-            ensemble=ensemble,
-            refine=refine,
-            progress=None if json_out else (lambda i, n, stage: typer.echo(f"[{stage}]")),
-            dicom=series,
-        )
+        with progress_bar(not json_out, transient=True) as bar:
+            res = run_infer(
+                inputs,
+                database,
+                out,
+                k=k,
+                strategy=strategy,
+                registration=registration,
+                skull=skull,
+                age_days=age_days,
+                interval_days=interval_days,
+                margin_mm=margin,
+                plan_volume_cm3=plan_volume,
+                plan_level=plan_level,
+                contain=rule["contain"],
+                min_margin_mm=min_margin,
+                ensemble=ensemble,
+                refine=refine,
+                progress=bar,
+                dicom=series,
+            )
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     print_result(res, json_out)

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from gliomatch.cli.apps import app
-from gliomatch.cli.common import StrategyOpt, handle_errors, prepared_strategy
+from gliomatch.cli.common import StrategyOpt, handle_errors, prepared_strategy, progress_bar
 
 
 @app.command("predict-gbm")
@@ -49,10 +49,11 @@ def predict_gbm(
     prepared_strategy(database, strategy)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        written = run_predict_gbm(
-            input_dir, output_dir, database, strategy=strategy, ensemble=ensemble, refine=refine,
-            log=typer.echo,
-        )  # fmt: skip
+        with progress_bar(transient=True) as bar:
+            written = run_predict_gbm(
+                input_dir, output_dir, database, strategy=strategy, ensemble=ensemble,
+                refine=refine, log=typer.echo, progress=bar,
+            )  # fmt: skip
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     typer.echo(f"wrote {len(written)} densities into {output_dir}")

@@ -360,7 +360,7 @@ def personalize(
         check_rule(margin_mm, plan_volume_cm3, plan_level, contain, min_margin_mm)
 
     def say(stage):  # progress: the stage about to run
-        report_progress(progress, STAGES.index(stage), len(STAGES), stage)
+        report_progress(progress, STAGES.index(stage), len(STAGES), f"infer: {stage}")
 
     timing = {}
     t = time.perf_counter()
@@ -429,7 +429,8 @@ def personalize(
     if refine:
         t = time.perf_counter()
         say("refine")
-        refinement = refine_in_patient(inputs, db, atlas, reg, ids, brain, weights=weights)
+        refinement = refine_in_patient(inputs, db, atlas, reg, ids, brain, weights=weights,
+                                       progress=progress)  # fmt: skip
         parameters["refinement"] = refinement.summary()
         images["density_refined_patient"] = reg.patient_image(
             refinement.on_patient(refinement.best.density, inputs.anatomy)
@@ -589,7 +590,7 @@ def infer(
     out = output_folder(out)  # before the registration: a bad folder fails first
     result = personalize(inputs, db, workdir=out / "transforms", progress=progress, **options)
     if report:
-        report_progress(progress, STAGES.index("report"), len(STAGES), "report")
+        report_progress(progress, STAGES.index("report"), len(STAGES), "infer: report")
     files = write_outputs(result, out, report=report, dicom=dicom)
     return InferResult(
         out, result.matches, result.parameters, result.timing, result.quality_figures, files,

@@ -35,6 +35,7 @@ from gliomatch.patient.inputs import (
     probability_map,
 )
 from gliomatch.patient.pipeline import personalize, planned_density
+from gliomatch.patient.registration import on_grid_of
 
 __all__ = ["PGBM_FILES", "PgbmPatient", "find_patients", "pseudo_t1", "run_predict_gbm"]
 
@@ -135,6 +136,7 @@ def run_predict_gbm(
     ensemble: bool = False,
     refine: bool = True,
     log=None,
+    progress=None,
 ) -> list[Path]:
     """Write ``<id>.nii.gz`` (the density on the input grid) into ``output_dir`` for every
     patient of ``input_dir``; returns the files written. ``refine``: the density refined in
@@ -151,14 +153,13 @@ def run_predict_gbm(
         with tempfile.TemporaryDirectory(prefix="gliomatch-pgbm-") as work:  # the transforms
             res = personalize(
                 inputs, db, strategy=strategy, skull="off", plans=False, ensemble=ensemble,
-                refine=refine, workdir=work,
+                refine=refine, workdir=work, progress=progress,
             )  # fmt: skip
         name = planned_density(refine, ensemble)
         u = np.clip(np.asarray(res.images[name].dataobj, dtype=np.float32), 0.0, 1.0)
         if u.shape != seg.shape:  # cannot happen (warped onto the input grid); never write it
             raise GliomatchError(f"patient {pat.pid}: density {u.shape} != input {seg.shape}")
-        out = nib.Nifti1Image(u, seg.affine)
-        out.header.set_xyzt_units("mm")
+        out = on_grid_of(u, seg)  # the input's header: orientation codes, units
         with atomic_path(target) as tmp:
             nib.save(out, str(tmp))
         written.append(target)

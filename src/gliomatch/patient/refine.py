@@ -46,6 +46,7 @@ from gliomatch.errors import GliomatchError
 from gliomatch.masks import FLAIR_LEVEL, T1GD_LEVEL, dice_scores
 from gliomatch.patient.estimates import TEMPERATURE, posterior_weights
 from gliomatch.patient.tissue import WORKING_MM, PatientTissue, on_working, patient_tissue
+from gliomatch.progress import report
 
 __all__ = [
     "EVALUATIONS",
@@ -270,6 +271,7 @@ def refine(
     polish: int = POLISH,
     weights: tuple[float, float] = (1.0, 1.0),
     spacing: float | None = None,
+    progress=None,
 ) -> Refinement:
     """Refine the top matches ``ids`` (best first) in the patient's anatomy (module notes).
 
@@ -291,6 +293,8 @@ def refine(
     spacing : float, optional
         The working grid's voxel (mm); default: the database's (1.5 mm at 128^3, the
         ``WORKING_MM`` of a full-size database; a coarse test database refines coarsely).
+    progress : callable, optional
+        ``progress(done, total, description)`` after each member (:mod:`gliomatch.progress`).
     """
     if starts < 1 or evaluations < 0:
         raise GliomatchError("refinement needs at least one start and no negative evaluations")
@@ -303,6 +307,7 @@ def refine(
     chosen = distinct_starts(db, ids, starts)
     params = db.params
     before, after = [], []
+    report(progress, 0, len(chosen), "refine: the top matches in the patient's anatomy")
     for i, u in zip(chosen, _mapped_densities(db, chosen, atlas, reg, tissue), strict=True):
         row = params.iloc[i]
         dt, df, s = fine.scorer(u)
@@ -314,6 +319,7 @@ def refine(
         before.append(start)
         fit = _refined(fine, coarse, start, evaluations, polish)
         after.append(fit if fit is not None and fit.score > start.score else start)
+        report(progress, len(after), len(chosen), f"refine: member {len(after)} refitted")
     w = posterior_weights(np.array([f.score for f in after]), TEMPERATURE)
     settings = {"starts": starts, "evaluations": evaluations, "polish": polish}
     return Refinement(tissue, before, after, w, time.perf_counter() - t0, settings)
