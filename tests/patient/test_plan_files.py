@@ -137,3 +137,36 @@ def test_header_noise_is_resampled_with_a_warning_line(case):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "warning: density" in r.output and "resampled" in r.output
+
+
+def test_an_ambiguous_follow_up_names_the_followup_labels_option(case):
+    """A BraTS 2017-2021 follow-up (labels 1, 2, 4) fits several conventions: the error names
+    --followup-labels, the option that settles it, not --labels."""
+    tmp = case["tmp"]
+    follow = np.asarray(nib.load(case["followup"]).dataobj)
+    brats = _save(np.where(follow == 3, 4, np.where(follow == 4, 1, 0)).astype(np.uint8),
+                  tmp / "post2021.nii.gz")  # fmt: skip
+    r = runner.invoke(app, ["evaluate-plan", "--density", case["density"], "--seg", case["seg"],
+                            "--followup", brats, "--brain-mask", case["brain"], "--labels",
+                            "predictgbm"])  # fmt: skip
+    assert r.exit_code != 0 and "pass --followup-labels with the right one" in r.output
+    assert "--followup-labels brats2021" in r.output
+
+
+def test_plans_keep_the_segmentations_header(case):
+    seg = nib.load(case["seg"])
+    img = nib.Nifti1Image(np.asarray(seg.dataobj), AFF)
+    img.set_qform(AFF, 1)
+    img.set_sform(AFF, 1)
+    img.header.set_xyzt_units("mm")
+    path = case["tmp"] / "seg_coded.nii.gz"
+    nib.save(img, path)
+    out = case["tmp"] / "coded"
+    r = runner.invoke(app, ["plan", "--density", case["density"], "--seg", str(path),
+                            "--brain-mask", case["brain"], "--labels", "predictgbm", "--out",
+                            str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    for name in ("standard", "personalized"):
+        h = nib.load(out / f"ctv_{name}.nii.gz").header
+        assert (int(h["qform_code"]), int(h["sform_code"])) == (1, 1)
+        assert h.get_xyzt_units()[0] == "mm"

@@ -186,8 +186,12 @@ def _reading(name: str, values: set[int]) -> tuple:
     return tuple((v in sc["flair"], v in sc["t1gd"]) for v in sorted(values))
 
 
-def masks_from_labels(labels: np.ndarray, scheme: str = "auto", *, name: str = "segmentation"):
+def masks_from_labels(
+    labels: np.ndarray, scheme: str = "auto", *, name: str = "segmentation", flag: str = "--labels"
+):
     """(FLAIR, T1Gd) boolean masks from a tumor label map; returns ``(flair, t1gd, scheme)``.
+    ``flag``: the option an error tells the user to pass (``--followup-labels`` for a
+    follow-up map).
 
     See the module notes for the conventions and how ``auto`` chooses.
     """
@@ -225,10 +229,10 @@ def masks_from_labels(labels: np.ndarray, scheme: str = "auto", *, name: str = "
                 f + (f" (4 = {_MEANING[f][4]})" if 4 in tumor and f in _MEANING else "")
                 for f in fits
             )
-            hint = " (a BraTS 2017-2021 map: --labels brats2021)" if "brats2021" in fits else ""
+            hint = f" (a BraTS 2017-2021 map: {flag} brats2021)" if "brats2021" in fits else ""
             raise GliomatchError(
                 f"{name}: labels {_listed(tumor)} fit several conventions that read them "
-                f"differently: {named}; pass --labels with the right one{hint}"
+                f"differently: {named}; pass {flag} with the right one{hint}"
             )
         scheme = next(p for p in _PREFERENCE if p in fits)
     sc = LABEL_SCHEMES[scheme]
@@ -250,7 +254,9 @@ def masks_from_labels(labels: np.ndarray, scheme: str = "auto", *, name: str = "
     return flair, t1gd, scheme
 
 
-def recurrence_masks(labels: np.ndarray, scheme: str = "auto", *, name: str = "follow-up"):
+def recurrence_masks(
+    labels: np.ndarray, scheme: str = "auto", *, name: str = "follow-up", flag: str = "--labels"
+):
     """(enhancing, any tumor) boolean masks of a follow-up label map, as PREDICT-GBM scores a
     recurrence: the enhancing label alone, and every tumor label (a cavity label, "never" in
     the convention, belongs to neither). Unlike a pre-operative map, a follow-up may hold no
@@ -265,7 +271,7 @@ def recurrence_masks(labels: np.ndarray, scheme: str = "auto", *, name: str = "f
             # a recurrence of label 1 alone is a named convention's reading, not a binary mask
             sc = LABEL_SCHEMES[scheme]
             return np.isin(lab, sc["enhancing"]), np.isin(lab, sc["flair"]), scheme
-    flair, _, scheme = masks_from_labels(lab, scheme, name=name)
+    flair, _, scheme = masks_from_labels(lab, scheme, name=name, flag=flag)
     return np.isin(lab, LABEL_SCHEMES[scheme]["enhancing"]), flair, scheme
 
 

@@ -455,7 +455,7 @@ def evaluate_plan(inp: PlanInputs, followup, *, followup_labels: str = "auto", *
         f"segmentation {inp.reference.get_filename()}",
     )  # fmt: skip
     enhancing, any_tumor, scheme = recurrence_masks(
-        lab, followup_labels, name=f"follow-up segmentation {followup}"
+        lab, followup_labels, name=f"follow-up segmentation {followup}", flag="--followup-labels"
     )
     plans, figures = plans_for(inp, **rule)
     zooms = zooms_of(inp.affine)
