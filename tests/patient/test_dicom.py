@@ -16,6 +16,36 @@ from gliomatch.patient.dicom import (
 )
 
 
+def write_mr_slice(path, pixels, *, study, series, frame, x, y, position, spacing, thickness,
+                   patient_id, description, instance):  # fmt: skip
+    """One MR Image Storage slice: ``pixels`` (rows, cols) uint16, row direction ``x`` and
+    column direction ``y`` (LPS unit vectors), first pixel at ``position`` (mm), PixelSpacing
+    ``spacing`` (between rows, between columns)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID = "Synthetic^Patient", patient_id
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+    ds.Modality, ds.SeriesDescription = "MR", description
+    ds.SeriesNumber, ds.InstanceNumber = 3, int(instance)
+    ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*x, *y)]
+    ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+    ds.PixelSpacing = [f"{spacing[0]:.6g}", f"{spacing[1]:.6g}"]
+    ds.SliceThickness = f"{thickness:.6g}"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
 def make_series(folder, *, shape=(40, 36, 24), spacing=(0.9, 1.2), thickness=3.0,
                 rotation=(0, 0, 0), seed=0, series_uid=None, description="T1"):  # fmt: skip
     """A synthetic MR series: ``shape`` = (rows, columns, slices), PixelSpacing ``spacing``
@@ -23,8 +53,7 @@ def make_series(folder, *, shape=(40, 36, 24), spacing=(0.9, 1.2), thickness=3.0
     orientation rotated by ``rotation`` (degrees about x, y, z) from axial LPS; written in a
     shuffled file order with shuffled instance numbers. Returns the image's intensity array
     (rows, cols, slices) and the position function ``(r, c, k) -> LPS mm``."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,27 +75,11 @@ def make_series(folder, *, shape=(40, 36, 24), spacing=(0.9, 1.2), thickness=3.0
     frame = generate_uid()
     order = rng.permutation(n)
     for i, k in enumerate(order):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID = "Synthetic^Patient", "SYN001"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.FrameOfReferenceUID = frame
-        ds.Modality, ds.SeriesDescription = "MR", description
-        ds.SeriesNumber, ds.InstanceNumber = 3, int(rng.integers(1, 10_000))
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*x, *y)]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in pos(0, 0, k)]
-        ds.PixelSpacing = [f"{spacing[0]:g}", f"{spacing[1]:g}"]
-        ds.SliceThickness = f"{thickness:g}"
-        ds.Rows, ds.Columns = rows, cols
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = np.ascontiguousarray(img[:, :, k]).tobytes()
-        ds.save_as(folder / f"IM{i:04d}_{rng.integers(1e6)}", enforce_file_format=True)
+        write_mr_slice(
+            folder / f"IM{i:04d}_{rng.integers(1e6)}", img[:, :, k], study=study, series=series,
+            frame=frame, x=x, y=y, position=pos(0, 0, k), spacing=spacing, thickness=thickness,
+            patient_id="SYN001", description=description, instance=rng.integers(1, 10_000),
+        )  # fmt: skip
     return img, pos
 
 
@@ -165,8 +178,7 @@ def series_from_nifti(img, folder, *, seed=0):
     """``img`` (a NIfTI scan) written as a DICOM series: one slice per third-axis index, pixel
     (row r, column c) = voxel (c, r, k); positions and orientation from its affine (RAS ->
     LPS). Files in shuffled order."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -178,26 +190,13 @@ def series_from_nifti(img, folder, *, seed=0):
     data = np.rint(4000 * (data - data.min()) / max(np.ptp(data), 1e-6)).astype(np.uint16)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     for i, k in enumerate(rng.permutation(data.shape[2])):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID = "Synthetic^Glioma", "SYN002"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.SeriesDescription, ds.SeriesNumber = "MR", "T1", 2
-        ds.InstanceNumber = int(i + 1)
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*(x / sx), *(y / sy))]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in flip @ (a[:3, :3] @ [0, 0, k] + a[:3, 3])]
-        ds.PixelSpacing = [f"{sy:.6g}", f"{sx:.6g}"]
-        ds.SliceThickness = f"{np.linalg.norm(a[:3, 2]):.6g}"
-        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = np.ascontiguousarray(data[:, :, k].T).tobytes()
-        ds.save_as(folder / f"{rng.integers(1e9)}.dcm", enforce_file_format=True)
+        write_mr_slice(
+            folder / f"{rng.integers(1e9)}.dcm", data[:, :, k].T, study=study, series=series,
+            frame=frame, x=x / sx, y=y / sy,
+            position=flip @ (a[:3, :3] @ [0, 0, k] + a[:3, 3]), spacing=(sy, sx),
+            thickness=np.linalg.norm(a[:3, 2]), patient_id="SYN002", description="T1",
+            instance=i + 1,
+        )  # fmt: skip
 
 
 def test_infer_from_a_dicom_series_writes_an_rt_structure_set(make_db, tmp_path):

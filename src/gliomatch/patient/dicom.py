@@ -92,10 +92,17 @@ class DicomSeries:
 
     def pixel_points(self, k: int) -> np.ndarray:
         """Patient coordinates (mm, LPS) of slice ``k``'s pixel centres, shape (rows, cols, 3)."""
+        cols, rows = np.meshgrid(np.arange(self.columns), np.arange(self.rows))
+        pixels = np.stack([cols.ravel(), rows.ravel()], axis=1)
+        return self.to_patient(k, pixels).reshape(self.rows, self.columns, 3)
+
+    def to_patient(self, k: int, pixels: np.ndarray) -> np.ndarray:
+        """(column, row) pixel coordinates (n, 2) on slice ``k`` -> patient coordinates (mm,
+        LPS); :meth:`to_pixels` is its inverse."""
         x, y = self.orientation[:3], self.orientation[3:]
-        r = np.arange(self.rows)[:, None, None] * self.spacing[0] * y
-        c = np.arange(self.columns)[None, :, None] * self.spacing[1] * x
-        return self.slices[k].position + r + c
+        p = np.asarray(pixels, float)
+        return (self.slices[k].position + p[:, :1] * self.spacing[1] * x
+                + p[:, 1:] * self.spacing[0] * y)  # fmt: skip
 
     def to_pixels(self, k: int, points: np.ndarray) -> np.ndarray:
         """Patient coordinates (n, 3) on slice ``k`` -> (column, row) pixel coordinates."""
@@ -273,6 +280,16 @@ def _ds(v: float) -> str:
     return f"{v:.3f}"
 
 
+def _item(**attributes):
+    """A pydicom Dataset with these attributes (by keyword)."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    return ds
+
+
 def write_rtstruct(series: DicomSeries, rois, path, *, label: str = "gliomatch") -> Path:
     """Write ``rois`` (``(name, mask_image, interpreted_type, (r, g, b))``: masks on any NIfTI
     grid of the series' space; type ``GTV``, ``CTV``, ...) as an RT Structure Set referencing
@@ -316,13 +333,9 @@ def write_rtstruct(series: DicomSeries, rois, path, *, label: str = "gliomatch")
     frame = series.frame_of_reference or generate_uid()
 
     def image_refs(ks):
-        seq = []
-        for k in ks:
-            item = Dataset()
-            item.ReferencedSOPClassUID = series.slices[k].sop_class
-            item.ReferencedSOPInstanceUID = series.slices[k].sop_instance
-            seq.append(item)
-        return Sequence(seq)
+        return Sequence([_item(ReferencedSOPClassUID=series.slices[k].sop_class,
+                               ReferencedSOPInstanceUID=series.slices[k].sop_instance)
+                         for k in ks])  # fmt: skip
 
     ref_series = Dataset()
     ref_series.SeriesInstanceUID = series.series_uid
@@ -342,36 +355,26 @@ def write_rtstruct(series: DicomSeries, rois, path, *, label: str = "gliomatch")
         on_slices = _mask_on_slices(series, mask, image.affine)
         if mask.any() and not on_slices.any():
             raise GliomatchError(f"structure {name}: outside the DICOM series' slices")
-        roi = Dataset()
-        roi.ROINumber = number
-        roi.ReferencedFrameOfReferenceUID = frame
-        roi.ROIName = name
-        roi.ROIGenerationAlgorithm = "AUTOMATIC"
-        roi_seq.append(roi)
+        roi_seq.append(_item(ROINumber=number, ReferencedFrameOfReferenceUID=frame,
+                             ROIName=name, ROIGenerationAlgorithm="AUTOMATIC"))  # fmt: skip
         contours = []
         for k in range(len(series.slices)):
             for pts in _outlines(on_slices[k]):
-                x, y = series.orientation[:3], series.orientation[3:]
-                world = (series.slices[k].position + pts[:, :1] * series.spacing[1] * x
-                         + pts[:, 1:] * series.spacing[0] * y)  # fmt: skip
-                c = Dataset()
-                c.ContourImageSequence = image_refs([k])
-                c.ContourGeometricType = "CLOSED_PLANAR"
-                c.NumberOfContourPoints = len(world)
-                c.ContourData = [_ds(v) for v in world.ravel()]
-                contours.append(c)
-        item = Dataset()
-        item.ROIDisplayColor = [int(v) for v in color]
-        item.ReferencedROINumber = number
+                world = series.to_patient(k, pts)
+                contours.append(
+                    _item(
+                        ContourImageSequence=image_refs([k]),
+                        ContourGeometricType="CLOSED_PLANAR",
+                        NumberOfContourPoints=len(world),
+                        ContourData=[_ds(v) for v in world.ravel()],
+                    )  # fmt: skip
+                )
+        item = _item(ROIDisplayColor=[int(v) for v in color], ReferencedROINumber=number)
         if contours:
             item.ContourSequence = Sequence(contours)
         contour_seq.append(item)
-        obs = Dataset()
-        obs.ObservationNumber = number
-        obs.ReferencedROINumber = number
-        obs.RTROIInterpretedType = kind
-        obs.ROIInterpreter = ""
-        obs_seq.append(obs)
+        obs_seq.append(_item(ObservationNumber=number, ReferencedROINumber=number,
+                             RTROIInterpretedType=kind, ROIInterpreter=""))  # fmt: skip
     ds.StructureSetROISequence = Sequence(roi_seq)
     ds.ROIContourSequence = Sequence(contour_seq)
     ds.RTROIObservationsSequence = Sequence(obs_seq)
