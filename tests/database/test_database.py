@@ -77,6 +77,10 @@ def test_density_matches_a_fresh_simulation(tiny_db):
 def test_determinism(tmp_path, tiny_db):
     again = build_database(tmp_path / "b", 30, CFG, workers=1)
     _same(tiny_db, again)
+    # the same content has the same fingerprint, however long each shard took (every cache
+    # keyed by it survives a rebuild)
+    assert again.fingerprint == tiny_db.fingerprint
+    assert again.manifest["shards"] == tiny_db.manifest["shards"]
     other = build_database(
         tmp_path / "c",
         30,
@@ -96,6 +100,29 @@ def test_growing_n_resumes(tmp_path, tiny_db):
 def test_dask_equals_local(tmp_path, tiny_db):
     db = build_database(tmp_path / "d", 30, CFG, workers=2)
     _same(tiny_db, db)
+    assert db.fingerprint == tiny_db.fingerprint
+
+
+def test_a_database_of_the_old_shard_layout_gets_todays_fingerprint(tmp_path, tiny_db):
+    """Shards written when shard.json held the build time (every rebuild then had another
+    fingerprint) are brought to today's layout by resuming the build: the fingerprint of any
+    build of the same seed."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_db.path, old)
+    for d in (old / "shards").glob("s*"):
+        stats = json.loads((d / "shard.json").read_text())
+        (d / "timing.json").unlink()
+        (d / "shard.json").write_text(json.dumps({**stats, "elapsed_s": 1.2345 + len(d.name)}))
+    resumed = build_database(old, 30, CFG, workers=1)
+    _same(tiny_db, resumed)
+    assert resumed.fingerprint == tiny_db.fingerprint
+    assert verify(resumed)["ok"]
+    for d in (old / "shards").glob("s*"):
+        assert "elapsed_s" not in json.loads((d / "shard.json").read_text())
+        assert "elapsed_s" in json.loads((d / "timing.json").read_text())
 
 
 def test_resume_after_kill(tmp_path):

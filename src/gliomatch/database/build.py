@@ -28,7 +28,13 @@ from gliomatch.database.manifest import (
     read_manifest,
     write_manifest,
 )
-from gliomatch.database.storage import Database, hash_tree, write_parquet_atomic, write_shard
+from gliomatch.database.storage import (
+    Database,
+    hash_tree,
+    write_parquet_atomic,
+    write_shard,
+    write_shard_stats,
+)
 from gliomatch.database.trajectories import check_progress, space, trajectory_tumors
 from gliomatch.errors import GliomatchError, check_count
 from gliomatch.files import sha256_file, stale_temporaries
@@ -45,7 +51,8 @@ def run_shard(config: dict, shard: int, db_path: str, numba_threads: int | None 
     cfg = BuildConfig.from_dict(config)
     shard_dir = Path(db_path) / "shards" / f"s{shard:05d}"
     if shard_dir.exists():
-        return json.loads((shard_dir / "shard.json").read_text())
+        stats = json.loads((shard_dir / "shard.json").read_text())
+        return {k: v for k, v in stats.items() if k != "elapsed_s"}
     if numba_threads:
         numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))
     t0 = time.perf_counter()
@@ -167,15 +174,23 @@ def _normalized(recorded, path: Path) -> dict:
 
 
 def _done_shards(path: Path) -> dict[int, dict]:
+    """The finished shards' counts. A shard written before the timing left ``shard.json``
+    (its ``elapsed_s`` made every rebuild's checksums differ) is brought to today's layout:
+    the same content, so the database's fingerprint becomes the one any build of the same
+    seed gets."""
     done = {}
     for d in (path / "shards").glob("s[0-9]*"):
         try:
-            done[int(d.name[1:])] = json.loads((d / "shard.json").read_text())
+            stats = json.loads((d / "shard.json").read_text())
         except (OSError, ValueError) as exc:
             raise GliomatchError(
                 f"database shard {d}: unreadable shard.json ({exc}); delete the shard folder "
                 "and resume the build to recompute it"
             ) from exc
+        if "elapsed_s" in stats:
+            write_shard_stats(d, stats)
+            stats = {k: v for k, v in stats.items() if k != "elapsed_s"}
+        done[int(d.name[1:])] = stats
     return done
 
 

@@ -43,13 +43,20 @@ from gliomatch.errors import GliomatchError
 from gliomatch.files import atomic_path, file_digests, sha256_file
 from gliomatch.masks import decode, masks_from_codes
 
-__all__ = ["Database", "hash_tree", "write_shard"]
+__all__ = ["TIMING_FILE", "Database", "hash_tree", "write_shard", "write_shard_stats"]
+
+
+#: A shard's build timing: kept beside its content, outside its checksum, so that the same seed
+#: gives the same checksums and fingerprint however fast the build ran (it did not before:
+#: every rebuild had another fingerprint, and every cache keyed by it was lost).
+TIMING_FILE = "timing.json"
 
 
 def hash_tree(path: Path) -> str:
-    """SHA-256 over the relative names and bytes of every file below ``path`` (sorted)."""
+    """SHA-256 over the relative names and bytes of every file below ``path`` (sorted), the
+    build timing (:data:`TIMING_FILE`) left out."""
     h = hashlib.sha256()
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name != TIMING_FILE)
     for p in files:
         h.update(str(p.relative_to(path)).encode())
         with open(p, "rb") as f:
@@ -98,7 +105,7 @@ def write_shard(
     for i, q in enumerate(codes):
         arr[i] = q
     rows.to_parquet(tmp / "tumors.parquet", index=False)
-    (tmp / "shard.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+    write_shard_stats(tmp, stats)
     try:
         os.rename(tmp, shard_dir)
     except OSError:
@@ -106,6 +113,16 @@ def write_shard(
         shutil.rmtree(tmp, ignore_errors=True)
         if not shard_dir.exists():
             raise
+
+
+def write_shard_stats(shard_dir: Path, stats: dict) -> None:
+    """A shard's counts (``shard.json``, part of its checksum) and its timing (``elapsed_s``:
+    :data:`TIMING_FILE`, not part of it)."""
+    timing = {k: v for k, v in stats.items() if k == "elapsed_s"}
+    counts = {k: v for k, v in stats.items() if k != "elapsed_s"}
+    (Path(shard_dir) / "shard.json").write_text(json.dumps(counts, indent=2, sort_keys=True))
+    if timing:
+        (Path(shard_dir) / TIMING_FILE).write_text(json.dumps(timing, indent=2, sort_keys=True))
 
 
 class Database:
