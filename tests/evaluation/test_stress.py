@@ -147,6 +147,12 @@ def test_cli(db, tmp_path):
                                  "--registration", "none", "--no-refine"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "ensemble − std" in r.output and "refined" not in r.output
+    # a summary before any patient was computed says so (it was an IndexError)
+    r = CliRunner().invoke(app, ["bench", "stress", "--db", str(db.path), "--out",
+                                 str(tmp_path / "empty"), "--settings", "model", "--patients",
+                                 "1", "--registration", "none", "--cached-only"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "no stressed patient computed yet" in r.output
     r = CliRunner().invoke(app, ["bench", "stress", "--db", str(db.path), "--out",
                                  str(tmp_path / "p"), "--settings", "weather"])  # fmt: skip
     assert r.exit_code != 0 and "unknown weather" in r.output

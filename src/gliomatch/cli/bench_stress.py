@@ -91,6 +91,11 @@ def stress_table(res: dict) -> str:
 
     entries = [s[rec] for s in res["settings"].values() for rec in ("enhancing", "any")]
     plans = [p for p in ALL_PLANS if any(f"{p}_mean" in e for e in entries)]
+    if not plans:
+        return (
+            f"no stressed patient computed yet for this {res['n_db']:,}-tumor database "
+            "(--cached-only summarizes only what a run has computed; run without it)"
+        )
     names = {"refined_ensemble": "refined ens."}
     head = " | ".join(names.get(p, p) for p in plans)
     diffs = " | ".join(f"{names.get(p, p)} − std" for p in plans[1:])

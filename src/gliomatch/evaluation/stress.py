@@ -87,6 +87,8 @@ __all__ = [
     "StressPatient",
     "bench_stress",
     "displacement_field",
+    "patient_key",
+    "prior_draws",
     "stress_patient",
     "summarize_stress",
 ]
@@ -404,7 +406,7 @@ def bench_stress(
     get_strategy("exact", db).ensure_ready()  # the explicit build step personalize reads
     need = {s: combined if s == "all" else patients for s in settings}
     limit = MAX_DRAWS_PER_PATIENT * max(need.values())
-    draws = _independent(iter_held_out(db, limit, seed_offset=STRESS_SEED_OFFSET + seed))
+    draws = prior_draws(db, limit, seed)
     prior_rows: list[dict] = []
     max_cm3 = db.build_config.size_filter.flair_max_cm3
     total, done = sum(need.values()), 0
@@ -421,11 +423,9 @@ def bench_stress(
                     )
                 prior_rows.append(row)
             prior = prior_rows[j]
-            key = cache_key(
-                version=STRESS_VERSION, db=db.fingerprint, setting=setting, j=j, seed=seed,
-                prior=prior, config=cfg.to_dict(), registration=registration, margin=margin_mm,
-                max_cm3=max_cm3, refine=cache_tag(refine),
-            )  # fmt: skip
+            key = patient_key(db, setting, j, prior, seed=seed, config=cfg,
+                              registration=registration, margin_mm=margin_mm,
+                              refine=refine)  # fmt: skip
             path = cache / f"{setting}-{j:04d}-{key}.json"
             if cached_only:
                 rec = read_cached(path)
@@ -468,6 +468,25 @@ def bench_stress(
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
     _figure(table, out / "stress.png")
     return summary
+
+
+def prior_draws(db, limit: int, seed: int = 0):
+    """The stress benchmark's prior draws (one per distinct trajectory), in order: the j-th
+    is patient j of every setting."""
+    return _independent(iter_held_out(db, limit, seed_offset=STRESS_SEED_OFFSET + seed))
+
+
+def patient_key(db, setting, j, prior, *, seed=0, config=None, registration="syn",
+                margin_mm=MARGIN_MM, refine=True) -> str:  # fmt: skip
+    """The cache key of one stressed patient: everything its record depends on (the
+    database's fingerprint, the setting, the draw, the seed, the stress configuration, the
+    registration, the margin, the size limit, the refinement's version)."""
+    cfg = config or StressConfig()
+    return cache_key(
+        version=STRESS_VERSION, db=db.fingerprint, setting=setting, j=j, seed=seed,
+        prior=prior, config=cfg.to_dict(), registration=registration, margin=margin_mm,
+        max_cm3=db.build_config.size_filter.flair_max_cm3, refine=cache_tag(refine),
+    )  # fmt: skip
 
 
 def _line(rec: dict) -> str:
