@@ -770,3 +770,40 @@ def test_the_interactive_view_renders_in_headless_chromium(result, tmp_path):
 
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert (pixels.max(axis=2) > 0.3).mean() > 0.02  # the slices are drawn, not a black page
+    # the report itself, in the same browser: its provenance and its oriented figures
+    page = Path(result.files["report"]).resolve()
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=180).stdout  # fmt: skip
+    assert "<h2>Provenance</h2>" in dom and "neurological convention" in dom
+    for png in ("patient.png", "density.png", "plans.png", "atlas_match.png"):
+        assert f'src="{png}"' in dom and (page.parent / png).is_file()
+
+
+def test_every_panel_has_orientation_letters_positions_in_mm_and_a_legend(monkeypatch, tmp_path):
+    """The letters of each plane, the slice's position in mm, a colorbar for a density and a
+    legend of only the masks present (no core entry for a tumor without one)."""
+    import matplotlib.pyplot as plt
+
+    from gliomatch.patient import report
+
+    figs = []
+    monkeypatch.setattr(report.plt, "close", lambda fig: figs.append(fig))
+    scan = np.random.default_rng(0).random((20, 22, 18)).astype(np.float32)
+    whole = np.zeros(scan.shape, bool)
+    whole[8:12, 9:13, 7:11] = True
+    aff = np.diag([-1.5, -1.5, 2.0, 1.0])  # stored LPS
+    report._three_planes(tmp_path / "p.png", scan, aff, whole,
+                         [(whole, "blue", "solid", "whole tumor"),
+                          (np.zeros_like(whole), "red", "solid", "tumor core")],
+                         density=scan, title="t")  # fmt: skip
+    (fig,) = figs
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split(",")[0] for ax in panels] == ["sagittal", "coronal", "axial"]
+    assert all(ax.get_title().endswith(" mm") for ax in panels)
+    letters = [{t.get_text() for t in ax.texts} for ax in panels]
+    assert letters == [{"P", "A", "I", "S"}, {"L", "R", "I", "S"}, {"L", "R", "P", "A"}]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["whole tumor"]
+    assert len(fig.axes) == 4  # three panels and the density's colorbar
+    assert "neurological convention" in fig._suptitle.get_text()
+    plt.close(fig)
