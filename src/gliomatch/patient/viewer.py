@@ -1,7 +1,7 @@
 """An interactive view of a patient's result that works offline: ``viewer.html``.
 
 One self-contained page: NiiVue (the WebGL NIfTI viewer of the NiiVue project, BSD-2-Clause;
-vendored as ``assets/niivue.umd.js``, see ``assets/NIIVUE_LICENSE.txt``) inlined, and the
+vendored gzipped as ``assets/niivue.umd.js.gz``, see ``assets/NIIVUE_LICENSE.txt``) inlined, and the
 volumes inlined as base64 NIfTI: the scan, the predicted density and the plans, each a layer
 the reader can switch on and off. Nothing is fetched, so the page opens from a file or an
 e-mail attachment. Neurological convention (the patient's left on the screen's left), as the
@@ -58,7 +58,8 @@ def write_viewer(out, anatomy: nib.Nifti1Image, layers, *, title: str = "gliomat
     """Write ``out/viewer.html``: ``anatomy`` with ``layers`` (``(label, image, kind, colormap,
     opacity)``, ``kind`` ``"density"`` or ``"mask"``; images on the anatomy's grid) in NiiVue,
     every layer a checkbox. Returns the page's path."""
-    js = resources.files("gliomatch.patient").joinpath("assets/niivue.umd.js").read_text("utf-8")
+    packed = resources.files("gliomatch.patient").joinpath("assets/niivue.umd.js.gz")
+    js = gzip.decompress(packed.read_bytes()).decode("utf-8")
     vols = [{"name": "scan.nii.gz", "label": "scan", "b64": _nifti_b64(anatomy, "scan"),
              "colormap": "gray", "opacity": 1.0, "cal_min": 0, "cal_max": 255}]  # fmt: skip
     for i, (label, img, kind, cmap, opacity) in enumerate(layers):
