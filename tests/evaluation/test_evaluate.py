@@ -10,7 +10,7 @@ from gliomatch.cli import app
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.harness import evaluate, real_queries, synthetic_queries
 from gliomatch.patient.synthetic import make_patient
-from gliomatch.search import Strategy, register_strategy
+from gliomatch.search import Strategy, get_strategy, register_strategy
 
 runner = CliRunner()
 
@@ -73,6 +73,18 @@ def test_harness_end_to_end(db, queries, tmp_path):
         assert (tmp_path / name).is_file(), name
     csv = pd.read_csv(tmp_path / "table_strategies.csv")
     assert set(csv.strategy) == {"exact", "ds32", "random-test"}
+    # latency median and p95, the index's size and build time beside each strategy
+    row = csv.set_index("strategy")
+    assert (row.p95_ms >= row.median_ms).all()
+    assert row.index_mb["ds32"] > 0 and row.index_build_s["ds32"] >= 0
+    assert row.index_mb["random-test"] == 0 and np.isnan(row.index_build_s["random-test"])
+    assert table["ds32"]["index_bytes"] == get_strategy("ds32", db).index_info()["index_bytes"]
+    # one row per strategy with the papers' published figures beside ours
+    papers = (tmp_path / "table_papers.md").read_text().splitlines()
+    ds32 = next(line for line in papers if line.startswith("| ds32 |"))
+    assert "78.9 / 99.6 / 100.0" in ds32 and "66.1 / – / –" in ds32  # Tables 2 and 1
+    assert f"| {100 * table['ds32']['top1']:.1f} / " in ds32 and "(60)" in ds32
+    assert "| random-test | " in "\n".join(papers)
     assert s["plausibility"]["synthetic"]["n"] == 60
     rec = pd.read_csv(tmp_path / "parameter_recovery.csv")
     assert len(rec) == 60 and {"dw_true", "dw_best", "dw_topk_median"} <= set(rec.columns)

@@ -128,6 +128,31 @@ def test_resume_training(db):
     assert train(db, other, "t1gd")["history_epochs"] == 1
 
 
+def test_time_limit_stops_training_and_a_larger_one_resumes_it(db):
+    """A training stops after the epoch that reaches its time limit (resumed epochs count),
+    says so with its cost, and a larger limit continues the same training."""
+    import pandas as pd
+
+    kw = dict(kind="vae", latent=4, input_resolution=16, n_train=8, n_val=4, batch=4, lr=1e-3)
+    first = train(db, TrainConfig(epochs=50, time_limit=1e-6, **kw), "t1gd")
+    assert first["history_epochs"] == 1 and first["stopped"] == "time limit"
+    assert first["train_seconds"] > 0 and first["load_seconds"] >= 0
+    assert first["peak_rss_mb"] > 50  # the process' peak resident memory, torch loaded
+    h1 = pd.read_csv(model_dir(db, "vae4", "t1gd") / "history.csv")
+    # the epoch budget reached first; the time-limited epoch is kept, not repeated
+    again = train(db, TrainConfig(epochs=3, time_limit=60, **kw), "t1gd")
+    assert again["history_epochs"] == 3 and again["stopped"] == "epochs"
+    h3 = pd.read_csv(model_dir(db, "vae4", "t1gd") / "history.csv")
+    pd.testing.assert_frame_equal(h3.iloc[:1], h1)
+    # a limit already spent: nothing more is trained
+    spent = train(db, TrainConfig(epochs=10, time_limit=1e-6, **kw), "t1gd")
+    assert spent["history_epochs"] == 3 and spent["stopped"] == "time limit"
+    with pytest.raises(GliomatchError, match="time limit"):
+        TrainConfig(time_limit=0)
+    with pytest.raises(GliomatchError, match="time limit"):
+        TrainConfig(time_limit=float("nan"))
+
+
 def test_lr_schedule_survives_resume(db):
     """lr x 0.2 after ``lr_patience`` epochs without improvement, the schedule's state kept
     across an interruption (lr 1e-6: the validation loss is flat, so every epoch is a bad one)."""
@@ -159,6 +184,26 @@ def trained(db):
             train(db, cfg, m)
         out[kind] = cfg.name
     return out
+
+
+def test_evaluation_reports_a_learned_strategys_costs(db, trained, tmp_path):
+    """`evaluate` gives a learned strategy its code index's size, its build (the database's
+    encoding) time and the median time to encode one query; its re-ranked form holds the
+    exact index as well."""
+    from gliomatch.evaluation.harness import evaluate, synthetic_queries
+
+    name = trained["ae"]
+    s = evaluate(
+        db, tmp_path, queries=synthetic_queries(db, 3), strategies=[name, f"{name}+rr5"],
+        loop_check=0, log=lambda m: None,
+    )  # fmt: skip
+    rows = {r["strategy"]: r for r in s["table"]}
+    codes = get_strategy(name, db).index_path
+    assert rows[name]["index_bytes"] == sum(p.stat().st_size for p in codes.iterdir())
+    assert rows[name]["build_seconds"] > 0 and rows[name]["encode_median_s"] > 0
+    exact = get_strategy("exact", db).index_info()["index_bytes"]
+    assert rows[f"{name}+rr5"]["index_bytes"] == rows[name]["index_bytes"] + exact
+    assert rows[f"{name}+rr5"]["encode_median_s"] > 0
 
 
 def test_faiss_equals_bruteforce(db, trained):

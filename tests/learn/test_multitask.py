@@ -127,7 +127,8 @@ def test_training_reduces_each_loss(trained):
     for part in ["total", "seg", *TASKS]:
         col = hist[f"train_{part}"]
         assert col.iloc[-1] < col.iloc[0], part
-    assert meta["history_epochs"] == 6
+    assert meta["history_epochs"] == 6 and meta["stopped"] == "epochs"
+    assert meta["train_seconds"] > 0 and meta["peak_rss_mb"] > 0
     folder = db.index_dir / "models" / "multitask"
     assert (folder / "loss.png").is_file() and (folder / "split.npz").is_file()
 
@@ -175,6 +176,13 @@ def test_resume_continues_training(trained):
     hist = pd.read_csv(db.index_dir / "models" / "multitask" / "history.csv")
     assert meta["history_epochs"] == 7 and hist.epoch.tolist() == list(range(1, 8))
     pd.testing.assert_frame_equal(hist.iloc[:6], before)
+    # a time limit the 7 epochs already exceed: resumes the same training, adds nothing
+    limited = MultitaskConfig(
+        epochs=20, batch=4, n_train=20, n_val=4, input_resolution=16, blocks=1, patience=50,
+        time_limit=1e-6,
+    )  # fmt: skip
+    meta = train_multitask(db, limited)
+    assert meta["history_epochs"] == 7 and meta["stopped"] == "time limit"
 
 
 def test_errors(make_db, trained):

@@ -278,8 +278,18 @@ def test_searching_never_builds_an_index(make_db):
             get_strategy(name, db).search_one(q, 2)
     assert not (db.path / "index" / "exact").exists()
     assert (db.path / "manifest.json").read_bytes() == before
+    assert get_strategy("exact", db).index_info() == {"index_bytes": 0, "build_seconds": None}
     s = get_strategy("exact", db).ensure_ready()
     assert s.search_one(q, 2)[1][0] == 0 and (db.path / "index" / "exact").is_dir()
+    # what the index costs: its files' size on disk and its build time, recorded when built
+    info = s.index_info()
+    files = (db.path / "index" / "exact").rglob("*")
+    assert info["index_bytes"] == sum(p.stat().st_size for p in files if p.is_file()) > 0
+    assert 0 < info["build_seconds"] < 600
+    # a re-ranking strategy holds its base's index and the exact one it re-scores with
+    ds = get_strategy("ds32", db).ensure_ready()
+    rr = get_strategy("ds32+rr3", db).index_info()
+    assert rr["index_bytes"] == ds.index_info()["index_bytes"] + info["index_bytes"]
 
 
 @settings(max_examples=40, deadline=None)

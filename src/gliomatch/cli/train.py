@@ -73,6 +73,13 @@ def train(
         float | None,
         typer.Option(help=f"hash: bi-half quantization pull (0: plain STE; {_d('gamma')})."),
     ] = None,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            help="Minutes of training (per modality for ae/vae/hash): stop after the epoch that "
+            "reaches them (resumed epochs count; default: no limit)."
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default cpu).")] = None,
     modality: Annotated[str, typer.Option(help="t1gd, flair or both.")] = "both",
     tasks: Annotated[
@@ -116,8 +123,9 @@ def train(
     options = dict(
         latent=latent, bits=bits, epochs=epochs, input_resolution=input_resolution,
         n_train=n_train, n_val=n_val, batch=batch, lr=lr, patience=patience,
-        lr_patience=lr_patience, gamma=gamma, device=device, tasks=tasks, lambda_seg=lambda_seg,
-        lambda_cls=lambda_cls, box_jitter=box_jitter, atlas_channel=atlas_channel,
+        lr_patience=lr_patience, gamma=gamma, time_limit=time_limit, device=device, tasks=tasks,
+        lambda_seg=lambda_seg, lambda_cls=lambda_cls, box_jitter=box_jitter,
+        atlas_channel=atlas_channel,
     )  # fmt: skip
     from gliomatch.database import Database
     from gliomatch.search import get_strategy
@@ -140,7 +148,11 @@ def train(
 
 
 def _describe(r: dict) -> str:
-    line = f"{r['history_epochs']} epochs, best validation loss {r['best_val_loss']:.4g}"
+    line = (
+        f"{r['history_epochs']} epochs ({r['train_seconds'] / 60:.1f} min, stopped by "
+        f"{r['stopped']}; process peak {r['peak_rss_mb']:.0f} MB), best validation loss "
+        f"{r['best_val_loss']:.4g}"
+    )
     if "recon_dice_val" in r:  # an autoencoder
         return line + f", reconstruction Dice {r['recon_dice_val']:.3f} (validation)"
     losses = ", ".join(

@@ -11,6 +11,7 @@ from gliomatch.database.trajectories import held_out_tumors
 from gliomatch.errors import GliomatchError
 from gliomatch.evaluation.engine import exact_ranking, preservation, rank_of
 from gliomatch.masks import downsample, masks_from_codes
+from gliomatch.resources import peak_rss_bytes, rss_bytes
 from gliomatch.search import Query, get_strategy
 from gliomatch.search.engine import STAGES, BlockIndex
 
@@ -42,18 +43,6 @@ def _variants(db, n_total: int, size: int):
                 f, t = np.roll(f, shift, axis=(0, 1, 2)), np.roll(t, shift, axis=(0, 1, 2))
             made += 1
             yield np.ascontiguousarray(f), np.ascontiguousarray(t)
-
-
-def _rss_bytes() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def _peak_rss_bytes() -> int:
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: kB
 
 
 def bench_search(
@@ -106,7 +95,7 @@ def bench_search(
             opts["ids"] = np.sort(rng.choice(n, loop_max, replace=False))
             note = f"loop timed on {loop_max} random tumors and scaled x{n / loop_max:.1f}"
         strat = get_strategy(name, db, progress=progress, **opts)
-        rss_before = _rss_bytes()
+        rss_before = rss_bytes()
         tb = time.perf_counter()
         built_before = (not strat.needs_index) or strat.is_built()
         strat.ensure_ready()
@@ -145,8 +134,8 @@ def bench_search(
             else build_s,
             # resident memory this strategy added (index pages read, buffers), and the
             # process' peak so far
-            "rss_added_bytes": max(0, _rss_bytes() - rss_before),
-            "peak_rss_bytes": _peak_rss_bytes(),
+            "rss_added_bytes": max(0, rss_bytes() - rss_before),
+            "peak_rss_bytes": peak_rss_bytes(),
             "note": note,
         }
         if stages:  # where a block index's time goes: median per stage, candidates verified

@@ -213,10 +213,11 @@ def evaluate(
     strats = {name: get_strategy(name, db) for name in strategies}
     exact = get_strategy("exact", db).ensure_ready()
     strat_keys = {name: _strategy_key(strat) for name, strat in strats.items()}
-    for strat in strats.values():
+    costs = {}
+    for name, strat in strats.items():
         strat.ensure_ready()
-        if queries:
-            strat.search_one(queries[0].query, k)  # warm-up (compilation, cache load)
+        strat.search_one(queries[0].query, k)  # warm-up (compilation, cache load)
+        costs[name] = {**strat.index_info(), **_encode_cost(strat, queries)}
     params = db.params
     records = []
     truth_rows = {}
@@ -284,7 +285,7 @@ def evaluate(
     calibration, why = load_calibration(db.path, db.fingerprint)
     if why:
         log(f"warning: {why}")
-    summary = _summarise(res, queries, truth_rows, params, k, loop_ok, calibration)
+    summary = _summarise(res, queries, truth_rows, params, k, loop_ok, calibration, costs)
     summary["recurrence_coverage"] = recurrence_coverage_rows(db, queries)
 
     write_outputs(out, db, res, queries, truth_rows, summary, k)
@@ -292,7 +293,23 @@ def evaluate(
     return summary
 
 
-def _summarise(res, queries, truth_rows, params, k, loop_ok, calibration=None) -> dict:
+def _encode_cost(strat, queries: list[EvalQuery], n: int = 20) -> dict:
+    """A learned strategy's median time to encode one query (its network's forward pass, part
+    of its search latency), over the first ``n`` queries; {} for the others."""
+    inner = getattr(strat, "base", strat)
+    encode = getattr(inner, "encode_queries", None)
+    encode = getattr(inner, "embed_queries", encode)
+    if encode is None:
+        return {}
+    times = []
+    for eq in queries[:n]:
+        t0 = time.perf_counter()
+        encode([eq.query])
+        times.append(time.perf_counter() - t0)
+    return {"encode_median_s": float(np.median(times))}
+
+
+def _summarise(res, queries, truth_rows, params, k, loop_ok, calibration=None, costs=None) -> dict:
     table = []
     for (name, kind), g in res.groupby(["strategy", "kind"], sort=False):
         table.append(
@@ -302,7 +319,9 @@ def _summarise(res, queries, truth_rows, params, k, loop_ok, calibration=None) -
                 "n": int(len(g)),
                 **preservation(g.rank_of_best),
                 "median_s": float(g.seconds.median()),
+                "p95_s": float(np.percentile(g.seconds, 95)),
                 "median_rank_of_best": float(g.rank_of_best.median()),
+                **(costs or {}).get(name, {}),
             }
         )
     plaus = {}

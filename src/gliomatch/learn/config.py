@@ -81,6 +81,9 @@ def check_settings(cfg, positive: tuple[str, ...]) -> None:
     lr = getattr(cfg, "lr", None)
     if lr is not None and not (np.isfinite(lr) and 0 < lr < 1):
         raise GliomatchError(f"lr (learning rate) must be in (0, 1), got {lr}")
+    limit = cfg.time_limit
+    if limit is not None and not (np.isfinite(limit) and limit > 0):
+        raise GliomatchError(f"time limit must be a positive number of minutes, got {limit}")
     if cfg.device not in ("cpu", "cuda"):
         raise GliomatchError(f"device must be cpu or cuda, got {cfg.device!r}")
 
@@ -102,6 +105,7 @@ class TrainConfig:
     gamma: float = GAMMA  # bi-half quantization pull (hash)
     patience: int = 20
     lr_patience: int = 0  # > 0: lr x 0.2 after this many epochs without improvement
+    time_limit: float | None = None  # minutes of training (per modality); None: no limit
     device: str = "cpu"
     seed: int = 0
 
@@ -144,6 +148,7 @@ class MultitaskConfig:
     atlas_channel: bool = False
     blocks: int = 2
     patience: int = 10
+    time_limit: float | None = None  # minutes of training; None: no limit
     device: str = "cpu"
     seed: int = 0
 

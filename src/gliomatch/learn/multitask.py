@@ -28,6 +28,7 @@ the paper's robustness test (:func:`distort_boxes`) unless ``box_jitter=False``.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from gliomatch.learn.config import TASK_SETS, MultitaskConfig
 from gliomatch.learn.labels import TASKS, task_labels
 from gliomatch.learn.roi import RoIMaxPool3d, distort_boxes
 from gliomatch.learn.train import (
+    cost,
     load_weights,
     read_json,
     record_model,
@@ -60,6 +62,7 @@ __all__ = [
     "query_arrays",
     "tumor_arrays",
     "train_multitask",
+    "tumor_boxes",
 ]
 
 STRIDE = 4
@@ -164,10 +167,14 @@ def tumor_arrays(db, ids, resolution: int, density: bool = True):
         masks[row, 1] = downsample(t1gd, r)
         if density:
             dens[row] = np.rint(255 * np.clip(_density_at(decode(codes), r), 0, 1))
-    p = db.params.iloc[ids]
+    return masks, dens, tumor_boxes(db, ids, r)
+
+
+def tumor_boxes(db, ids, resolution: int) -> np.ndarray:
+    """FLAIR bounding boxes (n, 6) of database tumors, in voxels of a ``resolution``^3 input."""
+    p = db.params.iloc[np.asarray(ids, dtype=np.int64)]
     cols = ["bbox_i0", "bbox_j0", "bbox_k0", "bbox_i1", "bbox_j1", "bbox_k1"]
-    boxes = p[cols].to_numpy(np.float64) * r / db.resolution
-    return masks, dens, boxes
+    return p[cols].to_numpy(np.float64) * resolution / db.resolution
 
 
 def _atlas_channel(db, resolution: int) -> np.ndarray:
@@ -213,8 +220,10 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
     labels = {t: labels_df[t].to_numpy(np.int64) for t in TASKS}
     r = cfg.input_resolution
     atlas = _atlas_channel(db, r) if cfg.atlas_channel else None
+    t_load = time.perf_counter()
     tr = tumor_arrays(db, train_ids, r)
     va = tumor_arrays(db, val_ids, r)
+    load_s = time.perf_counter() - t_load
     lab_tr = {t: v[train_ids] for t, v in labels.items()}
     lab_va = {t: v[val_ids] for t, v in labels.items()}
     model = MultitaskNet(cfg.task_list, r, 3 if cfg.atlas_channel else 2, blocks=cfg.blocks)
@@ -261,13 +270,14 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
                     vsums[k] += float(v) * len(idx)
         return {k: v / len(val_ids) for k, v in vsums.items()}
 
-    best, history = fit(
+    best, history, stopped = fit(
         model,
         opt,
         folder=folder,
         meta=meta,
         epochs=cfg.epochs,
         patience=cfg.patience,
+        time_limit_s=None if cfg.time_limit is None else 60 * cfg.time_limit,
         rng_seed=cfg.seed,
         train_epoch=train_epoch,
         validate=validate,
@@ -281,6 +291,7 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
     meta["history_epochs"] = len(history)
     meta["best_val_loss"] = best
     meta["final"] = history[-1]
+    meta.update(cost(history, stopped, load_s))
     with atomic_path(folder / "config.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
 

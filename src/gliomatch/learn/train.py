@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from gliomatch.learn.models import MaskAutoencoder, build_model
 from gliomatch.learn.trainer import fit, load_state, require_device
 from gliomatch.masks import dice as dice_np
 from gliomatch.masks import downsample
+from gliomatch.resources import peak_rss_bytes
 
 __all__ = [
+    "cost",
     "encode_masks",
     "load_model",
     "load_weights",
@@ -118,8 +121,10 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
     folder = model_dir(db, cfg.name, modality)
     folder.mkdir(parents=True, exist_ok=True)
     train_ids, val_ids, _ = split_ids(len(db), cfg.n_train, cfg.n_val, cfg.seed)
+    t_load = time.perf_counter()
     x_train = masks_at(db, train_ids, modality, cfg.input_resolution)
     x_val = masks_at(db, val_ids, modality, cfg.input_resolution)
+    load_s = time.perf_counter() - t_load
     model = MaskAutoencoder(cfg.kind, cfg.input_resolution, cfg.code_size, gamma=cfg.gamma).to(
         cfg.device
     )
@@ -163,13 +168,14 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
                 vl.append(float(_loss(model, x, cfg, dice)) * len(x))
         return {"loss": sum(vl) / len(x_val)}
 
-    best, history = fit(
+    best, history, stopped = fit(
         model,
         opt,
         folder=folder,
         meta=meta,
         epochs=cfg.epochs,
         patience=cfg.patience,
+        time_limit_s=None if cfg.time_limit is None else 60 * cfg.time_limit,
         rng_seed=cfg.seed + 1,
         train_epoch=train_epoch,
         validate=validate,
@@ -185,12 +191,25 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
     best_model = load_weights(db, folder, meta, build_model(meta["model"]), verify=False)
     meta["history_epochs"] = len(history)
     meta["best_val_loss"] = best
+    meta.update(cost(history, stopped, load_s))
     meta["recon_dice_val"] = recon_dice(best_model, x_val)
     meta["recon_dice_train_sample"] = recon_dice(best_model, x_train[:150])
     with atomic_path(folder / "config.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
     record_model(db, folder)
     return meta
+
+
+def cost(history: list[dict], stopped: str, load_s: float) -> dict:
+    """What a training cost: its epochs' seconds (resumed ones included), the seconds this run
+    spent reading its tumors, why it stopped, and the process' peak resident memory (one
+    model per ``gliomatch train`` process: the model's own peak)."""
+    return {
+        "train_seconds": float(sum(h["seconds"] for h in history)),
+        "load_seconds": float(load_s),
+        "stopped": stopped,
+        "peak_rss_mb": peak_rss_bytes() / 1e6,
+    }
 
 
 def _calibrate(model: MaskAutoencoder, x_train: np.ndarray, device: str) -> None:

@@ -56,17 +56,25 @@ def fit(
     resume: bool = True,
     progress: Progress | None = None,
     label: str = "",
-) -> tuple[float, list[dict]]:
+    time_limit_s: float | None = None,
+) -> tuple[float, list[dict], str]:
     """Train ``model`` for up to ``epochs`` (resuming a checkpoint made with the same
     settings), stopping after ``patience`` epochs without a better validation ``monitor``
-    loss. Returns ``(best validation loss, history)``; the history rows hold ``epoch``,
-    ``train_<name>``/``val_<name>`` for each loss, ``lr`` (if ``record_lr``) and ``seconds``.
+    loss, or after the epoch that brings the training time (all epochs, resumed ones
+    included) to ``time_limit_s``. Returns ``(best validation loss, history, why it
+    stopped)``: ``"epochs"``, ``"early stopping"`` or ``"time limit"``. The history rows hold
+    ``epoch``, ``train_<name>``/``val_<name>`` for each loss, ``lr`` (if ``record_lr``) and
+    ``seconds``.
     """
     history, start, best, since_best = [], 0, np.inf, 0
     if resume and (
         state := load_checkpoint(folder / "checkpoint.pt", meta, model, opt, device, sched)
     ):
         start, best, since_best, history = state
+    if since_best >= patience and history:
+        return best, history, "early stopping"
+    if time_limit_s is not None and sum(h["seconds"] for h in history) >= time_limit_s:
+        return best, history, "time limit"
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         rng = np.random.default_rng([rng_seed, epoch])  # resumed epochs replay exactly
@@ -90,8 +98,10 @@ def fit(
         )
         report(progress, epoch + 1, epochs, f"{label}: val {loss:.4f}")
         if since_best >= patience:
-            break
-    return best, history
+            return best, history, "early stopping"
+        if time_limit_s is not None and sum(h["seconds"] for h in history) >= time_limit_s:
+            return best, history, "time limit"
+    return best, history, "epochs"
 
 
 def load_state(path: Path, what: str = "model file", map_location="cpu"):
@@ -131,7 +141,8 @@ def save_checkpoint(
 def _resume_key(meta) -> str:
     if not isinstance(meta, dict):
         return ""
-    train = {k: v for k, v in meta.get("train", {}).items() if k not in ("epochs", "patience")}
+    budget = ("epochs", "patience", "time_limit")  # the budget may change; the training not
+    train = {k: v for k, v in meta.get("train", {}).items() if k not in budget}
     return json.dumps({**meta, "train": train}, sort_keys=True)
 
 

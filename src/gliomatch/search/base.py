@@ -18,6 +18,7 @@ import abc
 import json
 import os
 import shutil
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +207,18 @@ class Strategy(abc.ABC):
             return False
         return isinstance(saved, dict) and all(saved.get(k) == v for k, v in self._meta().items())
 
+    def index_info(self) -> dict:
+        """The built index's size on disk (bytes) and how long building it took (seconds;
+        None for an index built before gliomatch recorded it, or no index at all)."""
+        if not self.needs_index or not self.is_built():
+            return {"index_bytes": 0, "build_seconds": None}
+        files = [p for p in self.index_path.rglob("*") if p.is_file()]
+        meta = json.loads((self.index_path / "meta.json").read_text())
+        return {
+            "index_bytes": int(sum(p.stat().st_size for p in files)),
+            "build_seconds": meta.get("build_seconds"),
+        }
+
     def build(self) -> Strategy:
         """Build the index from the database and save it (atomically) under ``index/``; its
         files' checksums go into the database manifest."""
@@ -218,8 +231,10 @@ class Strategy(abc.ABC):
                     shutil.rmtree(stale, ignore_errors=True)
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
+                t0 = time.perf_counter()
                 self._build(tmp)
-                (tmp / "meta.json").write_text(json.dumps(self._meta()))
+                built = {"build_seconds": round(time.perf_counter() - t0, 3)}
+                (tmp / "meta.json").write_text(json.dumps({**self._meta(), **built}))
                 shutil.rmtree(self.index_path, ignore_errors=True)
                 os.replace(tmp, self.index_path)
                 self.db.record_files(self.name, self.index_path)
@@ -398,6 +413,12 @@ class RerankStrategy(Strategy):
             ).load()
             self._loaded = True
         return self
+
+    def index_info(self) -> dict:
+        """The base strategy's index and the exact index its candidates are re-scored with:
+        both are held to answer; the build time is the base's."""
+        base, exact = self.base.index_info(), get_strategy("exact", self.db).index_info()
+        return {**base, "index_bytes": base["index_bytes"] + exact["index_bytes"]}
 
     def _search(self, query: Query, k: int):
         _, cand = self.base.search_one(query, max(k, min(self.m, len(self.db))))

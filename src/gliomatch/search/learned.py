@@ -63,15 +63,16 @@ class LearnedStrategy(Strategy):
         self._models()
 
     def _build(self, folder: Path) -> None:
-        from gliomatch.learn.train import encode_masks, masks_at
+        from gliomatch.learn.train import encode_masks
 
         models = self._models()
         res = models["t1gd"].resolution
+        masks = tumor_masks(self.db, res, self.progress)
         codes = {m: [] for m in models}
         for start in range(0, len(self.db), 64):
             ids = np.arange(start, min(start + 64, len(self.db)))
             for m, model in models.items():
-                codes[m].append(encode_masks(model, masks_at(self.db, ids, m, res)))
+                codes[m].append(encode_masks(model, masks(ids, m)))
             self._report(ids[-1] + 1, "encoding the database")
         for m in models:
             np.save(folder / f"codes_{m}.npy", np.concatenate(codes[m]))
@@ -138,6 +139,19 @@ class LearnedStrategy(Strategy):
         ids = np.arange(dist.shape[1])
         order = np.stack([np.lexsort((ids, row))[:k] for row in dist])
         return np.take_along_axis(dist, order, axis=1), order
+
+
+def tumor_masks(db, resolution: int, progress=None):
+    """``masks(ids, modality)`` -> uint8 (n, R, R, R): the database's masks at a model's input
+    resolution, from the database's mask cache (built on first use: one pass over the
+    densities shared by every model of that resolution), or read directly at full size."""
+    if resolution >= db.resolution:
+        from gliomatch.learn.train import masks_at
+
+        return lambda ids, m: masks_at(db, ids, m, resolution)
+    from gliomatch.database.downsampled import mask_cache
+
+    return mask_cache(db, resolution, progress).masks
 
 
 def _resolve(name: str):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gliomatch.search.base import Query, Strategy, register_resolver, register_strategy
-from gliomatch.search.learned import LearnedStrategy
+from gliomatch.search.learned import LearnedStrategy, tumor_masks
 
 __all__ = ["MultitaskStrategy"]
 
@@ -42,14 +42,15 @@ class MultitaskStrategy(LearnedStrategy):
         self._model()
 
     def _build(self, folder: Path) -> None:
-        from gliomatch.learn.multitask import embed_masks, tumor_arrays
+        from gliomatch.learn.multitask import embed_masks, tumor_boxes
 
         model, atlas = self._model()
+        masks = tumor_masks(self.db, model.resolution, self.progress)
         out = []
         for start in range(0, len(self.db), 64):
             ids = np.arange(start, min(start + 64, len(self.db)))
-            masks, _, boxes = tumor_arrays(self.db, ids, model.resolution, density=False)
-            out.append(embed_masks(model, masks, boxes, atlas))
+            x = np.stack([masks(ids, "flair"), masks(ids, "t1gd")], axis=1)
+            out.append(embed_masks(model, x, tumor_boxes(self.db, ids, model.resolution), atlas))
             self._report(ids[-1] + 1, "embedding the database")
         np.save(folder / "embeddings.npy", np.concatenate(out))
         (folder / "codes.json").write_text(json.dumps({"resolution": model.resolution}))
