@@ -344,3 +344,17 @@ def test_cli_train_help_shows_the_configuration_defaults():
     assert f"default {TrainConfig().gamma}" in r.output
     r = CliRunner().invoke(app, ["train", "ae", "--db", "nowhere", "--bits", "16"])
     assert r.exit_code == 1 and "--bits: not a setting of an ae model" in r.output
+
+
+def test_training_masks_come_from_the_cache_when_built(make_db):
+    """Training reads its tumors from the database's mask cache once it exists: the same
+    masks as reading each density."""
+    from gliomatch.database.downsampled import MaskCache, downsampled_masks, mask_cache
+
+    db = make_db(8, resolution=32, seed=17, indexes=())
+    ids = [6, 1, 3]
+    before = masks_at(db, ids, "t1gd", 16)
+    assert not MaskCache(db, 16).is_built()  # training alone does not build it
+    mask_cache(db, 16)
+    assert np.array_equal(masks_at(db, ids, "t1gd", 16), before)
+    assert np.array_equal(before, downsampled_masks(db, ids, "t1gd", 16))

@@ -76,8 +76,12 @@ def model_dir(db, name: str, modality: str) -> Path:
 
 
 def masks_at(db, ids, modality: str, resolution: int) -> np.ndarray:
-    """uint8 masks (n, R, R, R) of one modality, downsampled (order 0) to ``resolution``."""
+    """uint8 masks (n, R, R, R) of one modality, downsampled (order 0) to ``resolution``: from
+    the database's mask cache when it is built (the same masks), else read tumor by tumor."""
+    from gliomatch.database.downsampled import MaskCache
 
+    if resolution < db.resolution and (cache := MaskCache(db, resolution)).is_built():
+        return cache.ensure().masks(ids, modality)
     out = np.zeros((len(ids), resolution, resolution, resolution), np.uint8)
     for n, i in enumerate(ids):
         f, t = db.masks(int(i))
