@@ -319,3 +319,20 @@ def test_the_fast_parts_of_exact_search_equal_their_references(seed, fill):
     # a bound: never below the exact score
     exact = index.scores(np.arange(len(masks)), PackedQuery.pack(f, t), *w)[0]
     assert np.all(fast >= exact - 1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 400), st.integers(1, 60), st.integers(1, 7), st.integers(0, 2**31 - 1)
+)
+def test_top_k_partial_selection_equals_sorting_everything(n, k, levels, seed):
+    """Score descending, id ascending on ties -- with many ties at the k-th score (a few
+    distinct levels), ids in any order -- the same answer as the full sort."""
+    from gliomatch.search.base import top_k, top_k_reference
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, n) / levels - 0.5
+    ids = rng.permutation(10 * n)[:n]
+    k = min(k, n)
+    got, want = top_k(scores, ids, k), top_k_reference(scores, ids, k)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])

@@ -148,9 +148,26 @@ def describe_matches(db, query: Query, scores, ids) -> list[dict]:
 
 
 def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best (score descending, id ascending on ties)."""
-    order = np.lexsort((ids, -scores))[:k]
+    """The ``k`` best (score descending, id ascending on ties).
+
+    A partial selection (``np.partition``) keeps every candidate tied with the k-th score,
+    then sorts only those: the same answer as sorting all (:func:`top_k_reference`), without
+    sorting 50,000 scores per query."""
+    scores, ids = np.asarray(scores), np.asarray(ids)
+    n = len(scores)
+    if k >= n // 8:
+        return top_k_reference(scores, ids, k)
+    neg = -scores
+    kth = np.partition(neg, k - 1)[k - 1]
+    cand = np.flatnonzero(neg <= kth)
+    order = cand[np.lexsort((ids[cand], neg[cand]))][:k]
     return scores[order], ids[order]
+
+
+def top_k_reference(scores: np.ndarray, ids: np.ndarray, k: int):
+    """:func:`top_k` by sorting every score: the obviously correct reference."""
+    order = np.lexsort((ids, -np.asarray(scores)))[:k]
+    return np.asarray(scores)[order], np.asarray(ids)[order]
 
 
 #: Largest score weight (scores stay finite and comparable).

@@ -24,7 +24,7 @@ import numpy as np
 
 from gliomatch.errors import require_extra
 from gliomatch.masks import downsample
-from gliomatch.search.base import Query, Strategy, register_resolver, register_strategy
+from gliomatch.search.base import Query, Strategy, register_resolver, register_strategy, top_k
 
 __all__ = ["LearnedStrategy"]
 
@@ -137,8 +137,8 @@ class LearnedStrategy(Strategy):
         """Nearest codes of every query in one batched encoding and FAISS search."""
         dist = self.distances(queries)
         ids = np.arange(dist.shape[1])
-        order = np.stack([np.lexsort((ids, row))[:k] for row in dist])
-        return np.take_along_axis(dist, order, axis=1), order
+        best = [top_k(-row, ids, k) for row in dist]  # nearest first, ties by id
+        return np.stack([-s for s, _ in best]), np.stack([i for _, i in best])
 
 
 def tumor_masks(db, resolution: int, progress=None):
