@@ -54,3 +54,35 @@ def test_db_features_cli(db, tmp_path):
     assert r.exit_code == 0, r.output
     t = pd.read_csv(out)
     assert len(t) == len(db) and {"flair_Sphericity", "t1gd_MeshVolume", "com_x_mm"} <= set(t)
+
+
+def test_features_resume_from_saved_parts(make_db, monkeypatch):
+    """The features are computed in parts, each saved as it finishes: a rerun computes only
+    the parts missing or damaged, and gives the same table; the index build removes them."""
+    import gliomatch.search.radiomics as R
+
+    db = make_db(20, seed=42, indexes=("exact",))
+    monkeypatch.setattr(R, "PART", 6)  # parts of 6, 6, 6 and 2 tumors
+    first = R.database_features(db, workers=1)
+    folder = R.parts_folder(db)
+    parts = sorted(folder.glob("part-*.parquet"))
+    assert len(parts) == 4 and list(first["id"]) == list(range(20))
+    parts[1].unlink()
+    parts[3].write_bytes(b"not a parquet file")
+    computed = []
+    real = R._tumor_features
+    monkeypatch.setattr(R, "_tumor_features", lambda a: computed.append(list(a[1])) or real(a))
+    again = R.database_features(db, workers=1)
+    assert computed == [list(range(6, 12)), [18, 19]]
+    pd.testing.assert_frame_equal(again, first)
+    # a part of other tumors (copied from elsewhere) is not trusted either
+    other = pd.read_parquet(parts[0])
+    other["id"] += 1
+    other.to_parquet(parts[0], index=False)
+    computed.clear()
+    R.database_features(db, workers=1)
+    assert computed == [list(range(0, 6))]
+    get_strategy("radiomics", db, workers=1).ensure_ready()
+    assert not folder.exists()
+    table = pd.read_parquet(get_strategy("radiomics", db).index_path / "features.parquet")
+    pd.testing.assert_frame_equal(table, first)

@@ -14,6 +14,7 @@ has all features 0.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,13 @@ from gliomatch.files import worker_pool
 from gliomatch.progress import report
 from gliomatch.search.base import Query, Strategy, register_strategy, top_k
 
-__all__ = ["FEATURES", "RadiomicsStrategy", "database_features", "shape_features"]
+__all__ = [
+    "FEATURES",
+    "RadiomicsStrategy",
+    "database_features",
+    "parts_folder",
+    "shape_features",
+]
 
 FEATURES = (
     "MeshVolume",
@@ -85,27 +92,87 @@ def _tumor_features(args):
     return rows
 
 
-def database_features(db, *, workers: int = 2, progress=None) -> pd.DataFrame:
-    """Shape features and FLAIR centre of mass (mm) of every database tumor."""
-    ids = np.arange(len(db))
-    chunks = [c for c in np.array_split(ids, max(1, len(ids) // 50)) if len(c)]
-    args = [(str(db.path), c, db.spacing_mm, db.affine) for c in chunks]
-    rows, done = [], 0
-    if workers <= 1:
-        results = map(_tumor_features, args)
-        pool = None
-    else:
-        pool = worker_pool(workers)
-        results = pool.map(_tumor_features, args)
+#: Tumors per part of a features computation (a part is computed, saved and resumed whole).
+PART = 250
+#: Bump when the features' computation changes: saved parts of another version are not used.
+FEATURES_VERSION = 1
+
+
+def columns() -> list[str]:
+    """The features table's columns, in order."""
+    return [
+        "id",
+        *(f"{m}_{f}" for m in ("flair", "t1gd") for f in FEATURES),
+        "com_x_mm",
+        "com_y_mm",
+        "com_z_mm",
+    ]
+
+
+def parts_folder(db) -> Path:
+    """Where a features computation keeps its finished parts until the index is built:
+    ``index/.radiomics-parts/<fingerprint>-v<version>/`` (hidden: never read as an index).
+    An interrupted `db index --strategy radiomics` resumes from them; copied to another
+    machine with the same database (same fingerprint), they are used there too."""
+    return db.path / "index" / ".radiomics-parts" / f"{db.fingerprint}-v{FEATURES_VERSION}"
+
+
+def _read_part(path: Path, ids: np.ndarray) -> pd.DataFrame | None:
+    """A saved part, or None when it is unreadable or not the features of exactly ``ids``
+    (a damaged or foreign file is computed again, never trusted)."""
     try:
-        for part in results:
-            rows += part
-            done += len(part)
-            report(progress, done, len(ids), "radiomics features")
+        t = pd.read_parquet(path)
+    except Exception:  # noqa: BLE001  (any unreadable file: recompute the part)
+        return None
+    ok = (
+        list(t.columns) == columns()
+        and np.array_equal(t["id"].to_numpy(), ids)
+        and np.isfinite(t.drop(columns="id").to_numpy(np.float64)).all()
+    )
+    return t if ok else None
+
+
+def database_features(db, *, workers: int = 2, progress=None, resume: bool = True) -> pd.DataFrame:
+    """Shape features and FLAIR centre of mass (mm) of every database tumor.
+
+    Computed in parts of :data:`PART` tumors, each saved in :func:`parts_folder` as it
+    finishes (``resume``: parts already there are read, not computed again); the parts are
+    removed once the whole table is returned to the index build."""
+    from gliomatch.files import atomic_path
+
+    n = len(db)
+    chunks = [np.arange(s, min(s + PART, n)) for s in range(0, n, PART)]
+    folder = parts_folder(db)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"part-{c[0]:07d}.parquet" for c in chunks]
+    parts: dict[int, pd.DataFrame] = {}
+    if resume:
+        for j, (c, p) in enumerate(zip(chunks, paths, strict=True)):
+            if p.is_file() and (t := _read_part(p, c)) is not None:
+                parts[j] = t
+    todo = [j for j in range(len(chunks)) if j not in parts]
+    done = sum(len(chunks[j]) for j in parts)
+    report(progress, done, n, "radiomics features")
+    args = [(str(db.path), chunks[j], db.spacing_mm, db.affine) for j in todo]
+    pool = worker_pool(workers) if workers > 1 and len(todo) > 1 else None
+    results = pool.map(_tumor_features, args) if pool else map(_tumor_features, args)
+    try:
+        for j, rows in zip(todo, results, strict=True):
+            t = pd.DataFrame(rows, columns=columns())
+            with atomic_path(paths[j]) as tmp:
+                t.to_parquet(tmp, index=False)
+            parts[j] = t
+            done += len(t)
+            report(progress, done, n, "radiomics features")
     finally:
         if pool is not None:
             pool.shutdown()
-    return pd.DataFrame(rows).sort_values("id").reset_index(drop=True)
+    return pd.concat([parts[j] for j in range(len(chunks))], ignore_index=True)
+
+
+def forget_parts(db) -> None:
+    """Remove the saved parts of ``db``'s features (the index now holds them)."""
+    shutil.rmtree(db.path / "index" / ".radiomics-parts", ignore_errors=True)
 
 
 @register_strategy("radiomics")
@@ -123,6 +190,11 @@ class RadiomicsStrategy(Strategy):
     def _build(self, folder: Path) -> None:
         table = database_features(self.db, workers=self.workers, progress=self.progress)
         table.to_parquet(folder / "features.parquet", index=False)
+
+    def build(self) -> Strategy:
+        super().build()
+        forget_parts(self.db)  # the index holds the features now
+        return self
 
     def _load(self, folder: Path) -> None:
         t = pd.read_parquet(folder / "features.parquet")
