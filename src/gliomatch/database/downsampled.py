@@ -60,14 +60,7 @@ class MaskCache:
         return {"db": self.db.fingerprint, "n": len(self.db), "size": self.size, "method": METHOD}
 
     def is_built(self) -> bool:
-        meta = self.folder / "meta.json"
-        if not meta.is_file() or self.db.recorded_files(self.key) is None:
-            return False
-        try:
-            saved = json.loads(meta.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return False
-        return isinstance(saved, dict) and all(saved.get(k) == v for k, v in self._meta().items())
+        return self.db.is_built(self.key, self.folder, self._meta())
 
     def ensure(self, progress: Progress | None = None) -> MaskCache:
         """Build the cache if it is missing or stale (one pass over the densities), then check

@@ -346,6 +346,18 @@ class Database:
                 write_manifest(self.path, fresh)
         self.manifest = json.loads((self.path / "manifest.json").read_text())
 
+    def is_built(self, key: str, folder: Path, meta: dict) -> bool:
+        """Whether the derived files ``folder`` (an index, a cache) are built for ``meta``: its
+        ``meta.json`` holds every item of ``meta`` and its files are listed under ``key``."""
+        path = Path(folder) / "meta.json"
+        if not path.is_file() or self.recorded_files(key) is None:
+            return False
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False
+        return isinstance(saved, dict) and all(saved.get(k) == v for k, v in meta.items())
+
     def recorded_files(self, key: str) -> dict | None:
         """The checksums recorded for ``key`` (None when it was never recorded)."""
         return self.manifest.get("files", {}).get(key)

@@ -215,14 +215,7 @@ class Strategy(abc.ABC):
         return {"strategy": self.name, "db": self.db.fingerprint, "n": len(self.db)}
 
     def is_built(self) -> bool:
-        meta = self.index_path / "meta.json"
-        if not meta.is_file() or self.db.recorded_files(self.name) is None:
-            return False
-        try:
-            saved = json.loads(meta.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return False
-        return isinstance(saved, dict) and all(saved.get(k) == v for k, v in self._meta().items())
+        return self.db.is_built(self.name, self.index_path, self._meta())
 
     def index_info(self) -> dict:
         """The built index's size on disk (bytes) and how long building it took (seconds;
