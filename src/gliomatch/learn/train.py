@@ -27,7 +27,6 @@ from gliomatch.learn.config import MODALITIES, TrainConfig
 from gliomatch.learn.models import MaskAutoencoder, build_model
 from gliomatch.learn.trainer import fit, load_state, require_device
 from gliomatch.masks import dice as dice_np
-from gliomatch.masks import downsample
 from gliomatch.resources import peak_rss_bytes
 
 __all__ = [
@@ -78,15 +77,11 @@ def model_dir(db, name: str, modality: str) -> Path:
 def masks_at(db, ids, modality: str, resolution: int) -> np.ndarray:
     """uint8 masks (n, R, R, R) of one modality, downsampled (order 0) to ``resolution``: from
     the database's mask cache when it is built (the same masks), else read tumor by tumor."""
-    from gliomatch.database.downsampled import MaskCache
+    from gliomatch.database.downsampled import MaskCache, downsampled_masks
 
     if resolution < db.resolution and (cache := MaskCache(db, resolution)).is_built():
         return cache.ensure().masks(ids, modality)
-    out = np.zeros((len(ids), resolution, resolution, resolution), np.uint8)
-    for n, i in enumerate(ids):
-        f, t = db.masks(int(i))
-        out[n] = downsample(t if modality == "t1gd" else f, resolution)
-    return out
+    return downsampled_masks(db, ids, modality, resolution)
 
 
 def _loss(model, x, cfg, dice):
