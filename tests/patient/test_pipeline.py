@@ -469,9 +469,12 @@ def test_quality_figures_do_not_depend_on_the_contrast(atlas32):
     ("opts", "message"),
     [
         (["--margin", "0"], "--margin must be a positive"),
-        (["--plan-volume", "-3"], "plan volume must be positive"),
-        (["--plan-level", "2"], "isodensity level"),
-        (["--plan-volume", "5", "--plan-level", "0.3"], "not both"),
+        (["--plan-volume", "-3"], "--plan-volume must be positive"),
+        (["--plan-level", "2"], "--plan-level must lie in"),
+        (["--gtv", "gtv"], "--gtv must be one of core, whole, none"),
+        (["--min-margin", "-1"], "--min-margin must be >= 0 mm"),
+        (["--gtv", "none", "--min-margin", "2"], "--min-margin grows the GTV"),
+        (["--plan-volume", "5", "--plan-level", "0.3"], "either --plan-volume or --plan-level"),
     ],
 )
 def test_bad_plan_options_of_infer(patient, db, tmp_path, opts, message):

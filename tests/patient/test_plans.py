@@ -282,7 +282,7 @@ def test_gtv_region_and_rule_checks():
     np.testing.assert_array_equal(
         gtv_region(core, whole, brain, (1, 1, 1), contain="whole"), core | whole
     )
-    with pytest.raises(GliomatchError, match="contains one of core, whole, none"):
+    with pytest.raises(GliomatchError, match="must be one of core, whole, none"):
         check_rule(contain="gtv")
     with pytest.raises(GliomatchError, match="minimum margin must be >= 0"):
         check_rule(min_margin_mm=-1)

@@ -322,9 +322,7 @@ def test_the_fast_parts_of_exact_search_equal_their_references(seed, fill):
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.integers(1, 400), st.integers(1, 60), st.integers(1, 7), st.integers(0, 2**31 - 1)
-)
+@given(st.integers(1, 400), st.integers(1, 60), st.integers(1, 7), st.integers(0, 2**31 - 1))
 def test_top_k_partial_selection_equals_sorting_everything(n, k, levels, seed):
     """Score descending, id ascending on ties -- with many ties at the k-th score (a few
     distinct levels), ids in any order -- the same answer as the full sort."""

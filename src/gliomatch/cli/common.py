@@ -139,10 +139,21 @@ def check_k(k: int) -> None:
     check_count(k, "--k")
 
 
+#: The plan rule's parameters as the command line names them.
+PLAN_FLAGS = {
+    "margin_mm": "--margin",
+    "volume_cm3": "--plan-volume",
+    "level": "--plan-level",
+    "contain": "--gtv",
+    "min_margin_mm": "--min-margin",
+}
+
+
 def check_margin(margin: float) -> None:
     """The library names its parameter (``margin_mm``); the command line its flag."""
-    if not margin > 0 or margin == float("inf"):
-        raise GliomatchError(f"--margin must be a positive number of mm, got {margin}")
+    from gliomatch.patient.plans import check_rule
+
+    check_rule(margin, names=PLAN_FLAGS)
 
 
 def strategy_names(text: str) -> list[str]:
@@ -267,19 +278,14 @@ MinMarginOpt = Annotated[
 def plan_rule(margin, plan_volume, plan_level, gtv, min_margin) -> dict:
     """The plan options of the command line as the library's rule (checked now, before any
     slow step runs, with the flags' names)."""
-    from gliomatch.patient.plans import CONTAIN
+    from gliomatch.patient.plans import check_rule
 
-    check_margin(margin)
-    if gtv not in CONTAIN:
-        raise GliomatchError(f"--gtv must be one of {', '.join(CONTAIN)}, got {gtv!r}")
-    if not min_margin >= 0 or min_margin == float("inf"):
-        raise GliomatchError(f"--min-margin must be a number of mm >= 0, got {min_margin}")
-    if min_margin > 0 and gtv == "none":
-        raise GliomatchError("--min-margin grows the GTV: not with --gtv none")
-    return {
+    rule = {
         "margin_mm": margin, "volume_cm3": plan_volume, "level": plan_level, "contain": gtv,
         "min_margin_mm": min_margin,
     }  # fmt: skip
+    check_rule(**rule, names=PLAN_FLAGS)
+    return rule
 
 
 def print_plans(plans: dict | None) -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "TOP_V",
     "PlanInputs",
     "gtv_region",
+    "RULE_NAMES",
     "check_rule",
     "describe_rule",
     "Plans",
@@ -232,26 +233,42 @@ class Plans:
     notes: tuple = ()
 
 
+#: How :func:`check_rule`'s errors name the rule's parameters (the command line names its flags).
+RULE_NAMES = {
+    "margin_mm": "margin_mm",
+    "volume_cm3": "the plan volume",
+    "level": "the isodensity level",
+    "contain": "the personalized CTV's contents (contain)",
+    "min_margin_mm": "the minimum margin",
+}
+
+
 def check_rule(
-    margin_mm=MARGIN_MM, volume_cm3=None, level=None, contain="core", min_margin_mm=0.0
+    margin_mm=MARGIN_MM,
+    volume_cm3=None,
+    level=None,
+    contain="core",
+    min_margin_mm=0.0,
+    *,
+    names: dict | None = None,
 ) -> None:
-    """A one-line error for a plan rule that cannot work (before any slow step runs)."""
+    """A one-line error for a plan rule that cannot work (before any slow step runs), naming
+    each parameter as ``names`` does (default :data:`RULE_NAMES`)."""
+    n = {**RULE_NAMES, **(names or {})}
     if not np.isfinite(margin_mm) or margin_mm <= 0:
-        raise GliomatchError(f"margin_mm must be a positive number of mm, got {margin_mm}")
+        raise GliomatchError(f"{n['margin_mm']} must be a positive number of mm, got {margin_mm}")
     if volume_cm3 is not None and level is not None:
-        raise GliomatchError("give either a plan volume or an isodensity level, not both")
+        raise GliomatchError(f"give either {n['volume_cm3']} or {n['level']}, not both")
     if level is not None and (not np.isfinite(level) or not 0 < level <= 1):
-        raise GliomatchError(f"the isodensity level must lie in (0, 1], got {level}")
+        raise GliomatchError(f"{n['level']} must lie in (0, 1], got {level}")
     if volume_cm3 is not None and (not np.isfinite(volume_cm3) or volume_cm3 <= 0):
-        raise GliomatchError(f"the plan volume must be positive, got {volume_cm3} cm3")
+        raise GliomatchError(f"{n['volume_cm3']} must be positive, got {volume_cm3} cm3")
     if contain not in CONTAIN:
-        raise GliomatchError(
-            f"the personalized CTV contains one of {', '.join(CONTAIN)}, got {contain!r}"
-        )
+        raise GliomatchError(f"{n['contain']} must be one of {', '.join(CONTAIN)}, got {contain!r}")
     if not np.isfinite(min_margin_mm) or min_margin_mm < 0:
-        raise GliomatchError(f"the minimum margin must be >= 0 mm, got {min_margin_mm}")
+        raise GliomatchError(f"{n['min_margin_mm']} must be >= 0 mm, got {min_margin_mm}")
     if min_margin_mm > 0 and contain == "none":
-        raise GliomatchError("a minimum margin grows the GTV: not with the top-V rule")
+        raise GliomatchError(f"{n['min_margin_mm']} grows the GTV: not with the top-V rule (none)")
 
 
 def gtv_region(core, whole_tumor, brain, zooms, *, contain="core", min_margin_mm=0.0):
