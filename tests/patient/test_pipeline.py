@@ -585,6 +585,10 @@ def test_registration_none_for_patients_on_the_atlas_grid(db, tmp_path):
     inputs = PatientInputs(atlas.to_nifti(atlas.t1.astype(np.float32)), "t1", f, t, "masks")
     res = personalize(inputs, db, k=3, registration="none", ensemble=True)
     assert res.best_id == 7 and res.registration.kind == "none"
+    # the image the plans name (which the viewer shows) is the density they were made from
+    assert res.plans["density_image"] == "density_refined_ensemble_patient"
+    named = res.images[res.plans["density_image"]].get_fdata(dtype=np.float32)
+    assert np.array_equal(named, res.plans["density"])
     assert np.array_equal(res.images["density_patient"].get_fdata(), db.density(7))
     zooms = np.full(3, atlas.spacing)
     assert np.array_equal(res.plans["standard"], standard_ctv(t, atlas.brain | f, zooms))

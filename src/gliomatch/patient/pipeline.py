@@ -461,6 +461,7 @@ def personalize(
                 margin_mm=margin_mm, volume_cm3=plan_volume_cm3, level=plan_level,
                 contain=contain, min_margin_mm=min_margin_mm,
             )  # fmt: skip
+            plan["density_image"] = planned_density(refine, ensemble)  # its name in images
             for name in ("standard", "personalized"):
                 images[f"ctv_{name}"] = reg.patient_image(plan[name])
             kind = ("refined_" if refine else "") + ("ensemble" if ensemble else "")

@@ -162,13 +162,9 @@ def _viewer(result, out: Path) -> Path:
     """The interactive page (:mod:`gliomatch.patient.viewer`): the scan, the density the plans
     were made from (the best match's without plans) and the plans."""
     plans = result.plans or {}
-    layers = []
-    if "density" in plans:
-        dens = result.registration.patient_image(plans["density"])
-        layers.append((f"density ({plans.get('source', 'planned')})", dens, "density", "hot", 0.6))
-    else:
-        layers.append(("density (best match)", result.images["density_patient"], "density",
-                       "hot", 0.6))  # fmt: skip
+    dens = plans.get("density_image", "density_patient")  # already on the patient's grid
+    label = plans.get("source", "best match") if "density_image" in plans else "best match"
+    layers = [(f"density ({label})", result.images[dens], "density", "hot", 0.6)]
     layers.append(("tumor core", result.registration.patient_image(result.inputs.t1gd), "mask",
                    "red", 0.5))  # fmt: skip
     for name, cmap in (("standard", "green"), ("personalized", "blue")):
