@@ -27,7 +27,6 @@ the paper's robustness test (:func:`distort_boxes`) unless ``box_jitter=False``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -43,12 +42,10 @@ from gliomatch.learn.config import TASK_SETS, MultitaskConfig
 from gliomatch.learn.labels import TASKS, task_labels
 from gliomatch.learn.roi import RoIMaxPool3d, distort_boxes
 from gliomatch.learn.train import (
-    cost,
+    finish,
     load_weights,
     read_json,
-    record_model,
     split_ids,
-    write_curves,
 )
 from gliomatch.learn.trainer import fit, require_device
 from gliomatch.masks import decode, downsample, mask_bbox, masks_from_codes
@@ -270,7 +267,7 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
                     vsums[k] += float(v) * len(idx)
         return {k: v / len(val_ids) for k, v in vsums.items()}
 
-    best, history, stopped = fit(
+    fitted = fit(
         model,
         opt,
         folder=folder,
@@ -287,16 +284,7 @@ def train_multitask(db, cfg: MultitaskConfig, *, progress=None, resume: bool = T
         progress=progress,
         label=cfg.name,
     )
-    write_curves(folder, history)
-    meta["history_epochs"] = len(history)
-    meta["best_val_loss"] = best
-    meta["final"] = history[-1]
-    meta.update(cost(history, stopped, load_s))
-    with atomic_path(folder / "config.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
-
-    record_model(db, folder)
-    return meta
+    return finish(db, folder, meta, fitted, load_s, final=fitted[1][-1])
 
 
 # -------------------------------------------------------------------------------- inference

@@ -32,6 +32,7 @@ from gliomatch.resources import peak_rss_bytes
 __all__ = [
     "cost",
     "encode_masks",
+    "finish",
     "load_model",
     "load_weights",
     "model_dir",
@@ -167,7 +168,7 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
                 vl.append(float(_loss(model, x, cfg, dice)) * len(x))
         return {"loss": sum(vl) / len(x_val)}
 
-    best, history, stopped = fit(
+    fitted = fit(
         model,
         opt,
         folder=folder,
@@ -186,17 +187,12 @@ def train(db, cfg: TrainConfig, modality: str, *, progress=None, resume: bool = 
         progress=progress,
         label=f"{cfg.name} {modality}",
     )
-    write_curves(folder, history)
     best_model = load_weights(db, folder, meta, build_model(meta["model"]), verify=False)
-    meta["history_epochs"] = len(history)
-    meta["best_val_loss"] = best
-    meta.update(cost(history, stopped, load_s))
-    meta["recon_dice_val"] = recon_dice(best_model, x_val)
-    meta["recon_dice_train_sample"] = recon_dice(best_model, x_train[:150])
-    with atomic_path(folder / "config.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
-    record_model(db, folder)
-    return meta
+    return finish(
+        db, folder, meta, fitted, load_s,
+        recon_dice_val=recon_dice(best_model, x_val),
+        recon_dice_train_sample=recon_dice(best_model, x_train[:150]),
+    )  # fmt: skip
 
 
 def cost(history: list[dict], stopped: str, load_s: float) -> dict:
@@ -209,6 +205,23 @@ def cost(history: list[dict], stopped: str, load_s: float) -> dict:
         "stopped": stopped,
         "peak_rss_mb": peak_rss_bytes() / 1e6,
     }
+
+
+def finish(db, folder: Path, meta: dict, fitted: tuple, load_s: float, **figures) -> dict:
+    """A trained model's record, shared by every trainer: the curves (history.csv,
+    loss.png), the fit's outcome (``fitted``: :func:`gliomatch.learn.trainer.fit`'s best
+    validation loss, history and why it stopped), its :func:`cost` and ``figures`` into
+    ``config.json``, and the model listed in the manifest. Returns ``meta``."""
+    best, history, stopped = fitted
+    write_curves(folder, history)
+    meta["history_epochs"] = len(history)
+    meta["best_val_loss"] = best
+    meta.update(cost(history, stopped, load_s))
+    meta.update(figures)
+    with atomic_path(folder / "config.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
+    record_model(db, folder)
+    return meta
 
 
 def _calibrate(model: MaskAutoencoder, x_train: np.ndarray, device: str) -> None:
