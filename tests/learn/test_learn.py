@@ -204,6 +204,10 @@ def test_evaluation_reports_a_learned_strategys_costs(db, trained, tmp_path):
     exact = get_strategy("exact", db).index_info()["index_bytes"]
     assert rows[f"{name}+rr5"]["index_bytes"] == rows[name]["index_bytes"] + exact
     assert rows[f"{name}+rr5"]["encode_median_s"] > 0
+    # the papers' table shows the query's encoding in ms (the last column)
+    line = next(x for x in (tmp_path / "table_papers.md").read_text().splitlines()
+                if x.startswith(f"| {name} |"))  # fmt: skip
+    assert line.split("|")[-2].strip() == f"{1000 * rows[name]['encode_median_s']:.1f}"
 
 
 def test_faiss_equals_bruteforce(db, trained):
