@@ -238,7 +238,7 @@ RULE_NAMES = {
     "margin_mm": "margin_mm",
     "volume_cm3": "the plan volume",
     "level": "the isodensity level",
-    "contain": "the personalized CTV's contents (contain)",
+    "contain": "contain (what the personalized CTV must hold)",
     "min_margin_mm": "the minimum margin",
 }
 

@@ -163,8 +163,8 @@ def _viewer(result, out: Path) -> Path:
     were made from (the best match's without plans) and the plans."""
     plans = result.plans or {}
     dens = plans.get("density_image", "density_patient")  # already on the patient's grid
-    label = plans.get("source", "best match") if "density_image" in plans else "best match"
-    layers = [(f"density ({label})", result.images[dens], "density", "hot", 0.6)]
+    layers = [(f"density ({plans.get('source', 'best match')})", result.images[dens], "density",
+               "hot", 0.6)]  # fmt: skip
     layers.append(("tumor core", result.registration.patient_image(result.inputs.t1gd), "mask",
                    "red", 0.5))  # fmt: skip
     for name, cmap in (("standard", "green"), ("personalized", "blue")):
